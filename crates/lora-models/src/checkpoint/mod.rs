@@ -1,0 +1,9 @@
+//! Checkpoints in and out: GGUF files and Hugging Face directories become a [`Llama`] (with the
+//! one name table in [`names`]), and a merged model becomes a Hugging Face directory again.
+
+pub mod build;
+pub mod gguf;
+pub mod hf;
+pub mod names;
+
+pub use build::{BuildOptions, Checkpoint, build_llama};

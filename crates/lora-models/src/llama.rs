@@ -1,0 +1,326 @@
+//! A Llama-style decoder, top to bottom as the architecture is described:
+//! token embedding → N × (RMSNorm → grouped-query self-attention with RoPE → residual →
+//! RMSNorm → SwiGLU MLP → residual) → RMSNorm → output head.
+//!
+//! Sources: Touvron et al. 2023 (LLaMA, arXiv:2302.13971) §2.2; RMSNorm (Zhang & Sennrich 2019);
+//! RoPE (Su et al. 2021, arXiv:2104.09864) in the rotate-half form of transformers'
+//! `models/llama/modeling_llama.py`; SwiGLU (Shazeer 2020); grouped-query attention
+//! (Ainslie et al. 2023). Module paths equal the Hugging Face names
+//! (`model.layers.{i}.self_attn.q_proj`, …) because LoRA adapters are keyed by them.
+//!
+//! # Shape legend
+//! `B` batch · `T` new tokens · `S` attended tokens (cached + new) · `D` model width ·
+//! `H` query heads · `K` key/value heads · `E` head width · `F` MLP width · `V` vocabulary.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::embedding;
+use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
+use lora_core::LoraLinear;
+
+use crate::config::LlamaConfig;
+use crate::kv_cache::{KvCache, LayerCache};
+
+/// Root-mean-square layer norm: `y = x / √(mean(x²) + ε) · g`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// Gain `g`, `[D]`.
+    pub weight: Param<Tensor<1>>,
+    /// ε added to the mean square.
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// # Shapes
+    /// `x`: `[..., D]` → `[..., D]`
+    pub fn forward<const N: usize>(&self, x: Tensor<N>) -> Tensor<N> {
+        let rms = x.clone().square().mean_dim(N - 1).add_scalar(self.eps).sqrt(); // [..., 1]
+        (x / rms) * self.weight.val().unsqueeze::<N>()
+    }
+}
+
+/// Rotary position embedding tables, rotate-half convention: the head vector is split into
+/// halves `(x₁, x₂)` and rotated as `x·cos θ + (−x₂, x₁)·sin θ`, with `θ_{p,i} = p · base^(−2i/E)`.
+#[derive(Module, Debug)]
+pub struct RotaryEmbedding {
+    /// `cos θ`, `[max_seq_len, E]` (each frequency twice: `[f₀ … f_{E/2−1}, f₀ … f_{E/2−1}]`).
+    pub cos: Tensor<2>,
+    /// `sin θ`, `[max_seq_len, E]`.
+    pub sin: Tensor<2>,
+}
+
+impl RotaryEmbedding {
+    /// Builds the tables for positions `0..max_seq_len` (computed in f64, stored as f32).
+    pub fn new(head_dim: usize, max_seq_len: usize, theta: f64, device: &Device) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect();
+        let mut cos = Vec::with_capacity(max_seq_len * head_dim);
+        let mut sin = Vec::with_capacity(max_seq_len * head_dim);
+        for p in 0..max_seq_len {
+            for _half in 0..2 {
+                for f in &inv_freq {
+                    let angle = (p as f64 * *f) as f32; // transformers forms the angle in f32
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let shape = [max_seq_len, head_dim];
+        RotaryEmbedding {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+
+    /// Rotates queries or keys at positions `offset..offset + T`.
+    ///
+    /// # Shapes
+    /// `x`: `[B, heads, T, E]` → `[B, heads, T, E]`
+    pub fn apply(&self, x: Tensor<4>, offset: usize) -> Tensor<4> {
+        let [_, _, t, e] = x.dims();
+        let cos = self.cos.clone().slice([offset..offset + t, 0..e]).unsqueeze::<4>(); // [1, 1, T, E]
+        let sin = self.sin.clone().slice([offset..offset + t, 0..e]).unsqueeze::<4>();
+        let x1 = x.clone().narrow(3, 0, e / 2);
+        let x2 = x.clone().narrow(3, e / 2, e / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3); // (−x₂, x₁)
+        x * cos + rotated * sin
+    }
+}
+
+/// Grouped-query self-attention: `H` query heads share `K` key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// `W_Q`, `[D, H·E]`.
+    pub q_proj: LoraLinear,
+    /// `W_K`, `[D, K·E]`.
+    pub k_proj: LoraLinear,
+    /// `W_V`, `[D, K·E]`.
+    pub v_proj: LoraLinear,
+    /// `W_O`, `[H·E, D]`.
+    pub o_proj: LoraLinear,
+    /// `H`.
+    #[module(skip)]
+    pub n_heads: usize,
+    /// `K`.
+    #[module(skip)]
+    pub n_kv_heads: usize,
+    /// `E`.
+    #[module(skip)]
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// `softmax(Q·Kᵀ/√E + causal mask)·V`, then the output projection. With a cache, the new
+    /// keys/values are appended and the new queries attend to everything cached.
+    ///
+    /// # Shapes
+    /// `x`: `[B, T, D]` → `[B, T, D]`
+    pub fn forward(&self, x: Tensor<3>, rope: &RotaryEmbedding, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, k, e) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+
+        // Project and split into heads: [B, T, heads·E] → [B, heads, T, E].
+        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, e]).swap_dims(1, 2);
+        let key = self.k_proj.forward(x.clone()).reshape([b, t, k, e]).swap_dims(1, 2);
+        let value = self.v_proj.forward(x).reshape([b, t, k, e]).swap_dims(1, 2);
+
+        // Positions enter through the rotation of queries and keys only.
+        let q = rope.apply(q, offset);
+        let key = rope.apply(key, offset);
+
+        // The cache holds every earlier key/value: [B, K, S, E] with S = offset + T.
+        let (key, value) = match cache {
+            Some(c) => c.append(key, value),
+            None => (key, value),
+        };
+        let s = key.dims()[2];
+
+        // Each group of H/K query heads reads the same key/value head.
+        let key = repeat_kv(key, h / k); // [B, H, S, E]
+        let value = repeat_kv(value, h / k);
+
+        let scores = q.matmul(key.swap_dims(2, 3)).div_scalar((e as f64).sqrt()); // [B, H, T, S]
+        // Query i sits at position offset + i and may see keys 0..=offset + i.
+        let future: Tensor<2, Bool> = Tensor::tril_mask([t, s], offset as i64, &scores.device());
+        let scores = scores.mask_fill(future.unsqueeze::<4>(), f32::NEG_INFINITY);
+        let probs = softmax(scores, 3);
+        let out = probs.matmul(value); // [B, H, T, E]
+
+        let out = out.swap_dims(1, 2).reshape([b, t, h * e]); // [B, T, H·E]
+        self.o_proj.forward(out)
+    }
+}
+
+/// `[B, K, S, E]` → `[B, K·n_rep, S, E]`, head `j` of the output reading head `j / n_rep`
+/// (transformers' `repeat_kv`).
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, k, s, e] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, k, n_rep, s, e]).reshape([b, k * n_rep, s, e])
+}
+
+/// The SwiGLU feed-forward block: `down(silu(gate(x)) ⊙ up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// `[D, F]`.
+    pub gate_proj: LoraLinear,
+    /// `[D, F]`.
+    pub up_proj: LoraLinear,
+    /// `[F, D]`.
+    pub down_proj: LoraLinear,
+}
+
+impl Mlp {
+    /// # Shapes
+    /// `x`: `[B, T, D]` → `[B, T, D]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone())); // [B, T, F]
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// RMSNorm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Grouped-query self-attention.
+    pub self_attn: Attention,
+    /// RMSNorm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// SwiGLU MLP.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// # Shapes
+    /// `x`: `[B, T, D]` → `[B, T, D]`
+    pub fn forward(&self, x: Tensor<3>, rope: &RotaryEmbedding, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, cache);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}
+
+/// Token embedding table.
+#[derive(Module, Debug)]
+pub struct Embedding {
+    /// `[V, D]`.
+    pub weight: Param<Tensor<2>>,
+}
+
+impl Embedding {
+    /// # Shapes
+    /// `tokens`: `[B, T]` → `[B, T, D]`
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        embedding(self.weight.val(), tokens)
+    }
+}
+
+/// The decoder stack without the output head (transformers' `LlamaModel`).
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    /// Token embedding, `[V, D]`.
+    pub embed_tokens: Embedding,
+    /// The `N` decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final RMSNorm.
+    pub norm: RmsNorm,
+    /// RoPE tables (not parameters).
+    pub rotary_emb: RotaryEmbedding,
+}
+
+impl LlamaModel {
+    /// Final hidden states.
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, T]` → `[B, T, D]`
+    pub fn forward(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let mut x = self.embed_tokens.forward(tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
+            x = layer.forward(x, &self.rotary_emb, layer_cache);
+        }
+        self.norm.forward(x)
+    }
+}
+
+/// A causal language model: [`LlamaModel`] plus the output head `lm_head` (`[D, V]`).
+///
+/// With tied embeddings the head holds the embedding table's transpose (the same storage until
+/// something — a merged adapter on the head — changes it, which then leaves the input embedding
+/// untouched).
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// The decoder stack.
+    pub model: LlamaModel,
+    /// Output projection to vocabulary logits, `[D, V]`.
+    pub lm_head: LoraLinear,
+    /// The shape this model was built with.
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+impl Llama {
+    /// Next-token logits at every position.
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, T]` (ids) → `[B, T, V]`
+    pub fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.lm_head.forward(self.model.forward(tokens, cache))
+    }
+
+    /// A new, empty KV cache (one slot per layer).
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layers)
+    }
+}
+
+impl LlamaConfig {
+    /// A randomly initialised model (weights ~ N(0, 0.02²), norms at 1), frozen like a
+    /// pretrained base; for tests and examples.
+    pub fn init(&self, device: &Device) -> Llama {
+        let dist = Distribution::Normal(0.0, 0.02);
+        let lin = |d_in: usize, d_out: usize| LoraLinear::new(Tensor::random([d_in, d_out], dist, device), None);
+        let norm = || RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([self.d_model], device)).set_require_grad(false),
+            eps: self.rms_norm_eps,
+        };
+        let (d, h, k, e, f) = (self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.d_ff);
+        let layers = (0..self.n_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: lin(d, h * e),
+                    k_proj: lin(d, k * e),
+                    v_proj: lin(d, k * e),
+                    o_proj: lin(h * e, d),
+                    n_heads: h,
+                    n_kv_heads: k,
+                    head_dim: e,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp { gate_proj: lin(d, f), up_proj: lin(d, f), down_proj: lin(f, d) },
+            })
+            .collect();
+        let embed = Tensor::random([self.vocab_size, d], dist, device);
+        let lm_head = if self.tie_word_embeddings {
+            LoraLinear::new(embed.clone().transpose(), None)
+        } else {
+            lin(d, self.vocab_size)
+        };
+        Llama {
+            model: LlamaModel {
+                embed_tokens: Embedding { weight: Param::from_tensor(embed).set_require_grad(false) },
+                layers,
+                norm: norm(),
+                rotary_emb: RotaryEmbedding::new(e, self.max_seq_len, self.rope_theta, device),
+            },
+            lm_head,
+            config: self.clone(),
+        }
+    }
+}
