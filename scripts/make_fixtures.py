@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import inspect
 import json
 import logging
 import math
@@ -50,6 +51,10 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+
+# Before the libraries are imported: no progress bars, never try the Hub.
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
@@ -65,6 +70,12 @@ TINY_INPUT_IDS = [
 ]
 TINY_GREEDY_NEW_TOKENS = 8
 PROMPT_MASK = 3  # labels: the first 3 positions of each row are -100
+
+# Fixed seeds, one per fixture. The two tiny-model seeds were picked (from 1234..1243) so that
+# greedy decoding does not just repeat one token and the top-1/top-2 logit gap stays > 0.04 at
+# every step: an f32 implementation then cannot flip a greedy choice by rounding.
+SEEDS = {"tiny": 1236, "tiny_tied": 1335, "peft": 1434, "dequant": 1534}
+TIED_EMBED_STD = 0.1
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -86,9 +97,7 @@ def set_determinism(seed: int) -> None:
 
 def quiet_libraries() -> None:
     """Silence progress bars and info chatter; warnings still go through (the checks need them)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         import transformers
 
@@ -169,12 +178,14 @@ def tiny_llama_config(tied: bool):
     )
 
 
-def randomize_weights(model: torch.nn.Module, seed: int) -> None:
+def randomize_weights(model: torch.nn.Module, seed: int, embed_std: float) -> None:
     """Re-draw every weight so the logits are O(1) and every tensor matters.
 
     transformers' own init (N(0, 0.02), norms = 1) gives nearly uniform logits and leaves the
     RMSNorm weights at 1, so a loader that dropped a norm or mixed up two projections could still
-    match. Here: linear weights ~ N(0, 1/in_features), embeddings ~ N(0, 1), norm weights ~ 1 + N(0, 0.1^2).
+    match. Here: linear weights ~ N(0, 1/in_features), embeddings ~ N(0, embed_std^2), norm weights
+    ~ 1 + N(0, 0.1^2). (With tied embeddings a large embed_std makes every token predict itself, so
+    greedy decoding just repeats the last token; the tied model uses a smaller one.)
     Parameters are visited in name order so the draw does not depend on module registration order.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -187,7 +198,7 @@ def randomize_weights(model: torch.nn.Module, seed: int) -> None:
             if name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             elif "embed_tokens" in name:
-                p.copy_(torch.randn(p.shape, generator=gen))
+                p.copy_(embed_std * torch.randn(p.shape, generator=gen))
             else:  # [out, in] linear weight (including an untied lm_head)
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[1]))
 
@@ -195,6 +206,8 @@ def randomize_weights(model: torch.nn.Module, seed: int) -> None:
 @torch.no_grad()
 def greedy_decode_with_cache(model, prompt: torch.Tensor, n_new: int):
     """Greedy decoding with the KV cache, one token per step. Returns (ids [len+n], step_logits [n, vocab])."""
+    # transformers >= 5.2x calls the KV cache `cache` (in and out); older versions `past_key_values`.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(prompt.unsqueeze(0), use_cache=True)
     ids = prompt.tolist()
     step_logits = []
@@ -203,7 +216,7 @@ def greedy_decode_with_cache(model, prompt: torch.Tensor, n_new: int):
         step_logits.append(logits.clone())
         nxt = int(torch.argmax(logits))
         ids.append(nxt)
-        out = model(torch.tensor([[nxt]]), past_key_values=out.past_key_values, use_cache=True)
+        out = model(torch.tensor([[nxt]]), use_cache=True, **{cache_kw: out[cache_kw]})
     return torch.tensor(ids, dtype=torch.int64), torch.stack(step_logits)
 
 
@@ -227,7 +240,7 @@ def make_tiny_llama(out_dir: Path, tied: bool, seed: int) -> None:
 
     set_determinism(seed)
     model = LlamaForCausalLM(tiny_llama_config(tied)).float().eval()
-    randomize_weights(model, seed)
+    randomize_weights(model, seed, embed_std=TIED_EMBED_STD if tied else 1.0)
     if tied:
         assert model.lm_head.weight is model.model.embed_tokens.weight
 
@@ -281,6 +294,18 @@ def randomize_lora_b(peft_model, adapter: str, seed: int, std: float = 0.1) -> N
                 p.copy_(std * torch.randn(p.shape, generator=gen))
 
 
+def save_adapter(peft_model, out: Path) -> None:
+    peft_model.save_pretrained(str(out))
+    (out / "README.md").unlink(missing_ok=True)  # PEFT writes a model-card stub; not needed
+    # PEFT writes target_modules from a set, so its order changes from run to run (hash seed).
+    # Sort it so regenerating the fixtures gives identical files; readers must treat it as a set.
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    write_json(cfg_path, cfg)
+
+
 def make_peft_fixtures(tiny_dir: Path, seed: int) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
@@ -311,8 +336,7 @@ def make_peft_fixtures(tiny_dir: Path, seed: int) -> None:
     out = tiny_dir / "peft-adapter"
     if out.exists():
         shutil.rmtree(out)
-    pm.save_pretrained(str(out))
-    (out / "README.md").unlink(missing_ok=True)  # PEFT writes a model-card stub; not needed
+    save_adapter(pm, out)
 
     with torch.no_grad():
         logits_adapter = pm(input_ids).logits
@@ -354,8 +378,7 @@ def make_peft_fixtures(tiny_dir: Path, seed: int) -> None:
     out_rs = tiny_dir / "peft-adapter-rslora"
     if out_rs.exists():
         shutil.rmtree(out_rs)
-    pm_rs.save_pretrained(str(out_rs))
-    (out_rs / "README.md").unlink(missing_ok=True)
+    save_adapter(pm_rs, out_rs)
     with torch.no_grad():
         logits_rs = pm_rs(input_ids).logits
     assert (logits_rs - logits_base).abs().max() > 1e-2, "rslora adapter does not move the logits"
@@ -586,8 +609,9 @@ def make_smollm2_reference(model_path: Path, out: Path) -> None:
     greedy = {
         "prompt_ids": chat_ids,
         "max_new_tokens": 20,
-        "stops_at_eos": True,
         "eos_token_id": tok.eos_token_id,
+        # generate() stops early once it produces the EOS token (<|im_end|>), which is then the last id
+        "stopped_at_eos": len(new_ids) < 20 and new_ids[-1] == tok.eos_token_id,
         "new_ids": new_ids,
         "text": tok.decode(new_ids),
         "text_skip_special": tok.decode(new_ids, skip_special_tokens=True),
@@ -668,8 +692,11 @@ def make_smollm2_reference(model_path: Path, out: Path) -> None:
         },
         "tokenizer": {
             "class": type(tok).__name__,
+            # tok(text) defaults to add_special_tokens=True; for SmolLM2 that adds nothing (no BOS/EOS):
             "default_add_special_tokens": True,
-            "adds_bos": tok("x")["input_ids"] != tok("x", add_special_tokens=False)["input_ids"],
+            "default_adds_tokens": tok("x")["input_ids"] != tok("x", add_special_tokens=False)["input_ids"],
+            "add_bos_token": getattr(tok, "add_bos_token", None),
+            "add_eos_token": getattr(tok, "add_eos_token", None),
             "bos_token": tok.bos_token, "bos_token_id": tok.bos_token_id,
             "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id,
             "pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id,
@@ -756,7 +783,7 @@ def last_logits(model, ids: list[int]) -> torch.Tensor:
 
 def check_prompt_tokenization(exp: dict, tok_source: Path | None) -> None:
     """Informational: does transformers' tokenizer give the same ids for "prompt"? (ids are used as given)."""
-    if "prompt" not in exp or tok_source is None:
+    if not exp.get("prompt") or tok_source is None:
         return
     try:
         tok = load_tokenizer(tok_source)
@@ -783,7 +810,8 @@ def check_adapter(adapter_dir: Path, model_path: Path, expect: Path, atol: float
         pm = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name="default").eval()
     bad = [m for m in msgs if any(w in m.lower() for w in ("missing", "unexpected", "not found", "mismatch"))]
     for m in msgs:
-        log(f"  warning while loading: {m[:300]}")
+        if not m.startswith(("FutureWarning", "DeprecationWarning")):
+            log(f"  warning while loading: {m[:300]}")
     if bad:
         raise CheckFailed(f"PEFT reported key problems: {bad[0][:300]}")
 
@@ -830,7 +858,8 @@ def check_merged(hf_dir: Path, expect: Path, atol: float) -> None:
                                                            output_loading_info=True)
     model.eval()
     for m in msgs:
-        log(f"  warning while loading: {m[:300]}")
+        if not m.startswith(("FutureWarning", "DeprecationWarning")):
+            log(f"  warning while loading: {m[:300]}")
     problems = {k: v for k, v in info.items() if v}
     if problems:
         raise CheckFailed(f"transformers loading problems: {json.dumps({k: list(map(str, v))[:5] for k, v in problems.items()})}")
@@ -883,6 +912,19 @@ def self_test(fixtures: Path, atol: float) -> int:
         k = next(k for k in sd if "q_proj.lora_A" in k)
         sd[k.replace("q_proj", "qq_proj")] = sd.pop(k)
         save_file(sd, str(bad_key / "adapter_model.safetensors"), metadata={"format": "pt"})
+        # An extra tensor for a module the model does not have: PEFT ignores it without a word.
+        extra_key = tmp / "extra-key"
+        shutil.copytree(tiny / "peft-adapter", extra_key)
+        sd = load_file(str(extra_key / "adapter_model.safetensors"))
+        k = next(k for k in sd if "q_proj.lora_A" in k)
+        sd[k.replace("layers.0", "layers.7")] = sd[k].clone()
+        save_file(sd, str(extra_key / "adapter_model.safetensors"), metadata={"format": "pt"})
+        # A merged directory that lost its lm_head (transformers would initialise it randomly).
+        no_head = tmp / "merged-no-head"
+        shutil.copytree(merged_dir, no_head)
+        sd = load_file(str(no_head / "model.safetensors"))
+        del sd["lm_head.weight"]
+        save_file(sd, str(no_head / "model.safetensors"), metadata={"format": "pt"})
         zero_b = tmp / "zero-b"
         shutil.copytree(tiny / "peft-adapter", zero_b)
         sd = load_file(str(zero_b / "adapter_model.safetensors"))
@@ -893,9 +935,11 @@ def self_test(fixtures: Path, atol: float) -> int:
             ("adapter matches", 0, check_adapter, tiny / "peft-adapter", tiny, good, atol),
             ("adapter vs base expectations", 1, check_adapter, tiny / "peft-adapter", tiny, base_exp, atol),
             ("adapter with an unknown module key", 1, check_adapter, bad_key, tiny, good, atol),
+            ("adapter with an extra unknown key", 1, check_adapter, extra_key, tiny, good, atol),
             ("adapter with zero B", 1, check_adapter, zero_b, tiny, base_exp, atol),
             ("merged dir matches adapter", 0, check_merged, merged_dir, good, atol),
             ("merged dir vs base expectations", 1, check_merged, merged_dir, base_exp, atol),
+            ("merged dir without lm_head", 1, check_merged, no_head, good, atol),
         ]
         for label, want, fn, *args in cases:
             log(f"--- self-test: {label} (expect {'PASS' if want == 0 else 'FAIL'})")
@@ -922,7 +966,6 @@ def main(argv=None) -> int:
                     help=f"real model: GGUF file or HF directory (default for fixtures: {DEFAULT_MODEL})")
     ap.add_argument("--parts", default="tiny,peft,dequant,smollm2",
                     help="comma-separated fixture parts to (re)write (default: all)")
-    ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--check-adapter", type=Path, metavar="ADAPTER_DIR",
                     help="check a PEFT adapter dir on --model against --expect")
     ap.add_argument("--check-merged", type=Path, metavar="HF_DIR",
@@ -947,6 +990,9 @@ def main(argv=None) -> int:
     if args.self_test:
         return self_test(args.out, args.atol)
 
+    # Deprecation notices from the libraries are noise when writing fixtures (the check modes
+    # above still see every warning).
+    warnings.filterwarnings("ignore", category=FutureWarning)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - {"tiny", "peft", "dequant", "smollm2"}
     if unknown:
@@ -955,14 +1001,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if "tiny" in parts:
         log("tiny llama models")
-        make_tiny_llama(out / "tiny-llama", tied=False, seed=args.seed)
-        make_tiny_llama(out / "tiny-llama-tied", tied=True, seed=args.seed + 100)
+        make_tiny_llama(out / "tiny-llama", tied=False, seed=SEEDS["tiny"])
+        make_tiny_llama(out / "tiny-llama-tied", tied=True, seed=SEEDS["tiny_tied"])
     if "peft" in parts:
         log("PEFT adapters")
-        make_peft_fixtures(out / "tiny-llama", seed=args.seed + 200)
+        make_peft_fixtures(out / "tiny-llama", seed=SEEDS["peft"])
     if "dequant" in parts:
         log("GGUF dequantization fixture")
-        make_dequant_fixture(out, seed=args.seed + 300)
+        make_dequant_fixture(out, seed=SEEDS["dequant"])
     if "smollm2" in parts:
         model = args.model or DEFAULT_MODEL
         if not model.exists():

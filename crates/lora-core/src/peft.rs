@@ -57,6 +57,15 @@ pub struct PeftLoraConfig {
     /// PEFT writes `true` when saving.
     #[serde(default)]
     pub inference_mode: bool,
+    /// LoRA on biases (PEFT ≥ 0.14); must be `false`.
+    #[serde(default)]
+    pub lora_bias: bool,
+    /// Modules excluded from the targets (PEFT ≥ 0.14); not supported when non-empty.
+    #[serde(default)]
+    pub exclude_modules: Option<serde_json::Value>,
+    /// LoRA on raw parameters instead of modules (PEFT ≥ 0.17); not supported.
+    #[serde(default)]
+    pub target_parameters: Option<serde_json::Value>,
     /// PEFT's layer-container override for `layers_to_transform`.
     #[serde(default)]
     pub layers_pattern: Option<serde_json::Value>,
@@ -81,6 +90,9 @@ impl PeftLoraConfig {
             use_dora: false,
             modules_to_save: None,
             inference_mode: true,
+            lora_bias: false,
+            exclude_modules: None,
+            target_parameters: None,
             layers_pattern: None,
             lora,
         }
@@ -110,6 +122,18 @@ pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
     }
     if cfg.fan_in_fan_out {
         return unsupported("fan_in_fan_out: true (Conv1D layouts do not occur in Llama models)".into());
+    }
+    if cfg.lora_bias {
+        return unsupported("lora_bias: true is not supported".into());
+    }
+    let non_empty = |v: &Option<serde_json::Value>| {
+        v.as_ref().is_some_and(|v| !(v.is_null() || v.as_array().is_some_and(|a| a.is_empty()) || v.as_str() == Some("")))
+    };
+    if non_empty(&cfg.exclude_modules) {
+        return unsupported("exclude_modules is not supported yet".into());
+    }
+    if non_empty(&cfg.target_parameters) {
+        return unsupported("target_parameters (LoRA on raw parameters) is not supported".into());
     }
     if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
         return unsupported("modules_to_save is not supported".into());

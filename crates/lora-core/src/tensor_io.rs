@@ -47,13 +47,14 @@ impl HostTensor {
         let data = t
             .into_data()
             .convert::<f32>()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .map_err(|e| LoraError::InvalidConfig(format!("could not read tensor data: {e:?}")))?;
         Ok(HostTensor { shape, data })
     }
 }
 
-/// Reads every tensor of a safetensors file as `f32` (F32, F16 and BF16 are accepted).
+/// Reads every tensor of a safetensors file as `f32` (F32, F16 and BF16 are accepted; I64 and
+/// I32 tensors — token ids in test fixtures — are converted to `f32` too, exact below 2²⁴).
 ///
 /// # Errors
 /// [`LoraError::Io`] if the file cannot be read, [`LoraError::Safetensors`] if it is not a valid
@@ -69,6 +70,11 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Lor
             Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::I64 => raw
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+                .collect(),
+            Dtype::I32 => raw.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
             other => {
                 return Err(LoraError::AdapterTensor {
                     path: path.to_path_buf(),

@@ -111,7 +111,7 @@ pub fn last_logits(logits: Tensor<3>) -> Result<Vec<f32>, ModelError> {
         .slice([0..1, t - 1..t, 0..v])
         .into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .map_err(|e| ModelError::Generate(format!("reading logits: {e:?}")))
 }
 

@@ -39,12 +39,15 @@ pub struct HfLlamaConfig {
     /// RMSNorm ε.
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
-    /// RoPE base θ.
-    #[serde(default = "default_theta")]
-    pub rope_theta: f64,
-    /// RoPE scaling; only `null` is supported.
+    /// RoPE base θ (transformers 4.x writes it at the top level).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// RoPE scaling (transformers 4.x); only `null` is supported.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// RoPE settings as transformers 5.x writes them: `{"rope_theta": …, "rope_type": "default"}`.
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
     /// Context length the RoPE tables cover.
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
@@ -68,6 +71,21 @@ pub struct HfLlamaConfig {
     pub eos_token_id: Option<serde_json::Value>,
 }
 
+/// `rope_parameters` of a transformers 5.x `config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RopeParameters {
+    /// RoPE base θ.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// Only `"default"` (plain RoPE) is supported.
+    #[serde(default = "default_rope_type")]
+    pub rope_type: String,
+}
+
+fn default_rope_type() -> String {
+    "default".into()
+}
+
 fn llama() -> String {
     "llama".into()
 }
@@ -76,9 +94,6 @@ fn silu() -> String {
 }
 fn default_eps() -> f64 {
     1e-6
-}
-fn default_theta() -> f64 {
-    10000.0
 }
 fn default_max_pos() -> usize {
     2048
@@ -96,6 +111,17 @@ impl HfLlamaConfig {
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err("rope_scaling is set; only plain RoPE is supported".into());
         }
+        if let Some(rp) = &self.rope_parameters
+            && rp.rope_type != "default"
+        {
+            return Err(format!("rope_parameters.rope_type {:?}: only \"default\" RoPE is supported", rp.rope_type));
+        }
+        let rope_theta = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|rp| rp.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10000.0);
         if self.hidden_act != "silu" {
             return Err(format!("hidden_act {:?}: only \"silu\" (SwiGLU) is supported", self.hidden_act));
         }
@@ -108,7 +134,7 @@ impl HfLlamaConfig {
             n_kv_heads: self.num_key_value_heads.unwrap_or(n_heads),
             head_dim: self.head_dim.unwrap_or(if n_heads == 0 { 0 } else { self.hidden_size / n_heads }),
             d_ff: self.intermediate_size,
-            rope_theta: self.rope_theta,
+            rope_theta,
             rms_norm_eps: self.rms_norm_eps,
             max_seq_len: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
@@ -129,8 +155,10 @@ impl HfLlamaConfig {
             num_key_value_heads: Some(config.n_kv_heads),
             head_dim: Some(config.head_dim),
             rms_norm_eps: config.rms_norm_eps,
-            rope_theta: config.rope_theta,
+            // Both spellings, so transformers 4.x and 5.x read the same θ.
+            rope_theta: Some(config.rope_theta),
             rope_scaling: None,
+            rope_parameters: Some(RopeParameters { rope_theta: Some(config.rope_theta), rope_type: default_rope_type() }),
             max_position_embeddings: config.max_seq_len,
             tie_word_embeddings: tied,
             attention_bias: false,
@@ -248,6 +276,7 @@ pub fn save_hf_dir(model: &Llama, dir: &Path, dtype: DiskDtype) -> Result<(), Mo
             DiskDtype::BF16 => "bfloat16",
         };
         obj.insert("torch_dtype".into(), serde_json::json!(dt));
+        obj.insert("dtype".into(), serde_json::json!(dt));
         obj.remove("bos_token_id");
         obj.remove("eos_token_id");
     }
