@@ -49,7 +49,8 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         tok.encode(&args.prompt, true)?
     };
-    let stop = tok.stop_ids();
+    // Stop at end-of-sequence, and at the end of the assistant's turn in chat templates.
+    let stop: Vec<u32> = tok.eos_id().into_iter().chain(tok.token_id("<|im_end|>")).collect();
     let mut sampler = Sampler::new(SamplingConfig {
         temperature: args.temperature,
         top_k: args.top_k,

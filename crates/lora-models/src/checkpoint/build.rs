@@ -2,7 +2,7 @@
 //! the right shape, and every tensor in the checkpoint must be used. No silent partial loads.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor};

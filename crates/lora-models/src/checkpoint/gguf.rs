@@ -27,9 +27,14 @@ pub fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     let d_model = file.get_usize("llama.embedding_length")?;
     let n_heads = file.get_usize("llama.attention.head_count")?;
     let n_kv_heads = file.get_opt::<u64>("llama.attention.head_count_kv")?.map_or(n_heads, |v| v as usize);
-    let head_dim = match file.get_opt::<u64>("llama.rope.dimension_count")? {
-        Some(v) => v as usize,
-        None => d_model / n_heads.max(1),
+    // `attention.key_length` is the exact head width; `rope.dimension_count` equals it for
+    // models with full rotary embeddings.
+    let head_dim = match (
+        file.get_opt::<u64>("llama.attention.key_length")?,
+        file.get_opt::<u64>("llama.rope.dimension_count")?,
+    ) {
+        (Some(v), _) | (None, Some(v)) => v as usize,
+        (None, None) => d_model / n_heads.max(1),
     };
     let embd = file
         .tensor_info("token_embd.weight")

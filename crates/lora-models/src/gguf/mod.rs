@@ -36,7 +36,8 @@ pub use dequant::{GgmlType, dequantize};
 pub use error::GgufError;
 pub use value::{FromGgufValue, GgufValue};
 
-/// Alignment of the tensor data section when `general.alignment` is absent (`GGUF_DEFAULT_ALIGNMENT`).
+/// Alignment of the tensor data section when `general.alignment` is absent
+/// (`GGUF_DEFAULT_ALIGNMENT`).
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 
 /// Deepest array nesting accepted in metadata (real files use at most 2).
@@ -241,7 +242,8 @@ impl GgufFile {
         self.get(key)
     }
 
-    /// `key` as an array of `i32` (any integer elements that fit), e.g. `tokenizer.ggml.token_type`.
+    /// `key` as an array of `i32` (any integer elements that fit), e.g.
+    /// `tokenizer.ggml.token_type`.
     /// Errors as [`GgufFile::get`].
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
         self.get(key)

@@ -1,5 +1,6 @@
 //! Unit tests of the GGUF reader on files built in memory. Expected dequantized values come
-//! from gguf-py's reference `gguf.quants.dequantize` (`scripts/dequant_expected.py`).
+//! from gguf-py's reference `gguf.quants.dequantize`
+//! (`scripts/gguf_expected.py --parts synthetic`).
 
 use super::testutil::GgufBuilder;
 use super::*;
@@ -74,7 +75,7 @@ fn plain_float_types_are_read_little_endian() {
 /// `(type id, sum of all values, [(index, value)])` over two LCG blocks of that type.
 type Expected = (u32, f64, &'static [(usize, f64)]);
 
-/// From `scripts/dequant_expected.py`.
+/// From `scripts/gguf_expected.py --parts synthetic`.
 #[rustfmt::skip]
 const SYNTHETIC: &[Expected] = &[
     (2, 11.5572509765625, &[(0, 0.0), (5, -0.02459716796875), (10, -0.07379150390625), (15, 0.061492919921875), (20, -0.012298583984375), (25, -0.086090087890625), (30, 0.07379150390625), (35, 1.0), (40, 3.5), (45, -1.0), (50, 3.0), (55, -3.0), (60, -1.5)]),

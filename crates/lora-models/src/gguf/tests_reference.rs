@@ -1,6 +1,7 @@
 //! Tests against reference data from gguf-py and transformers: `fixtures/dequant.gguf` (every
 //! supported type) and, when present, the real SmolLM2 GGUF with
-//! `fixtures/smollm2-reference.json` and values from `scripts/real_expected.py`.
+//! `fixtures/smollm2-reference.json` and values from
+//! `scripts/gguf_expected.py --parts real`.
 
 use super::tests::assert_close;
 use super::testutil::{fixture, real_model_path, smollm2_reference};
@@ -82,7 +83,8 @@ fn smollm2_attn_k_unpermute_matches_transformers() {
     let (shape, k) = f.tensor_f32("blk.0.attn_k.weight").unwrap();
     let n_kv = f.get_usize("llama.attention.head_count_kv").unwrap();
     let hf = unpermute_qk(&k, shape[0], shape[1], n_kv).unwrap();
-    // transformers LlamaConverter._reverse_permute_weights (scripts/real_expected.py)
+    // transformers LlamaConverter._reverse_permute_weights
+    // (`scripts/gguf_expected.py --parts real`)
     let want: [(usize, [f64; 3]); 5] = [
         (1, [0.203369140625, 0.09136962890625, 0.203369140625]),
         (31, [-0.1021728515625, -0.1021728515625, -0.011962890625]),

@@ -1,5 +1,6 @@
 //! Tokenizer tests: a tiny synthetic GGUF vocabulary (no files needed), and SmolLM2's real one
-//! against ids from transformers' own GGUF tokenizer (`scripts/tokenizer_expected.py`).
+//! against ids from transformers' own GGUF tokenizer
+//! (`scripts/gguf_expected.py --parts tokenizer`).
 
 use super::from_gguf::byte_to_char;
 use super::*;
@@ -162,6 +163,16 @@ fn chat_template_supports_hf_template_idioms() {
         .apply_chat_template(&[ChatMessage::system("s")], false)
         .unwrap_err();
     assert!(e.to_string().contains("no system"), "{e}");
+    // Python json.dumps(x, indent=2) layout; dict.items()/get and str.split/startswith.
+    tok.set_chat_template(Some(
+        "{{ {'k': [1]} | tojson(indent=2) }}|{% for k, v in {'x': 1}.items() %}{{ k }}={{ v }}{% endfor %}|\
+         {{ {'x': 1}.get('y', 'none') }}|{{ 'a,b'.split(',') | join('+') }}|{{ 'abc'.startswith('ab') }}"
+            .into(),
+    ));
+    assert_eq!(
+        tok.apply_chat_template(&msgs, false).unwrap(),
+        "{\n  \"k\": [\n    1\n  ]\n}|x=1|none|a+b|True"
+    );
     tok.set_chat_template(None);
     assert!(matches!(
         tok.apply_chat_template(&msgs, false),
