@@ -1,1 +1,5 @@
-//! placeholder
+//! # lora-train — fine-tuning with LoRA
+//!
+//! - [`loss`]: the masked causal-LM cross-entropy.
+
+pub mod loss;

@@ -1,0 +1,53 @@
+//! Helpers shared by the integration tests: fixture paths, devices, comparisons.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use lora_core::tensor_io::{HostTensor, read_safetensors};
+use lora_core::{BackendKind, select_device};
+
+/// `fixtures/` at the repository root.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// The CPU device the tests run on.
+pub fn device() -> Device {
+    select_device(BackendKind::Flex).expect("flex backend")
+}
+
+/// Reads a fixture safetensors file.
+pub fn reference(rel: &str) -> BTreeMap<String, HostTensor> {
+    read_safetensors(&fixtures().join(rel)).expect("fixture file (run scripts/make_fixtures.py)")
+}
+
+/// `[B, T]` token ids from a fixture tensor holding ids as floats.
+pub fn ids(t: &HostTensor, device: &Device) -> Tensor<2, Int> {
+    let v: Vec<i64> = t.data.iter().map(|x| *x as i64).collect();
+    Tensor::from_data(TensorData::new(v, [t.shape[0], t.shape[1]]), device)
+}
+
+/// Host copy of any float tensor.
+pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// max |a − b| / max |b|.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// The real model's path, or `None` (with a note) when it has not been fetched.
+pub fn real_model() -> Option<PathBuf> {
+    let p = std::env::var_os("BURN_LORA_MODEL").map(PathBuf::from).unwrap_or_else(lora_models::cache::default_model_path);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipping: {} not present (cargo xtask generate fetches it; .ci/run does too)", p.display());
+        None
+    }
+}
