@@ -5,13 +5,13 @@
 //! profile, so tests and runs reuse a single optimized build of burn. `--backend wgpu|ndarray`
 //! also switches on that backend's cargo feature, so the default build compiles only `flex`.
 //!
-//! Commands: `train`, `eval`, `generate`, `logits`, `merge`, `bench` (forwarded to `burn-lora`),
+//! Commands: `train`, `eval`, `generate`, `logits`, `merge`, `bench`, `fetch` (forwarded to `burn-lora`),
 //! `test` (the whole test suite; extra arguments go to `cargo test`), `example NAME`.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <train|eval|generate|logits|merge|bench|test|example NAME> [args...]
+const USAGE: &str = "usage: cargo xtask <train|eval|generate|logits|merge|bench|fetch|test|example NAME> [args...]
   cargo xtask train                       fine-tune SmolLM2 on TREC with LoRA (defaults)
   cargo xtask generate --chat --prompt \"What is the capital of France?\"
   cargo xtask logits --prompt \"The capital of France is\" --json
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             }
             cmd.arg("--").args(&rest[1..]);
         }
-        "train" | "eval" | "generate" | "logits" | "merge" | "bench" => {
+        "train" | "eval" | "generate" | "logits" | "merge" | "bench" | "fetch" => {
             cmd.args(["run", "--quiet", "-p", "lora-cli", "--bin", "burn-lora"]);
             if let Some(f) = &features {
                 cmd.args(["--features", f]);

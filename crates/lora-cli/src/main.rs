@@ -2,6 +2,7 @@
 //! and calls the libraries; all the work happens in `lora-core`, `lora-models` and `lora-train`.
 
 mod common;
+mod fetch;
 mod generate;
 mod logits;
 mod merge;
@@ -25,6 +26,8 @@ enum Command {
     Logits(logits::Args),
     /// Merge a LoRA adapter into the base model and write a Hugging Face directory.
     Merge(merge::Args),
+    /// Fetch the default model and dataset into the cache now.
+    Fetch(fetch::Args),
 }
 
 fn main() -> Result<()> {
@@ -33,5 +36,6 @@ fn main() -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Fetch(args) => fetch::run(args),
     }
 }
