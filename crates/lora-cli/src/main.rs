@@ -6,6 +6,8 @@ mod fetch;
 mod generate;
 mod logits;
 mod merge;
+mod task;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +28,8 @@ enum Command {
     Logits(logits::Args),
     /// Merge a LoRA adapter into the base model and write a Hugging Face directory.
     Merge(merge::Args),
+    /// Fine-tune LoRA adapters (default: SmolLM2-135M-Instruct on TREC question classification).
+    Train(train::Args),
     /// Fetch the default model and dataset into the cache now.
     Fetch(fetch::Args),
 }
@@ -37,5 +41,6 @@ fn main() -> Result<()> {
         Command::Logits(args) => logits::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Fetch(args) => fetch::run(args),
+        Command::Train(args) => train::run(args),
     }
 }

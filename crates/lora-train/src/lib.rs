@@ -1,5 +1,23 @@
 //! # lora-train — fine-tuning with LoRA
 //!
-//! - [`loss`]: the masked causal-LM cross-entropy.
+//! - [`data`]: JSONL datasets, the TREC task, tokenization with loss masks, batching;
+//! - [`loss`]: the masked causal-LM cross-entropy, taken only at answer positions;
+//! - [`trainer`]: the training loop (one function) and its [`trainer::Observer`];
+//! - [`schedule`]: warm-up + cosine learning rate from burn's schedulers;
+//! - [`checkpoint`]: atomic, bit-exact resumable checkpoints;
+//! - [`eval`]: held-out loss, perplexity and accuracy;
+//! - [`report`]: `metrics.jsonl`, `summary.json` and the `loss.png` picture;
+//! - [`config`]: [`config::TrainConfig`], TOML in and out.
 
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
 pub mod loss;
+pub mod report;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use error::TrainError;
