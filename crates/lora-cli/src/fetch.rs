@@ -13,5 +13,13 @@ pub struct Args {}
 pub fn run(_args: Args) -> Result<()> {
     let model = cache::ensure_default_model()?;
     println!("model: {} (sha256 checked)", model.display());
+    let trec = lora_train::data::load_trec()?;
+    println!(
+        "TREC: {} ({} unique questions: {} train, {} held out)",
+        lora_train::data::trec::trec_path().display(),
+        trec.stats.unique,
+        trec.stats.train,
+        trec.stats.test
+    );
     Ok(())
 }

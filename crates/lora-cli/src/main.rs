@@ -2,6 +2,7 @@
 //! and calls the libraries; all the work happens in `lora-core`, `lora-models` and `lora-train`.
 
 mod common;
+mod eval;
 mod fetch;
 mod generate;
 mod logits;
@@ -30,6 +31,8 @@ enum Command {
     Merge(merge::Args),
     /// Fine-tune LoRA adapters (default: SmolLM2-135M-Instruct on TREC question classification).
     Train(train::Args),
+    /// Held-out loss, perplexity and (TREC) accuracy, with or without an adapter.
+    Eval(eval::Args),
     /// Fetch the default model and dataset into the cache now.
     Fetch(fetch::Args),
 }
@@ -42,5 +45,6 @@ fn main() -> Result<()> {
         Command::Merge(args) => merge::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

@@ -223,7 +223,7 @@ struct Summary<'a> {
     outcome: &'static str,
 }
 
-fn eval_with_progress(model: &Llama, task: &Task, cfg: &TrainConfig, pad: u32, what: &str, json: bool) -> EvalReport {
+fn eval_with_progress(model: &Llama, task: &Task, pad: u32, what: &str, json: bool) -> EvalReport {
     let spinner = (!json).then(|| {
         let s = ProgressBar::new_spinner();
         s.set_message(format!("evaluating {what} on {} held-out examples ...", task.test.len()));
@@ -296,7 +296,7 @@ pub fn run(args: Args) -> Result<()> {
     let before = if resuming && before_path.exists() {
         serde_json::from_str(&std::fs::read_to_string(&before_path)?)?
     } else {
-        let b = eval_with_progress(&model, &task, &cfg, pad, "the base model", args.json);
+        let b = eval_with_progress(&model, &task, pad, "the base model", args.json);
         std::fs::write(&before_path, serde_json::to_string_pretty(&b)?)?;
         b
     };
@@ -318,7 +318,7 @@ pub fn run(args: Args) -> Result<()> {
     });
     let mut console = Console { bar, json: args.json, log: MetricsLog::open(&dir)?, evals: vec![(0, before.clone())], stop, last_tokens_per_s: Vec::new() };
     let t_train = Instant::now();
-    let mut eval_fn = |m: &Llama| -> Result<EvalReport, TrainError> { Ok(eval_with_progress(m, &task, &cfg, pad, "", true)) };
+    let mut eval_fn = |m: &Llama| -> Result<EvalReport, TrainError> { Ok(eval_with_progress(m, &task, pad, "", true)) };
     let (model, outcome) = train(model, &task.train, pad, &cfg, resume, &checkpoint, &mut console, &mut eval_fn)?;
     let train_secs = t_train.elapsed().as_secs_f64();
     if let Some(bar) = &console.bar {
@@ -326,7 +326,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     peft::save_adapter(&model, &lora_cfg, &base_name, &dir.join("adapter"))?;
-    let after = eval_with_progress(&model, &task, &cfg, pad, "the fine-tuned model", args.json);
+    let after = eval_with_progress(&model, &task, pad, "the fine-tuned model", args.json);
     let done_steps = if outcome == Outcome::Finished { cfg.steps } else { checkpoint.load_state()?.step };
     console.evals.push((done_steps, after.clone()));
     let steps = read_metrics(&dir.join("metrics.jsonl"), done_steps)?;

@@ -72,7 +72,8 @@ pub struct BuildOptions {
 pub fn build_llama(config: &LlamaConfig, mut ckpt: Checkpoint, opts: BuildOptions, device: &Device) -> Result<Llama, ModelError> {
     let (d, h, k, e, f, v) = (config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.d_ff, config.vocab_size);
     let eps = config.rms_norm_eps;
-    let embed = ckpt.take("model.embed_tokens.weight", &[v, d])?.to_tensor::<2>(device);
+    let embed_host = ckpt.take("model.embed_tokens.weight", &[v, d])?;
+    let embed = embed_host.to_tensor::<2>(device);
     let mut layers = Vec::with_capacity(config.n_layers);
     for i in 0..config.n_layers {
         let p = format!("model.layers.{i}");
@@ -100,7 +101,9 @@ pub fn build_llama(config: &LlamaConfig, mut ckpt: Checkpoint, opts: BuildOption
     let lm_head = if config.tie_word_embeddings {
         // Some tied checkpoints still carry a copy of the head; it must equal the embedding.
         ckpt.tensors.remove("lm_head.weight");
-        LoraLinear::new(embed.clone().transpose(), None)
+        // A contiguous `[D, V]` copy: a transposed view of the embedding would be copied into
+        // contiguous memory by the matmul at every forward (measured: most of decode time).
+        LoraLinear::new(embed_host.transposed_2d().to_tensor::<2>(device), None)
     } else {
         ckpt.linear("lm_head", d, v, false, device)?
     };

@@ -1,0 +1,162 @@
+//! The training loop end to end on the tiny Llama fixture: it learns, only adapters change,
+//! and a resumed run ends bit-for-bit where an uninterrupted one does.
+
+mod common;
+
+use burn::module::Module;
+use common::*;
+use lora_core::config::{LoraConfig, TargetModules};
+use lora_core::{LoraModel, apply_lora, peft};
+use lora_models::Llama;
+use lora_models::pretrained::load_hf_model;
+use lora_train::checkpoint::Checkpoint;
+use lora_train::config::{LoraSection, TrainConfig};
+use lora_train::data::Encoded;
+use lora_train::eval::mean_answer_loss;
+use lora_train::trainer::{EvalReport, Observer, Outcome, StepMetrics, train};
+use lora_train::TrainError;
+
+fn examples() -> Vec<Encoded> {
+    // Four "prompt → answer" sequences over the tiny vocabulary (ids < 300).
+    (0..4u32)
+        .map(|i| Encoded { ids: vec![10 + i, 20 + i, 30 + i, 40 + i, 100 + 7 * i, 200 + 3 * i], prompt_len: 4 })
+        .collect()
+}
+
+fn config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 2,
+        lr: 1e-2,
+        warmup_steps: 2,
+        save_every: 0,
+        lora: LoraSection { r: 8, alpha: 16.0, dropout: 0.0, targets: "all-linear".into(), rslora: false },
+        ..TrainConfig::default()
+    }
+}
+
+fn model(cfg: &TrainConfig) -> Llama {
+    let d = device().autodiff();
+    d.seed(cfg.seed);
+    let m = load_hf_model(&fixtures().join("tiny-llama"), &d).unwrap();
+    apply_lora(m, &cfg.lora.to_lora_config(), &d).unwrap().0
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("burn-lora-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+#[derive(Default)]
+struct Record {
+    losses: Vec<f64>,
+    stop_after: Option<usize>,
+}
+
+impl Observer for Record {
+    fn on_step(&mut self, m: &StepMetrics) {
+        self.losses.push(m.loss);
+    }
+    fn interrupted(&self) -> bool {
+        self.stop_after.is_some_and(|n| self.losses.len() >= n)
+    }
+}
+
+fn no_eval(_: &Llama) -> Result<EvalReport, TrainError> {
+    Ok(EvalReport::default())
+}
+
+fn run(cfg: &TrainConfig, m: Llama, dir: &std::path::Path, obs: &mut Record, resume: bool) -> (Llama, Outcome) {
+    let ck = Checkpoint::new(dir, cfg.lora.to_lora_config(), "tiny-llama");
+    let state = resume.then(|| ck.load_state().unwrap());
+    train(m, &examples(), 0, cfg, state, &ck, obs, &mut no_eval).unwrap()
+}
+
+#[test]
+fn overfitting_a_handful_of_examples_drives_the_loss_near_zero() {
+    let cfg = config(60);
+    let dir = scratch("overfit");
+    let mut obs = Record::default();
+    let (m, _) = run(&cfg, model(&cfg), &dir, &mut obs, false);
+    let first = obs.losses[0];
+    let (last, _) = mean_answer_loss(&m.valid(), &examples(), 4, 0, &device());
+    assert!(first > 3.0, "starts near ln(300) ≈ 5.7: {first}");
+    assert!(last < 0.05, "final loss {last} (first {first})");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn base_and_adapter_values(m: &Llama) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let (mut base, mut adapters) = (Vec::new(), Vec::new());
+    base.push(host(m.model.embed_tokens.weight.val().inner()));
+    base.push(host(m.model.norm.weight.val().inner()));
+    for l in &m.model.layers {
+        base.push(host(l.input_layernorm.weight.val().inner()));
+        base.push(host(l.post_attention_layernorm.weight.val().inner()));
+    }
+    m.visit_linears(&mut |_, lin| {
+        base.push(host(lin.weight.val().inner()));
+        if let Some(a) = &lin.adapter {
+            adapters.push(host(a.lora_a.val().inner()));
+            adapters.push(host(a.lora_b.val().inner()));
+        }
+    });
+    (base, adapters)
+}
+
+#[test]
+fn only_adapter_parameters_change_after_a_step() {
+    let cfg = config(1);
+    let m = model(&cfg);
+    let (base0, ad0) = base_and_adapter_values(&m);
+    let dir = scratch("only-adapters");
+    let (m, _) = run(&cfg, m, &dir, &mut Record::default(), false);
+    let (base1, ad1) = base_and_adapter_values(&m);
+    assert_eq!(base0, base1, "every base tensor is bitwise unchanged");
+    assert_eq!(ad0.len(), 28);
+    for (i, (a, b)) in ad0.iter().zip(&ad1).enumerate() {
+        assert_ne!(a, b, "adapter tensor {i} changed");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resumed_run_ends_bitwise_where_the_uninterrupted_run_does() {
+    let cfg = TrainConfig { lora: LoraSection { dropout: 0.1, ..config(6).lora }, ..config(6) };
+    let straight_dir = scratch("straight");
+    let mut straight_obs = Record::default();
+    let (straight, _) = run(&cfg, model(&cfg), &straight_dir, &mut straight_obs, false);
+
+    let dir = scratch("resumed");
+    let mut first = Record { stop_after: Some(3), ..Record::default() };
+    let (_, outcome) = run(&cfg, model(&cfg), &dir, &mut first, false);
+    assert_eq!(outcome, Outcome::Interrupted);
+    // A new process would load the base model fresh and the adapter from the checkpoint.
+    let d = device().autodiff();
+    let ck = Checkpoint::new(&dir, cfg.lora.to_lora_config(), "tiny-llama");
+    let base = load_hf_model(&fixtures().join("tiny-llama"), &d).unwrap();
+    let (mut m, _, _) = peft::load_adapter(base, &ck.adapter_dir().unwrap(), &d).unwrap();
+    ck.restore_param_ids(&mut m).unwrap();
+    let mut second = Record::default();
+    let (resumed, _) = run(&cfg, m, &dir, &mut second, true);
+
+    let losses: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
+    assert_eq!(losses, straight_obs.losses, "same loss curve");
+    assert_eq!(base_and_adapter_values(&resumed).1, base_and_adapter_values(&straight).1, "same adapter tensors");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&straight_dir);
+}
+
+#[test]
+fn zero_steps_and_empty_data_are_clear_errors() {
+    let cfg = config(0);
+    let dir = scratch("bad");
+    let ck = Checkpoint::new(&dir, cfg.lora.to_lora_config(), "tiny-llama");
+    let err = train(model(&config(1)), &examples(), 0, &cfg, None, &ck, &mut Record::default(), &mut no_eval).unwrap_err();
+    assert!(err.to_string().contains("steps"), "{err}");
+    let err = train(model(&config(1)), &[], 0, &config(1), None, &ck, &mut Record::default(), &mut no_eval).unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = LoraConfig::new(1, 1.0, TargetModules::AllLinear);
+}
