@@ -68,8 +68,6 @@ pub struct TrainConfig {
     pub seq_len: usize,
     /// Seed for initialisation, data order and dropout.
     pub seed: u64,
-    /// Log a metrics line every N steps.
-    pub log_every: usize,
     /// Evaluate on the held-out set every N steps (0 = only before and after).
     pub eval_every: usize,
     /// Write a checkpoint every N steps (0 = only at the end).
@@ -97,7 +95,6 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             seq_len: 256,
             seed: 42,
-            log_every: 5,
             eval_every: 0,
             save_every: 50,
             eval_limit: 0,

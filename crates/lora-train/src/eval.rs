@@ -117,6 +117,11 @@ pub fn choice_accuracy(model: &Llama, items: &[(Vec<u32>, usize)], candidates: &
 }
 
 /// Loss, perplexity and (with `choices`) accuracy on held-out examples.
+///
+/// When `choices` are given for exactly these examples (`items[i]` is the prompt of
+/// `examples[i]`) and the candidates start with distinct tokens, one forward pass over each
+/// batch gives both numbers: the position that predicts the first answer token is the last
+/// prompt position.
 pub fn evaluate(
     model: &Llama,
     examples: &[Encoded],
@@ -125,7 +130,47 @@ pub fn evaluate(
     pad: u32,
     device: &Device,
 ) -> EvalReport {
-    let (loss, _) = mean_answer_loss(model, examples, batch, pad, device);
-    let accuracy = choices.map(|(items, cands)| choice_accuracy(model, items, cands, batch, pad, device));
-    EvalReport { loss, perplexity: loss.exp(), accuracy, examples: examples.len() }
+    let firsts: Option<Vec<u32>> = choices.and_then(|(items, cands)| {
+        let f: Vec<u32> = cands.iter().filter_map(|c| c.first().copied()).collect();
+        let mut d = f.clone();
+        d.sort_unstable();
+        d.dedup();
+        let aligned = items.len() == examples.len()
+            && items.iter().zip(examples).all(|((p, _), e)| e.ids.len() > p.len() && e.ids[..p.len()] == p[..]);
+        (f.len() == cands.len() && d.len() == f.len() && aligned).then_some(f)
+    });
+    let Some(firsts) = firsts else {
+        let (loss, _) = mean_answer_loss(model, examples, batch, pad, device);
+        let accuracy = choices.map(|(items, cands)| choice_accuracy(model, items, cands, batch, pad, device));
+        return EvalReport { loss, perplexity: loss.exp(), accuracy, examples: examples.len() };
+    };
+    let labels: Vec<usize> = choices.map(|(items, _)| items.iter().map(|i| i.1).collect()).unwrap_or_default();
+    let (mut total, mut count, mut correct) = (0.0f64, 0usize, 0usize);
+    for (bi, chunk) in examples.chunks(batch.max(1)).enumerate() {
+        let seqs: Vec<&[u32]> = chunk.iter().map(|e| &e.ids[..]).collect();
+        let (input, t) = padded(&seqs, pad, device);
+        let pos = AnswerPositions::new(chunk.iter().map(|e| (&e.ids[..], e.prompt_len)), t);
+        let hidden = model.model.forward(input, None); // [B, T, D]
+        let [b, _, d] = hidden.dims();
+        let flat = hidden.reshape([b * t, d]);
+        // Loss over all answer tokens.
+        let n = pos.len();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(pos.rows.clone(), [n]), device);
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(pos.targets.clone(), [n]), device);
+        let logp = log_softmax(model.lm_head.forward(flat.clone().select(0, rows)), 1);
+        let sum = logp.gather(1, targets.unsqueeze_dim::<2>(1)).sum().into_scalar::<f32>() as f64;
+        total -= sum;
+        count += n;
+        // Accuracy: the candidate first tokens at the last prompt position.
+        let last: Vec<i64> = chunk.iter().enumerate().map(|(i, e)| (i * t + e.prompt_len - 1) as i64).collect();
+        let last = Tensor::<1, Int>::from_data(TensorData::new(last, [chunk.len()]), device);
+        let cols = Tensor::<1, Int>::from_data(TensorData::new(firsts.iter().map(|&x| x as i64).collect::<Vec<_>>(), [firsts.len()]), device);
+        let scores: Vec<f32> = model.lm_head.forward(flat.select(0, last)).select(1, cols).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        for (i, row) in scores.chunks(firsts.len()).enumerate() {
+            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j);
+            correct += (labels.get(bi * batch.max(1) + i) == Some(&best)) as usize;
+        }
+    }
+    let loss = total / count.max(1) as f64;
+    EvalReport { loss, perplexity: loss.exp(), accuracy: Some(correct as f64 / examples.len().max(1) as f64), examples: examples.len() }
 }

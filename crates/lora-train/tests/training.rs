@@ -160,3 +160,23 @@ fn zero_steps_and_empty_data_are_clear_errors() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = LoraConfig::new(1, 1.0, TargetModules::AllLinear);
 }
+
+#[test]
+fn one_pass_evaluation_equals_separate_loss_and_accuracy_passes() {
+    use lora_train::eval::{choice_accuracy, evaluate};
+    let cfg = config(3);
+    let dir = scratch("eval");
+    let (m, _) = run(&cfg, model(&cfg), &dir, &mut Record::default(), false);
+    let m = m.valid();
+    let ex = examples();
+    // Candidates: each example's answer; labels: its own index, except one deliberately wrong.
+    let cands: Vec<Vec<u32>> = ex.iter().map(|e| e.ids[e.prompt_len..].to_vec()).collect();
+    let items: Vec<(Vec<u32>, usize)> = ex.iter().enumerate().map(|(i, e)| (e.ids[..e.prompt_len].to_vec(), if i == 3 { 0 } else { i })).collect();
+    let d = device();
+    let one = evaluate(&m, &ex, Some((&items, &cands)), 3, 0, &d);
+    let (loss, _) = mean_answer_loss(&m, &ex, 3, 0, &d);
+    let acc = choice_accuracy(&m, &items, &cands, 3, 0, &d);
+    assert!((one.loss - loss).abs() < 1e-5, "{} vs {loss}", one.loss);
+    assert_eq!(one.accuracy, Some(acc));
+    let _ = std::fs::remove_dir_all(&dir);
+}
