@@ -20,8 +20,11 @@ scripts/requirements.txt):
 
 Modes:
 
-    # (default) write every fixture into <repo>/fixtures/
+    # (default) write the default parts (tiny, peft, dequant, smollm2) into <repo>/fixtures/
     python scripts/make_fixtures.py [--out DIR] [--model GGUF] [--parts tiny,peft,dequant,smollm2]
+
+    # the PEFT adapter on the real SmolLM2 (not in the default set: it loads the model again)
+    python scripts/make_fixtures.py --parts smollm2-peft
 
     # load a base model (GGUF file or HF directory) plus a PEFT adapter directory and compare the
     # next-token logits with FILE.json (as printed by `burn-lora logits --json`, plus "prompt")
@@ -74,10 +77,18 @@ PROMPT_MASK = 3  # labels: the first 3 positions of each row are -100
 # Fixed seeds, one per fixture. The two tiny-model seeds were picked (from 1234..1243) so that
 # greedy decoding does not just repeat one token and the top-1/top-2 logit gap stays > 0.04 at
 # every step: an f32 implementation then cannot flip a greedy choice by rounding.
-SEEDS = {"tiny": 1236, "tiny_tied": 1335, "peft": 1434, "dequant": 1534}
+SEEDS = {"tiny": 1236, "tiny_tied": 1335, "peft": 1434, "dequant": 1534, "smollm2_peft": 1634}
 TIED_EMBED_STD = 0.1
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# The chat prompt of the SmolLM2 references (rendered with the model's chat template).
+SMOLLM2_CHAT_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+# Every fixture part, in the order they are written; the default --parts. `smollm2-peft` is not in
+# the default set: it loads the real model a second time and is slow on a small machine.
+ALL_PARTS = ["tiny", "peft", "dequant", "smollm2", "smollm2-peft"]
+DEFAULT_PARTS = ["tiny", "peft", "dequant", "smollm2"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,7 +594,7 @@ def make_smollm2_reference(model_path: Path, out: Path) -> None:
             logits = model(torch.tensor([ids])).logits[0, -1]
         return top_k_entries(tok, logits)
 
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    messages = SMOLLM2_CHAT_MESSAGES
     chat_text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     prompts = []
@@ -715,7 +726,91 @@ def make_smollm2_reference(model_path: Path, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Check modes (used by Rust-side round-trip tests)
+# 5. A PEFT LoRA adapter on the real SmolLM2, with PEFT's next-token logits
+# --------------------------------------------------------------------------------------------
+
+def make_smollm2_peft(model_path: Path, out: Path, seed: int) -> None:
+    """PEFT LoRA r=2, alpha=4 on q_proj/v_proj of every SmolLM2 layer (60 modules), B drawn
+    N(0, 0.02^2) so it moves the logits; saved into smollm2-peft-adapter/ (~0.5 MB), with the
+    top-5 next tokens with and without the adapter in smollm2-peft-reference.json."""
+    import peft
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    tok = load_tokenizer(model_path)
+    model = load_causal_lm(model_path)
+    # Recorded as base_model_name_or_path in adapter_config.json: the file stem, not /root/...
+    # (the name the Rust side writes for a GGUF base, too).
+    model.config._name_or_path = model_path.stem
+    model.name_or_path = model_path.stem
+
+    chat_text = tok.apply_chat_template(SMOLLM2_CHAT_MESSAGES, add_generation_prompt=True, tokenize=False)
+    prompts = []
+    for kind, text in [("plain", "The capital of France is"), ("chat", chat_text)]:
+        prompts.append({"kind": kind, "text": text, "ids": tok(text)["input_ids"]})
+    assert prompts[0]["ids"] == [504, 3575, 282, 4649, 314], prompts[0]["ids"]
+    # Same ids as the chat prompt of smollm2-reference.json, when that file is there.
+    ref_path = out / "smollm2-reference.json"
+    if ref_path.exists():
+        ref_chat = next(p for p in json.loads(ref_path.read_text())["prompts"] if p["kind"] == "chat")
+        assert ref_chat["ids"] == prompts[1]["ids"], "chat ids differ from smollm2-reference.json"
+
+    base_logits = [last_logits(model, p["ids"]) for p in prompts]
+
+    set_determinism(seed)  # lora_A is drawn (kaiming-uniform) inside get_peft_model
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+                     task_type="CAUSAL_LM")
+    pm = get_peft_model(model, cfg)
+    randomize_lora_b(pm, "default", seed + 1, std=0.02)
+    pm.eval()
+    n_modules = sum(1 for n, _ in pm.named_parameters() if ".lora_A.default." in n)
+    assert n_modules == 2 * pm.config.num_hidden_layers == 60, n_modules
+
+    adapter_dir = out / "smollm2-peft-adapter"
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    with warnings.catch_warnings():
+        # PEFT looks for <base_model_name_or_path>/config.json to see whether the vocabulary grew;
+        # a GGUF base has none. Only the embeddings would be affected, and they are not adapted.
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        save_adapter(pm, adapter_dir)
+
+    for p, base in zip(prompts, base_logits):
+        logits = last_logits(pm, p["ids"])
+        moved = float((logits - base).abs().max())
+        assert moved > 0.1, f"{p['text']!r}: the adapter moves the logits by only {moved:.4f}"
+        p["top5"] = top_k_entries(tok, logits)
+        p["base_top5"] = top_k_entries(tok, base)
+        p["max_abs_logit_change"] = moved
+        log(f"  smollm2-peft {p['text'][:40]!r}...: max |adapter - base| logit {moved:.4f}")
+        log("    adapter top5 " + ", ".join(f"{e['id']} {e['token']!r} {e['logit']:.4f}" for e in p["top5"]))
+        log("    base    top5 " + ", ".join(f"{e['id']} {e['token']!r} {e['logit']:.4f}" for e in p["base_top5"]))
+
+    # Sanity: PEFT loading the saved directory onto a fresh base gives the same logits.
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(load_causal_lm(model_path), str(adapter_dir)).eval()
+    for p in prompts:
+        again = top_k_entries(tok, last_logits(reloaded, p["ids"]))
+        assert [e["id"] for e in again] == [e["id"] for e in p["top5"]]
+        assert max(abs(a["logit"] - b["logit"]) for a, b in zip(again, p["top5"])) < 1e-5
+
+    write_json(out / "smollm2-peft-reference.json", {
+        "model_file": model_path.name,
+        "adapter_dir": adapter_dir.name,
+        "versions": {"transformers": transformers.__version__, "peft": peft.__version__,
+                     "torch": torch.__version__.split("+")[0]},
+        "lora": {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0,
+                 "n_modules": n_modules, "lora_B_std": 0.02, "seed": seed},
+        "notes": "top5: next-token logits of the PEFT model (eval mode) for the prompt ids as given; "
+                 "base_top5: the same model without the adapter; "
+                 "max_abs_logit_change: max over the whole vocabulary of |adapter - base|.",
+        "prompts": prompts,
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Check modes (used by Rust-side round-trip tests)
 # --------------------------------------------------------------------------------------------
 
 class CheckFailed(Exception):
@@ -964,8 +1059,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="fixtures directory (default: <repo>/fixtures)")
     ap.add_argument("--model", type=Path, default=None,
                     help=f"real model: GGUF file or HF directory (default for fixtures: {DEFAULT_MODEL})")
-    ap.add_argument("--parts", default="tiny,peft,dequant,smollm2",
-                    help="comma-separated fixture parts to (re)write (default: all)")
+    ap.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                    help=f"comma-separated fixture parts to (re)write, of {', '.join(ALL_PARTS)} "
+                         f"(default: {','.join(DEFAULT_PARTS)})")
     ap.add_argument("--check-adapter", type=Path, metavar="ADAPTER_DIR",
                     help="check a PEFT adapter dir on --model against --expect")
     ap.add_argument("--check-merged", type=Path, metavar="HF_DIR",
@@ -994,7 +1090,7 @@ def main(argv=None) -> int:
     # above still see every warning).
     warnings.filterwarnings("ignore", category=FutureWarning)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"tiny", "peft", "dequant", "smollm2"}
+    unknown = parts - set(ALL_PARTS)
     if unknown:
         ap.error(f"unknown parts: {sorted(unknown)}")
     out = args.out
@@ -1009,13 +1105,16 @@ def main(argv=None) -> int:
     if "dequant" in parts:
         log("GGUF dequantization fixture")
         make_dequant_fixture(out, seed=SEEDS["dequant"])
+    model = args.model or DEFAULT_MODEL
+    if parts & {"smollm2", "smollm2-peft"} and not model.exists():
+        log(f"error: {model} not found (pass --model, or leave smollm2 / smollm2-peft out of --parts)")
+        return 1
     if "smollm2" in parts:
-        model = args.model or DEFAULT_MODEL
-        if not model.exists():
-            log(f"error: {model} not found (pass --model, or leave smollm2 out of --parts)")
-            return 1
         log(f"SmolLM2 reference from {model}")
         make_smollm2_reference(model, out)
+    if "smollm2-peft" in parts:
+        log(f"PEFT adapter on SmolLM2 from {model}")
+        make_smollm2_peft(model, out, seed=SEEDS["smollm2_peft"])
 
     total = 0
     log("written:")

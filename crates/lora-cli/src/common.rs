@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use burn::tensor::Device;
 use clap::Args as ClapArgs;
 use lora_core::{BackendKind, select_device};
+use lora_models::tokenizer::{ChatMessage, TextTokenizer};
 use lora_models::{Pretrained, cache};
 
 /// `--model`, `--adapter`, `--backend`.
@@ -59,5 +60,16 @@ impl ModelArgs {
             pretrained.model = model;
         }
         Ok(pretrained)
+    }
+}
+
+/// Token ids of a prompt: as a user turn through the chat template (with the generation
+/// prompt) when `chat`, else the raw text with the tokenizer's own special tokens.
+pub fn encode_prompt(tok: &TextTokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    if chat {
+        let text = tok.apply_chat_template(&[ChatMessage::new("user", prompt)], true)?;
+        Ok(tok.encode(&text, false)?)
+    } else {
+        Ok(tok.encode(prompt, true)?)
     }
 }

@@ -6,9 +6,8 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use lora_models::generate::{Sampler, SamplingConfig, step};
-use lora_models::tokenizer::ChatMessage;
 
-use crate::common::ModelArgs;
+use crate::common::{ModelArgs, encode_prompt};
 
 /// Arguments of `generate`.
 #[derive(ClapArgs, Debug)]
@@ -43,12 +42,7 @@ pub fn run(args: Args) -> Result<()> {
     let device = args.model.device()?;
     let pretrained = args.model.load(&device)?;
     let tok = &pretrained.tokenizer;
-    let ids = if args.chat {
-        let text = tok.apply_chat_template(&[ChatMessage::new("user", &args.prompt)], true)?;
-        tok.encode(&text, false)?
-    } else {
-        tok.encode(&args.prompt, true)?
-    };
+    let ids = encode_prompt(tok, &args.prompt, args.chat)?;
     // Stop at end-of-sequence, and at the end of the assistant's turn in chat templates.
     let stop: Vec<u32> = tok.eos_id().into_iter().chain(tok.token_id("<|im_end|>")).collect();
     let mut sampler = Sampler::new(SamplingConfig {

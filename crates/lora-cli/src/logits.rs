@@ -4,10 +4,9 @@
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use lora_models::generate::step;
-use lora_models::tokenizer::ChatMessage;
 use serde::Serialize;
 
-use crate::common::ModelArgs;
+use crate::common::{ModelArgs, encode_prompt};
 
 /// Arguments of `logits`.
 #[derive(ClapArgs, Debug)]
@@ -46,12 +45,7 @@ pub fn run(args: Args) -> Result<()> {
     let device = args.model.device()?;
     let pretrained = args.model.load(&device)?;
     let tok = &pretrained.tokenizer;
-    let ids = if args.chat {
-        let text = tok.apply_chat_template(&[ChatMessage::new("user", &args.prompt)], true)?;
-        tok.encode(&text, false)?
-    } else {
-        tok.encode(&args.prompt, true)?
-    };
+    let ids = encode_prompt(tok, &args.prompt, args.chat)?;
     let mut cache = pretrained.model.new_cache();
     let logits = step(&pretrained.model, &ids, &mut cache)?;
     let mut order: Vec<usize> = (0..logits.len()).collect();

@@ -84,15 +84,15 @@ pub fn apply_lora<M: LoraModel>(model: M, config: &LoraConfig, device: &Device) 
     Ok((model, report))
 }
 
-/// Merges every adapter into its base weight (see [`LoraLinear::merge`]).
-///
-/// # Errors
-/// [`LoraError::MergeState`] if some adapted layer is already merged.
-pub fn merge_all<M: LoraModel>(model: &mut M) -> Result<usize, LoraError> {
+/// Applies `op` to every layer that carries an adapter; returns how many there were.
+fn for_each_adapted<M: LoraModel>(
+    model: &mut M,
+    op: fn(&mut LoraLinear, &str) -> Result<(), LoraError>,
+) -> Result<usize, LoraError> {
     let mut n = 0;
     model.visit_linears_mut(&mut |path, lin| {
         if lin.adapter.is_some() {
-            lin.merge(path)?;
+            op(lin, path)?;
             n += 1;
         }
         Ok(())
@@ -100,20 +100,21 @@ pub fn merge_all<M: LoraModel>(model: &mut M) -> Result<usize, LoraError> {
     Ok(n)
 }
 
+/// Merges every adapter into its base weight (see [`LoraLinear::merge`]). Returns how many
+/// layers were merged.
+///
+/// # Errors
+/// [`LoraError::MergeState`] if some adapted layer is already merged.
+pub fn merge_all<M: LoraModel>(model: &mut M) -> Result<usize, LoraError> {
+    for_each_adapted(model, LoraLinear::merge)
+}
+
 /// Unmerges every adapter (see [`LoraLinear::unmerge`]).
 ///
 /// # Errors
 /// [`LoraError::MergeState`] if some adapted layer is not merged.
 pub fn unmerge_all<M: LoraModel>(model: &mut M) -> Result<usize, LoraError> {
-    let mut n = 0;
-    model.visit_linears_mut(&mut |path, lin| {
-        if lin.adapter.is_some() {
-            lin.unmerge(path)?;
-            n += 1;
-        }
-        Ok(())
-    })?;
-    Ok(n)
+    for_each_adapted(model, LoraLinear::unmerge)
 }
 
 /// Merges every adapter and removes it: the result is a plain model with no LoRA left (PEFT
@@ -122,13 +123,5 @@ pub fn unmerge_all<M: LoraModel>(model: &mut M) -> Result<usize, LoraError> {
 /// # Errors
 /// Never fails for a consistent model; errors of [`LoraLinear::merge_and_unload`] pass through.
 pub fn merge_and_unload<M: LoraModel>(model: &mut M) -> Result<usize, LoraError> {
-    let mut n = 0;
-    model.visit_linears_mut(&mut |path, lin| {
-        if lin.adapter.is_some() {
-            lin.merge_and_unload(path)?;
-            n += 1;
-        }
-        Ok(())
-    })?;
-    Ok(n)
+    for_each_adapted(model, LoraLinear::merge_and_unload)
 }

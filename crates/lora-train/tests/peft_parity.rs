@@ -231,3 +231,49 @@ fn merged_model_saved_as_hf_directory_reloads_with_the_same_logits() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = model.num_params();
 }
+
+/// An adapter PEFT made on the real SmolLM2 (r = 2, alpha = 4 on q_proj / v_proj of all 30
+/// layers, random B) loads onto our GGUF model with PEFT's next-token logits. Skipped (with a
+/// note) when the model has not been fetched.
+#[test]
+fn peft_adapter_on_smollm2_loads_with_peft_logits() {
+    let Some(path) = real_model() else { return };
+    let d = device();
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("smollm2-peft-reference.json")).unwrap()).unwrap();
+    let p = lora_models::load(&path, &d).unwrap();
+    let (model, cfg, report) = peft::load_adapter(p.model, &fixtures().join("smollm2-peft-adapter"), &d).unwrap();
+    assert_eq!(report.modules.len(), 60, "q_proj and v_proj of 30 layers");
+    assert!(report.modules.iter().all(|m| m.3 == 2 && m.4 == 2.0), "r = 2, scaling 4 / 2: {:?}", &report.modules[..2]);
+    assert_eq!(cfg.r, 2);
+
+    let mut max_diff = 0f32;
+    let mut max_moved = 0f32;
+    for prompt in r["prompts"].as_array().unwrap() {
+        let kind = prompt["kind"].as_str().unwrap();
+        let ids: Vec<u32> = prompt["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let logits = lora_models::generate::step(&model, &ids, &mut model.new_cache()).unwrap();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let want: Vec<(usize, f32)> = prompt["top5"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["id"].as_u64().unwrap() as usize, e["logit"].as_f64().unwrap() as f32))
+            .collect();
+        let want_ids: Vec<usize> = want.iter().map(|w| w.0).collect();
+        assert_eq!(order[..5], want_ids[..], "{kind} prompt: top-5 ids (ours vs PEFT)");
+        for &(id, l) in &want {
+            let diff = (logits[id] - l).abs();
+            max_diff = max_diff.max(diff);
+            assert!(diff < 1e-3, "{kind} prompt: logit of {id} is {}, PEFT {l}", logits[id]);
+        }
+        // The adapter really moves the logits: compare with the base model's recorded top 5.
+        for e in prompt["base_top5"].as_array().unwrap() {
+            let id = e["id"].as_u64().unwrap() as usize;
+            max_moved = max_moved.max((logits[id] - e["logit"].as_f64().unwrap() as f32).abs());
+        }
+    }
+    eprintln!("smollm2 + PEFT adapter: max |ours - PEFT| logit {max_diff:.3e}, adapter moved a base top-5 logit by {max_moved:.3}");
+    assert!(max_moved > 0.05, "the adapter barely changes the logits ({max_moved})");
+}
