@@ -11,7 +11,8 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <train|eval|generate|logits|merge|bench|fetch|test|example NAME> [args...]
+const USAGE: &str =
+    "usage: cargo xtask <train|eval|generate|logits|merge|bench|fetch|test|example NAME> [args...]
   cargo xtask train                       fine-tune SmolLM2 on TREC with LoRA (defaults)
   cargo xtask generate --chat --prompt \"What is the capital of France?\"
   cargo xtask logits --prompt \"The capital of France is\" --json
@@ -22,7 +23,9 @@ fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("burn-lora").join("target")
 }
 
@@ -42,7 +45,9 @@ fn backend_feature(args: &[String]) -> Result<Option<&'static str>, String> {
         Some("wgpu") | Some("gpu") | Some("dx12") => Ok(Some("wgpu")),
         Some("vulkan") => Ok(Some("vulkan")),
         Some("metal") => Ok(Some("metal")),
-        Some(other) => Err(format!("unknown backend {other:?}; choose one of flex, ndarray, wgpu")),
+        Some(other) => Err(format!(
+            "unknown backend {other:?}; choose one of flex, ndarray, wgpu"
+        )),
     }
 }
 

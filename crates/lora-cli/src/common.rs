@@ -44,8 +44,13 @@ impl ModelArgs {
     pub fn load(&self, device: &Device) -> Result<Pretrained> {
         let path = self.model_path()?;
         let t0 = Instant::now();
-        let mut pretrained = lora_models::load(&path, device).with_context(|| format!("loading {}", path.display()))?;
-        eprintln!("loaded {} in {:.1}s", path.display(), t0.elapsed().as_secs_f64());
+        let mut pretrained = lora_models::load(&path, device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        eprintln!(
+            "loaded {} in {:.1}s",
+            path.display(),
+            t0.elapsed().as_secs_f64()
+        );
         if let Some(dir) = &self.adapter {
             let (model, cfg, report) = lora_core::peft::load_adapter(pretrained.model, dir, device)
                 .with_context(|| format!("loading adapter {}", dir.display()))?;

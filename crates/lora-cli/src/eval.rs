@@ -33,10 +33,16 @@ pub fn run(args: Args) -> Result<()> {
     let p = args.model.load(&device)?;
     let pad = p.tokenizer.pad_id().or(p.tokenizer.eos_id()).unwrap_or(0);
     let task = load_task(&args.data, &p.tokenizer, args.seq_len, args.eval_limit)?;
-    let choices = task.choices.as_ref().map(|(items, cands)| (&items[..], &cands[..]));
+    let choices = task
+        .choices
+        .as_ref()
+        .map(|(items, cands)| (&items[..], &cands[..]));
     let report = evaluate(&p.model, &task.test, choices, 32, pad, &device);
     if args.json {
-        println!("{}", serde_json::json!({"task": task.name, "examples": report.examples, "loss": report.loss, "perplexity": report.perplexity, "accuracy": report.accuracy}));
+        println!(
+            "{}",
+            serde_json::json!({"task": task.name, "examples": report.examples, "loss": report.loss, "perplexity": report.perplexity, "accuracy": report.accuracy})
+        );
     } else {
         println!("task {} · {} held-out examples", task.name, report.examples);
         println!("  loss        {:.4} nats/answer token", report.loss);

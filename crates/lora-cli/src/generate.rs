@@ -44,7 +44,11 @@ pub fn run(args: Args) -> Result<()> {
     let tok = &pretrained.tokenizer;
     let ids = encode_prompt(tok, &args.prompt, args.chat)?;
     // Stop at end-of-sequence, and at the end of the assistant's turn in chat templates.
-    let stop: Vec<u32> = tok.eos_id().into_iter().chain(tok.token_id("<|im_end|>")).collect();
+    let stop: Vec<u32> = tok
+        .eos_id()
+        .into_iter()
+        .chain(tok.token_id("<|im_end|>"))
+        .collect();
     let mut sampler = Sampler::new(SamplingConfig {
         temperature: args.temperature,
         top_k: args.top_k,

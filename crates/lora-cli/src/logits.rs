@@ -53,7 +53,13 @@ pub fn run(args: Args) -> Result<()> {
     let top_k = order
         .iter()
         .take(args.top_k)
-        .map(|&i| Ok(Entry { id: i as u32, token: tok.decode(&[i as u32])?, logit: logits[i] }))
+        .map(|&i| {
+            Ok(Entry {
+                id: i as u32,
+                token: tok.decode(&[i as u32])?,
+                logit: logits[i],
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let out = Output { ids, top_k };
     if args.json {

@@ -32,8 +32,15 @@ pub fn run(args: Args) -> Result<()> {
         "bf16" | "bfloat16" => DiskDtype::BF16,
         other => bail!("--dtype {other:?}: choose f32 or bf16"),
     };
-    if args.out.exists() && std::fs::read_dir(&args.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{} exists and is not empty; choose a new --out directory", args.out.display());
+    if args.out.exists()
+        && std::fs::read_dir(&args.out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} exists and is not empty; choose a new --out directory",
+            args.out.display()
+        );
     }
     let device = args.model.device()?;
     let mut pretrained = args.model.load(&device)?;

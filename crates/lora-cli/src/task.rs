@@ -5,7 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use lora_models::tokenizer::TextTokenizer;
-use lora_train::data::{Encoded, Sample, encode_all, load_trec, read_jsonl, trec_candidates, trec_sample};
+use lora_train::data::{
+    Encoded, Sample, encode_all, load_trec, read_jsonl, trec_candidates, trec_sample,
+};
 
 /// Tokenized training and held-out examples, and (for classification) the choices.
 pub struct Task {
@@ -23,7 +25,12 @@ pub struct Task {
 
 /// Loads `data` (`trec` or a JSONL path). A JSONL file is split deterministically: every 20th
 /// example is held out.
-pub fn load_task(data: &str, tok: &TextTokenizer, seq_len: usize, eval_limit: usize) -> Result<Task> {
+pub fn load_task(
+    data: &str,
+    tok: &TextTokenizer,
+    seq_len: usize,
+    eval_limit: usize,
+) -> Result<Task> {
     if data == "trec" {
         let split = load_trec().context("loading TREC")?;
         let train_samples: Vec<Sample> = split.train.iter().map(trec_sample).collect();
@@ -35,7 +42,10 @@ pub fn load_task(data: &str, tok: &TextTokenizer, seq_len: usize, eval_limit: us
         let train = encode_all(&train_samples, tok, seq_len)?;
         let test = encode_all(&test_samples, tok, seq_len)?;
         if test.skipped > 0 {
-            bail!("{} held-out TREC examples do not fit in --seq-len {seq_len}; raise it", test.skipped);
+            bail!(
+                "{} held-out TREC examples do not fit in --seq-len {seq_len}; raise it",
+                test.skipped
+            );
         }
         let items = test
             .examples
@@ -44,13 +54,23 @@ pub fn load_task(data: &str, tok: &TextTokenizer, seq_len: usize, eval_limit: us
             .map(|(e, ex)| (e.ids[..e.prompt_len].to_vec(), ex.label.index()))
             .collect();
         let candidates = trec_candidates(tok)?;
-        return Ok(Task { name: "trec".into(), train: train.examples, test: test.examples, choices: Some((items, candidates)), skipped: train.skipped });
+        return Ok(Task {
+            name: "trec".into(),
+            train: train.examples,
+            test: test.examples,
+            choices: Some((items, candidates)),
+            skipped: train.skipped,
+        });
     }
     let path = Path::new(data);
     let samples = read_jsonl(path)?;
     let (mut train_s, mut test_s) = (Vec::new(), Vec::new());
     for (i, s) in samples.into_iter().enumerate() {
-        if i % 20 == 19 { test_s.push(s) } else { train_s.push(s) }
+        if i % 20 == 19 {
+            test_s.push(s)
+        } else {
+            train_s.push(s)
+        }
     }
     if eval_limit > 0 {
         test_s.truncate(eval_limit);
@@ -58,8 +78,19 @@ pub fn load_task(data: &str, tok: &TextTokenizer, seq_len: usize, eval_limit: us
     let train = encode_all(&train_s, tok, seq_len)?;
     let test = encode_all(&test_s, tok, seq_len)?;
     if train.examples.is_empty() {
-        bail!("{}: no training example fits in --seq-len {seq_len}", path.display());
+        bail!(
+            "{}: no training example fits in --seq-len {seq_len}",
+            path.display()
+        );
     }
-    let name = path.file_name().map_or_else(|| data.to_string(), |n| n.to_string_lossy().into_owned());
-    Ok(Task { name, train: train.examples, test: test.examples, choices: None, skipped: train.skipped + test.skipped })
+    let name = path
+        .file_name()
+        .map_or_else(|| data.to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Task {
+        name,
+        train: train.examples,
+        test: test.examples,
+        choices: None,
+        skipped: train.skipped + test.skipped,
+    })
 }

@@ -90,7 +90,15 @@ pub struct Args {
 impl Args {
     fn effective_config(&self) -> Result<TrainConfig> {
         let mut c = match (&self.resume, &self.config) {
-            (Some(dir), _) => read_toml(&dir.join("config.toml"))?,
+            (Some(dir), _) => {
+                if !dir.join("config.toml").exists() {
+                    bail!(
+                        "{} is not a run directory (no config.toml) — nothing to resume",
+                        dir.display()
+                    );
+                }
+                read_toml(&dir.join("config.toml"))?
+            }
             (None, Some(path)) => read_toml(path)?,
             (None, None) => TrainConfig::default(),
         };
@@ -133,26 +141,30 @@ impl Args {
 }
 
 fn read_toml(path: &Path) -> Result<TrainConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
 }
 
 /// The run directory: `--resume`, `--out` (must be new or empty), or `runs/<timestamp>`.
 fn run_dir(args: &Args) -> Result<PathBuf> {
     if let Some(dir) = &args.resume {
-        if !dir.join("config.toml").exists() {
-            bail!("{} is not a run directory (no config.toml) — nothing to resume", dir.display());
-        }
         return Ok(dir.clone());
     }
     let dir = match &args.out {
         Some(d) => d.clone(),
         None => {
-            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             PathBuf::from("runs").join(format!("run-{secs}"))
         }
     };
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         bail!(
             "{} already holds files (another run?); nothing was overwritten. Choose a new --out, or continue it with --resume {}",
             dir.display(),
@@ -180,19 +192,33 @@ impl Observer for Console {
         }
         self.last_tokens_per_s.push(m.tokens_per_s);
         if self.json {
-            println!("{}", serde_json::json!({"event": "step", "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm, "tokens_per_s": m.tokens_per_s}));
+            println!(
+                "{}",
+                serde_json::json!({"event": "step", "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm, "tokens_per_s": m.tokens_per_s})
+            );
         } else if let Some(bar) = &self.bar {
             bar.set_position(m.step as u64);
-            bar.set_message(format!("loss {:.4} · {:.0} tok/s · lr {:.2e} · |g| {:.2}", m.loss, m.tokens_per_s, m.lr, m.grad_norm));
+            bar.set_message(format!(
+                "loss {:.4} · {:.0} tok/s · lr {:.2e} · |g| {:.2}",
+                m.loss, m.tokens_per_s, m.lr, m.grad_norm
+            ));
         }
     }
 
     fn on_eval(&mut self, step: usize, e: &EvalReport) {
         self.evals.push((step, e.clone()));
         let _ = self.log.write(&serde_json::json!({"event": "eval", "step": step, "loss": e.loss, "accuracy": e.accuracy}));
-        let line = format!("eval @ step {step}: loss {:.4}{}", e.loss, e.accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a)));
+        let line = format!(
+            "eval @ step {step}: loss {:.4}{}",
+            e.loss,
+            e.accuracy
+                .map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a))
+        );
         match (&self.bar, self.json) {
-            (_, true) => println!("{}", serde_json::json!({"event": "eval", "step": step, "loss": e.loss, "accuracy": e.accuracy})),
+            (_, true) => println!(
+                "{}",
+                serde_json::json!({"event": "eval", "step": step, "loss": e.loss, "accuracy": e.accuracy})
+            ),
             (Some(bar), _) => bar.println(line),
             (None, _) => eprintln!("{line}"),
         }
@@ -226,13 +252,19 @@ struct Summary<'a> {
 fn eval_with_progress(model: &Llama, task: &Task, pad: u32, what: &str, json: bool) -> EvalReport {
     let spinner = (!json).then(|| {
         let s = ProgressBar::new_spinner();
-        s.set_message(format!("evaluating {what} on {} held-out examples ...", task.test.len()));
+        s.set_message(format!(
+            "evaluating {what} on {} held-out examples ...",
+            task.test.len()
+        ));
         s.enable_steady_tick(std::time::Duration::from_millis(200));
         s
     });
     let view = model.valid();
     let device = view.lm_head.weight.val().device();
-    let choices = task.choices.as_ref().map(|(items, cands)| (&items[..], &cands[..]));
+    let choices = task
+        .choices
+        .as_ref()
+        .map(|(items, cands)| (&items[..], &cands[..]));
     let report = evaluate(&view, &task.test, choices, 32, pad, &device);
     if let Some(s) = spinner {
         s.finish_and_clear();
@@ -255,7 +287,8 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => p.clone(),
         None => cache::ensure_default_model()?,
     };
-    let pretrained = lora_models::load(&model_path, &device).with_context(|| format!("loading {}", model_path.display()))?;
+    let pretrained = lora_models::load(&model_path, &device)
+        .with_context(|| format!("loading {}", model_path.display()))?;
     let tok = pretrained.tokenizer.clone();
     let base_name = pretrained.name();
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
@@ -265,7 +298,8 @@ pub fn run(args: Args) -> Result<()> {
 
     let (model, resume) = if resuming {
         let state = checkpoint.load_state()?;
-        let (mut model, _, _) = peft::load_adapter(pretrained.model, &checkpoint.adapter_dir()?, &device)?;
+        let (mut model, _, _) =
+            peft::load_adapter(pretrained.model, &checkpoint.adapter_dir()?, &device)?;
         checkpoint.restore_param_ids(&mut model)?;
         (model, Some(state))
     } else {
@@ -310,16 +344,36 @@ pub fn run(args: Args) -> Result<()> {
     let bar = (!args.json).then(|| {
         let b = ProgressBar::new(cfg.steps as u64);
         b.set_style(
-            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b.set_position(start_step as u64);
         b
     });
-    let mut console = Console { bar, json: args.json, log: MetricsLog::open(&dir)?, evals: vec![(0, before.clone())], stop, last_tokens_per_s: Vec::new() };
+    let mut console = Console {
+        bar,
+        json: args.json,
+        log: MetricsLog::open(&dir)?,
+        evals: vec![(0, before.clone())],
+        stop,
+        last_tokens_per_s: Vec::new(),
+    };
     let t_train = Instant::now();
-    let mut eval_fn = |m: &Llama| -> Result<EvalReport, TrainError> { Ok(eval_with_progress(m, &task, pad, "", true)) };
-    let (model, outcome) = train(model, &task.train, pad, &cfg, resume, &checkpoint, &mut console, &mut eval_fn)?;
+    let mut eval_fn = |m: &Llama| -> Result<EvalReport, TrainError> {
+        Ok(eval_with_progress(m, &task, pad, "", true))
+    };
+    let (model, outcome) = train(
+        model,
+        &task.train,
+        pad,
+        &cfg,
+        resume,
+        &checkpoint,
+        &mut console,
+        &mut eval_fn,
+    )?;
     let train_secs = t_train.elapsed().as_secs_f64();
     if let Some(bar) = &console.bar {
         bar.finish();
@@ -327,7 +381,11 @@ pub fn run(args: Args) -> Result<()> {
 
     peft::save_adapter(&model, &lora_cfg, &base_name, &dir.join("adapter"))?;
     let after = eval_with_progress(&model, &task, pad, "the fine-tuned model", args.json);
-    let done_steps = if outcome == Outcome::Finished { cfg.steps } else { checkpoint.load_state()?.step };
+    let done_steps = if outcome == Outcome::Finished {
+        cfg.steps
+    } else {
+        checkpoint.load_state()?.step
+    };
     console.evals.push((done_steps, after.clone()));
     let steps = read_metrics(&dir.join("metrics.jsonl"), done_steps)?;
     let title = format!("LoRA r={} on {} — {}", cfg.lora.r, base_name, task.name);
@@ -355,28 +413,56 @@ pub fn run(args: Args) -> Result<()> {
         peak_rss_bytes: peak_rss_bytes(),
         wall_time_s: wall,
         backend: cfg.backend.clone(),
-        outcome: if outcome == Outcome::Finished { "finished" } else { "interrupted" },
+        outcome: if outcome == Outcome::Finished {
+            "finished"
+        } else {
+            "interrupted"
+        },
     };
     let summary_json = serde_json::to_string_pretty(&summary)?;
     lora_core::tensor_io::write_atomic(&dir.join("summary.json"), summary_json.as_bytes())?;
 
     if args.json {
-        println!("{}", serde_json::json!({"event": "summary", "summary": summary, "run_dir": dir}));
+        println!(
+            "{}",
+            serde_json::json!({"event": "summary", "summary": summary, "run_dir": dir})
+        );
         return Ok(());
     }
-    let acc = |e: &EvalReport| e.accuracy.map_or("—".to_string(), |a| format!("{:.1}%", 100.0 * a));
-    let rss = summary.peak_rss_bytes.map_or("—".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64));
+    let acc = |e: &EvalReport| {
+        e.accuracy
+            .map_or("—".to_string(), |a| format!("{:.1}%", 100.0 * a))
+    };
+    let rss = summary.peak_rss_bytes.map_or("—".into(), |b| {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    });
     println!();
     println!("                      before      after");
-    println!("  held-out accuracy   {:>8}   {:>8}", acc(&before), acc(&after));
-    println!("  held-out loss       {:>8.4}   {:>8.4}", before.loss, after.loss);
+    println!(
+        "  held-out accuracy   {:>8}   {:>8}",
+        acc(&before),
+        acc(&after)
+    );
+    println!(
+        "  held-out loss       {:>8.4}   {:>8.4}",
+        before.loss, after.loss
+    );
     println!("  tokens/s (train)    {tps:>8.0}");
     println!("  peak memory (RSS)   {rss:>8}");
-    println!("  wall time           {:>7.0}s   (training {:.0}s)", wall, train_secs);
+    println!(
+        "  wall time           {:>7.0}s   (training {:.0}s)",
+        wall, train_secs
+    );
     println!();
-    println!("run directory: {}  (adapter/, metrics.jsonl, summary.json, loss.png)", dir.display());
+    println!(
+        "run directory: {}  (adapter/, metrics.jsonl, summary.json, loss.png)",
+        dir.display()
+    );
     if outcome == Outcome::Interrupted {
-        println!("interrupted at step {done_steps}; continue with: cargo xtask train --resume {}", dir.display());
+        println!(
+            "interrupted at step {done_steps}; continue with: cargo xtask train --resume {}",
+            dir.display()
+        );
     }
     Ok(())
 }

@@ -22,13 +22,25 @@ fn stderr_of(args: &[&str]) -> String {
 
 #[test]
 fn zero_steps_is_refused() {
-    let err = stderr_of(&["train", "--steps", "0", "--out", &scratch("zero").to_string_lossy()]);
+    let err = stderr_of(&[
+        "train",
+        "--steps",
+        "0",
+        "--out",
+        &scratch("zero").to_string_lossy(),
+    ]);
     assert!(err.contains("steps must be at least 1"), "{err}");
 }
 
 #[test]
 fn an_unknown_backend_is_refused_naming_it() {
-    let err = stderr_of(&["train", "--backend", "tpu", "--out", &scratch("tpu").to_string_lossy()]);
+    let err = stderr_of(&[
+        "train",
+        "--backend",
+        "tpu",
+        "--out",
+        &scratch("tpu").to_string_lossy(),
+    ]);
     assert!(err.contains("\"tpu\""), "{err}");
 }
 
@@ -38,8 +50,14 @@ fn an_output_directory_holding_another_run_is_left_untouched() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("summary.json"), "{\"mine\": true}").unwrap();
     let err = stderr_of(&["train", "--out", &dir.to_string_lossy()]);
-    assert!(err.contains("already holds files") && err.contains("--resume"), "{err}");
-    assert_eq!(std::fs::read_to_string(dir.join("summary.json")).unwrap(), "{\"mine\": true}");
+    assert!(
+        err.contains("already holds files") && err.contains("--resume"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("summary.json")).unwrap(),
+        "{\"mine\": true}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -56,25 +74,66 @@ fn resuming_a_directory_that_is_not_a_run_is_refused() {
 fn a_short_real_run_lowers_the_loss_and_leaves_every_file() {
     let model = lora_models::cache::default_model_path();
     if !model.exists() {
-        eprintln!("skipping: {} not fetched (run cargo xtask fetch)", model.display());
+        eprintln!(
+            "skipping: {} not fetched (run cargo xtask fetch)",
+            model.display()
+        );
         return;
     }
     let dir = scratch("short-run");
     let out = bin()
-        .args(["train", "--steps", "8", "--batch-size", "4", "--eval-limit", "32", "--lr", "1e-3", "--save-every", "4", "--json", "--out"])
+        .args([
+            "train",
+            "--steps",
+            "8",
+            "--batch-size",
+            "4",
+            "--eval-limit",
+            "32",
+            "--lr",
+            "1e-3",
+            "--save-every",
+            "4",
+            "--json",
+            "--out",
+        ])
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "train failed: {}", String::from_utf8_lossy(&out.stderr));
-    for f in ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.jsonl", "summary.json", "loss.png", "config.toml", "checkpoint/trainer_state.json", "checkpoint/optimizer.bpk"] {
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "metrics.jsonl",
+        "summary.json",
+        "loss.png",
+        "config.toml",
+        "checkpoint/trainer_state.json",
+        "checkpoint/optimizer.bpk",
+    ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     let png = std::fs::read(dir.join("loss.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    let steps = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"grad_norm\"")).count();
+    let steps = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"grad_norm\""))
+        .count();
     assert_eq!(steps, 8);
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
-    let (before, after) = (summary["before"]["loss"].as_f64().unwrap(), summary["after"]["loss"].as_f64().unwrap());
-    assert!(after < before, "held-out loss went down: {before} → {after}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let (before, after) = (
+        summary["before"]["loss"].as_f64().unwrap(),
+        summary["after"]["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        after < before,
+        "held-out loss went down: {before} → {after}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -36,7 +36,11 @@ impl TargetModules {
             TargetModules::Regex(re.to_string())
         } else {
             TargetModules::Names(
-                s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect(),
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect(),
             )
         }
     }
@@ -176,13 +180,22 @@ impl Default for LoraConfig {
 impl LoraConfig {
     /// A config with rank `r`, `lora_alpha` and the given target names; everything else default.
     pub fn new(r: usize, lora_alpha: f64, targets: TargetModules) -> Self {
-        LoraConfig { r, lora_alpha, target_modules: targets, ..Default::default() }
+        LoraConfig {
+            r,
+            lora_alpha,
+            target_modules: targets,
+            ..Default::default()
+        }
     }
 
     /// The scaling factor for a layer of rank `r` and alpha `alpha`: `alpha / r`, or
     /// `alpha / √r` with rsLoRA.
     pub fn scaling(&self, r: usize, alpha: f64) -> f64 {
-        if self.use_rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 }
+        if self.use_rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        }
     }
 
     /// Checks value domains.
@@ -196,10 +209,16 @@ impl LoraConfig {
             return bad("r must be at least 1".into());
         }
         if !self.lora_alpha.is_finite() {
-            return bad(format!("lora_alpha must be finite, got {}", self.lora_alpha));
+            return bad(format!(
+                "lora_alpha must be finite, got {}",
+                self.lora_alpha
+            ));
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
-            return bad(format!("lora_dropout must be in [0, 1), got {}", self.lora_dropout));
+            return bad(format!(
+                "lora_dropout must be in [0, 1), got {}",
+                self.lora_dropout
+            ));
         }
         if let TargetModules::Names(names) = &self.target_modules
             && names.is_empty()
@@ -219,7 +238,10 @@ mod tests {
 
     #[test]
     fn rslora_scaling_is_alpha_over_sqrt_r() {
-        let cfg = LoraConfig { use_rslora: true, ..LoraConfig::new(16, 16.0, TargetModules::AllLinear) };
+        let cfg = LoraConfig {
+            use_rslora: true,
+            ..LoraConfig::new(16, 16.0, TargetModules::AllLinear)
+        };
         assert_eq!(cfg.scaling(16, 16.0), 4.0);
         let plain = LoraConfig::new(8, 16.0, TargetModules::AllLinear);
         assert_eq!(plain.scaling(8, 16.0), 2.0);
@@ -233,7 +255,10 @@ mod tests {
         assert_eq!(all, TargetModules::AllLinear);
         let re: TargetModules = serde_json::from_str(r#"".*q_proj""#).unwrap();
         assert_eq!(re, TargetModules::Regex(".*q_proj".into()));
-        assert_eq!(serde_json::to_string(&TargetModules::AllLinear).unwrap(), r#""all-linear""#);
+        assert_eq!(
+            serde_json::to_string(&TargetModules::AllLinear).unwrap(),
+            r#""all-linear""#
+        );
     }
 
     #[test]
@@ -241,20 +266,43 @@ mod tests {
         let t: InitLoraWeights = serde_json::from_str("true").unwrap();
         let g: InitLoraWeights = serde_json::from_str(r#""gaussian""#).unwrap();
         let f: InitLoraWeights = serde_json::from_str("false").unwrap();
-        assert_eq!((t, g, f), (InitLoraWeights::Default, InitLoraWeights::Gaussian, InitLoraWeights::Random));
+        assert_eq!(
+            (t, g, f),
+            (
+                InitLoraWeights::Default,
+                InitLoraWeights::Gaussian,
+                InitLoraWeights::Random
+            )
+        );
     }
 
     #[test]
     fn zero_rank_and_bad_dropout_are_rejected() {
-        assert!(LoraConfig::new(0, 8.0, TargetModules::AllLinear).validate().is_err());
-        let cfg = LoraConfig { lora_dropout: 1.0, ..Default::default() };
+        assert!(
+            LoraConfig::new(0, 8.0, TargetModules::AllLinear)
+                .validate()
+                .is_err()
+        );
+        let cfg = LoraConfig {
+            lora_dropout: 1.0,
+            ..Default::default()
+        };
         assert!(cfg.validate().is_err());
     }
 
     #[test]
     fn cli_targets_parse() {
-        assert_eq!(TargetModules::parse_cli("q_proj, v_proj"), TargetModules::names(&["q_proj", "v_proj"]));
-        assert_eq!(TargetModules::parse_cli("all-linear"), TargetModules::AllLinear);
-        assert_eq!(TargetModules::parse_cli("re:.*proj"), TargetModules::Regex(".*proj".into()));
+        assert_eq!(
+            TargetModules::parse_cli("q_proj, v_proj"),
+            TargetModules::names(&["q_proj", "v_proj"])
+        );
+        assert_eq!(
+            TargetModules::parse_cli("all-linear"),
+            TargetModules::AllLinear
+        );
+        assert_eq!(
+            TargetModules::parse_cli("re:.*proj"),
+            TargetModules::Regex(".*proj".into())
+        );
     }
 }

@@ -56,7 +56,10 @@ impl AdaptReport {
                 modules.push((path.to_string(), d_in, d_out, a.r, a.scaling));
             }
         });
-        AdaptReport { modules, trainable_params }
+        AdaptReport {
+            modules,
+            trainable_params,
+        }
     }
 }
 
@@ -66,7 +69,11 @@ impl AdaptReport {
 /// # Errors
 /// [`LoraError::InvalidConfig`] / [`LoraError::BadRegex`] for a bad config,
 /// [`LoraError::TargetMatchesNothing`] when a target entry selects no layer.
-pub fn apply_lora<M: LoraModel>(model: M, config: &LoraConfig, device: &Device) -> Result<(M, AdaptReport), LoraError> {
+pub fn apply_lora<M: LoraModel>(
+    model: M,
+    config: &LoraConfig,
+    device: &Device,
+) -> Result<(M, AdaptReport), LoraError> {
     config.validate()?;
     let matcher = TargetMatcher::new(config)?;
     matcher.check_all_used(&model.linear_paths())?;
@@ -76,7 +83,10 @@ pub fn apply_lora<M: LoraModel>(model: M, config: &LoraConfig, device: &Device) 
         if matcher.matches(path) {
             let (r, alpha) = matcher.rank_and_alpha(path);
             let (d_in, d_out) = lin.dims();
-            lin.attach(LoraAdapter::init(d_in, d_out, r, alpha, config, device)?, path)?;
+            lin.attach(
+                LoraAdapter::init(d_in, d_out, r, alpha, config, device)?,
+                path,
+            )?;
         }
         Ok(())
     })?;

@@ -31,5 +31,7 @@ pub mod tensor_io;
 pub use backend::{BackendKind, select_device};
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
 pub use error::LoraError;
-pub use inject::{AdaptReport, LinearVisitor, LoraModel, apply_lora, merge_all, merge_and_unload, unmerge_all};
+pub use inject::{
+    AdaptReport, LinearVisitor, LoraModel, apply_lora, merge_all, merge_and_unload, unmerge_all,
+};
 pub use linear::{LoraAdapter, LoraLinear};

@@ -67,16 +67,19 @@ impl LoraAdapter {
         }
         // kaiming_uniform_(a = √5) on PyTorch's [r, d_in] weight: fan_in = d_in,
         // gain = √(2 / (1 + 5)), bound = gain · √(3 / fan_in) = 1 / √d_in.
-        let kaiming = Distribution::Uniform(-1.0 / (d_in as f64).sqrt(), 1.0 / (d_in as f64).sqrt());
+        let kaiming =
+            Distribution::Uniform(-1.0 / (d_in as f64).sqrt(), 1.0 / (d_in as f64).sqrt());
         let a_dist = match config.init_lora_weights {
             InitLoraWeights::Default | InitLoraWeights::Random => kaiming,
             InitLoraWeights::Gaussian => Distribution::Normal(0.0, 1.0 / r as f64),
         };
         let lora_a = Tensor::<2>::random([d_in, r], a_dist, device);
         let lora_b = match config.init_lora_weights {
-            InitLoraWeights::Random => {
-                Tensor::<2>::random([r, d_out], Distribution::Uniform(-1.0 / (r as f64).sqrt(), 1.0 / (r as f64).sqrt()), device)
-            }
+            InitLoraWeights::Random => Tensor::<2>::random(
+                [r, d_out],
+                Distribution::Uniform(-1.0 / (r as f64).sqrt(), 1.0 / (r as f64).sqrt()),
+                device,
+            ),
             _ => Tensor::<2>::zeros([r, d_out], device),
         };
         Ok(Self::from_tensors(lora_a, lora_b, lora_alpha, config))
@@ -84,7 +87,12 @@ impl LoraAdapter {
 
     /// Wraps given factors (`lora_a` `[d_in, r]`, `lora_b` `[r, d_out]`) as a trainable adapter
     /// with the scaling `config` gives for rank `r` and `lora_alpha`.
-    pub fn from_tensors(lora_a: Tensor<2>, lora_b: Tensor<2>, lora_alpha: f64, config: &LoraConfig) -> Self {
+    pub fn from_tensors(
+        lora_a: Tensor<2>,
+        lora_b: Tensor<2>,
+        lora_alpha: f64,
+        config: &LoraConfig,
+    ) -> Self {
         let r = lora_a.dims()[1];
         LoraAdapter {
             lora_a: Param::from_tensor(lora_a),
@@ -110,7 +118,11 @@ impl LoraAdapter {
     /// The dense update `ΔW = scaling · A·B`, `[d_in, d_out]`, detached from the autodiff graph.
     /// No dropout: merging never depends on the training mode.
     pub fn delta_weight(&self) -> Tensor<2> {
-        self.lora_a.val().detach().matmul(self.lora_b.val().detach()).mul_scalar(self.scaling)
+        self.lora_a
+            .val()
+            .detach()
+            .matmul(self.lora_b.val().detach())
+            .mul_scalar(self.scaling)
     }
 
     /// Number of trainable values, `r · (d_in + d_out)`.
@@ -161,7 +173,11 @@ impl LoraLinear {
     /// # Shapes
     /// `x`: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        let base = linear(
+            x.clone(),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        );
         match &self.adapter {
             Some(adapter) if !self.merged => base + adapter.forward(x),
             _ => base,
@@ -175,7 +191,10 @@ impl LoraLinear {
     /// adapter's shapes do not fit the base weight.
     pub fn attach(&mut self, adapter: LoraAdapter, path: &str) -> Result<(), LoraError> {
         if self.merged {
-            return Err(LoraError::MergeState { path: path.into(), what: "cannot attach an adapter to a merged layer; unmerge first".into() });
+            return Err(LoraError::MergeState {
+                path: path.into(),
+                what: "cannot attach an adapter to a merged layer; unmerge first".into(),
+            });
         }
         let (d_in, d_out) = self.dims();
         let [a_in, _] = adapter.lora_a.shape().dims();
@@ -231,8 +250,15 @@ impl LoraLinear {
             what: "has no LoRA adapter".into(),
         })?;
         if self.merged != want_merged {
-            let what = if want_merged { "is not merged" } else { "is already merged" };
-            return Err(LoraError::MergeState { path: path.into(), what: what.into() });
+            let what = if want_merged {
+                "is not merged"
+            } else {
+                "is already merged"
+            };
+            return Err(LoraError::MergeState {
+                path: path.into(),
+                what: what.into(),
+            });
         }
         Ok(adapter.delta_weight())
     }

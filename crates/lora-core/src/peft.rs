@@ -107,12 +107,26 @@ impl PeftLoraConfig {
 /// `modules_to_save`.
 pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| LoraError::Io { path: path.clone(), source })?;
-    let cfg: PeftLoraConfig = serde_json::from_str(&text)
-        .map_err(|e| LoraError::AdapterConfig { path: path.clone(), message: e.to_string() })?;
-    let unsupported = |m: String| Err(LoraError::UnsupportedAdapter { path: path.clone(), message: m });
+    let text = std::fs::read_to_string(&path).map_err(|source| LoraError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let cfg: PeftLoraConfig =
+        serde_json::from_str(&text).map_err(|e| LoraError::AdapterConfig {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    let unsupported = |m: String| {
+        Err(LoraError::UnsupportedAdapter {
+            path: path.clone(),
+            message: m,
+        })
+    };
     if cfg.peft_type != "LORA" {
-        return unsupported(format!("peft_type {:?} (this loader reads \"LORA\")", cfg.peft_type));
+        return unsupported(format!(
+            "peft_type {:?} (this loader reads \"LORA\")",
+            cfg.peft_type
+        ));
     }
     if cfg.use_dora {
         return unsupported("use_dora: true (DoRA adapters are not supported yet)".into());
@@ -121,13 +135,17 @@ pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
         return unsupported(format!("bias {:?} (only \"none\" is supported)", cfg.bias));
     }
     if cfg.fan_in_fan_out {
-        return unsupported("fan_in_fan_out: true (Conv1D layouts do not occur in Llama models)".into());
+        return unsupported(
+            "fan_in_fan_out: true (Conv1D layouts do not occur in Llama models)".into(),
+        );
     }
     if cfg.lora_bias {
         return unsupported("lora_bias: true is not supported".into());
     }
     let non_empty = |v: &Option<serde_json::Value>| {
-        v.as_ref().is_some_and(|v| !(v.is_null() || v.as_array().is_some_and(|a| a.is_empty()) || v.as_str() == Some("")))
+        v.as_ref().is_some_and(|v| {
+            !(v.is_null() || v.as_array().is_some_and(|a| a.is_empty()) || v.as_str() == Some(""))
+        })
     };
     if non_empty(&cfg.exclude_modules) {
         return unsupported("exclude_modules is not supported yet".into());
@@ -138,7 +156,10 @@ pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
     if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
         return unsupported("modules_to_save is not supported".into());
     }
-    cfg.lora.validate().map_err(|e| LoraError::AdapterConfig { path: path.clone(), message: e.to_string() })?;
+    cfg.lora.validate().map_err(|e| LoraError::AdapterConfig {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     Ok(cfg)
 }
 
@@ -147,8 +168,16 @@ pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
 ///
 /// # Errors
 /// [`LoraError::Io`] / [`LoraError::Safetensors`] on write failure.
-pub fn save_adapter<M: LoraModel>(model: &M, config: &LoraConfig, base_model: &str, dir: &Path) -> Result<usize, LoraError> {
-    std::fs::create_dir_all(dir).map_err(|source| LoraError::Io { path: dir.to_path_buf(), source })?;
+pub fn save_adapter<M: LoraModel>(
+    model: &M,
+    config: &LoraConfig,
+    base_model: &str,
+    dir: &Path,
+) -> Result<usize, LoraError> {
+    std::fs::create_dir_all(dir).map_err(|source| LoraError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut tensors = BTreeMap::new();
     let mut failure = None;
     model.visit_linears(&mut |path, lin| {
@@ -171,7 +200,10 @@ pub fn save_adapter<M: LoraModel>(model: &M, config: &LoraConfig, base_model: &s
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, DiskDtype::F32, meta)?;
     let json = serde_json::to_string_pretty(&PeftLoraConfig::new(config.clone(), base_model))
-        .map_err(|e| LoraError::AdapterConfig { path: dir.join(CONFIG_FILE), message: e.to_string() })?;
+        .map_err(|e| LoraError::AdapterConfig {
+            path: dir.join(CONFIG_FILE),
+            message: e.to_string(),
+        })?;
     write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
     Ok(n)
 }
@@ -200,23 +232,41 @@ fn parse_key(key: &str) -> Option<(&str, bool)> {
 /// Those of [`read_config`] and [`read_safetensors`], plus [`LoraError::AdapterTensor`] for a
 /// key that is not a LoRA tensor, a module the model does not have, a module the config does not
 /// select, a missing `lora_A`/`lora_B`, or a shape that disagrees with the model or the config.
-pub fn load_adapter<M: LoraModel>(model: M, dir: &Path, device: &Device) -> Result<(M, LoraConfig, AdaptReport), LoraError> {
+pub fn load_adapter<M: LoraModel>(
+    model: M,
+    dir: &Path,
+    device: &Device,
+) -> Result<(M, LoraConfig, AdaptReport), LoraError> {
     let cfg = read_config(dir)?.lora;
     let file = dir.join(WEIGHTS_FILE);
     let mut tensors = read_safetensors(&file)?;
-    let err = |key: &str, message: String| LoraError::AdapterTensor { path: file.clone(), key: key.to_string(), message };
+    let err = |key: &str, message: String| LoraError::AdapterTensor {
+        path: file.clone(),
+        key: key.to_string(),
+        message,
+    };
 
     // Group the file's tensors by module path.
-    let mut by_module: BTreeMap<String, (Option<(String, HostTensor)>, Option<(String, HostTensor)>)> = BTreeMap::new();
+    let mut by_module: BTreeMap<
+        String,
+        (Option<(String, HostTensor)>, Option<(String, HostTensor)>),
+    > = BTreeMap::new();
     for (key, t) in std::mem::take(&mut tensors) {
         let (path, is_a) = parse_key(&key).ok_or_else(|| {
             err(&key, "not a LoRA tensor (expected base_model.model.<module>.lora_A.weight / .lora_B.weight)".into())
         })?;
         if t.shape.len() != 2 {
-            return Err(err(&key, format!("expected a 2-D tensor, found shape {:?}", t.shape)));
+            return Err(err(
+                &key,
+                format!("expected a 2-D tensor, found shape {:?}", t.shape),
+            ));
         }
         let entry = by_module.entry(path.to_string()).or_default();
-        if is_a { entry.0 = Some((key, t)) } else { entry.1 = Some((key, t)) }
+        if is_a {
+            entry.0 = Some((key, t))
+        } else {
+            entry.1 = Some((key, t))
+        }
     }
 
     let matcher = TargetMatcher::new(&cfg)?;
@@ -225,10 +275,20 @@ pub fn load_adapter<M: LoraModel>(model: M, dir: &Path, device: &Device) -> Resu
         let key = format!("{KEY_PREFIX}{path}.lora_A.weight");
         if !model_paths.contains(path) {
             let hint = model_paths.first().cloned().unwrap_or_default();
-            return Err(err(&key, format!("module {path:?} does not exist in this model (its linear layers look like {hint:?}); is the adapter for another model?")));
+            return Err(err(
+                &key,
+                format!(
+                    "module {path:?} does not exist in this model (its linear layers look like {hint:?}); is the adapter for another model?"
+                ),
+            ));
         }
         if !matcher.matches(path) {
-            return Err(err(&key, format!("module {path:?} is not selected by the adapter's target_modules / layers_to_transform")));
+            return Err(err(
+                &key,
+                format!(
+                    "module {path:?} is not selected by the adapter's target_modules / layers_to_transform"
+                ),
+            ));
         }
     }
     if by_module.is_empty() {
@@ -241,17 +301,42 @@ pub fn load_adapter<M: LoraModel>(model: M, dir: &Path, device: &Device) -> Resu
             return Ok(());
         }
         let Some((a, b)) = by_module.remove(path) else {
-            return Err(err(&format!("{KEY_PREFIX}{path}.lora_A.weight"), "missing: the config selects this module but the file has no tensors for it".into()));
+            return Err(err(
+                &format!("{KEY_PREFIX}{path}.lora_A.weight"),
+                "missing: the config selects this module but the file has no tensors for it".into(),
+            ));
         };
-        let (a_key, a) = a.ok_or_else(|| err(&format!("{KEY_PREFIX}{path}.lora_A.weight"), "missing".into()))?;
-        let (b_key, b) = b.ok_or_else(|| err(&format!("{KEY_PREFIX}{path}.lora_B.weight"), "missing".into()))?;
+        let (a_key, a) = a.ok_or_else(|| {
+            err(
+                &format!("{KEY_PREFIX}{path}.lora_A.weight"),
+                "missing".into(),
+            )
+        })?;
+        let (b_key, b) = b.ok_or_else(|| {
+            err(
+                &format!("{KEY_PREFIX}{path}.lora_B.weight"),
+                "missing".into(),
+            )
+        })?;
         let (d_in, d_out) = lin.dims();
         let (r, alpha) = matcher.rank_and_alpha(path);
         if a.shape != [r, d_in] {
-            return Err(err(&a_key, format!("shape {:?}, expected [r = {r}, d_in = {d_in}] from the config and the model", a.shape)));
+            return Err(err(
+                &a_key,
+                format!(
+                    "shape {:?}, expected [r = {r}, d_in = {d_in}] from the config and the model",
+                    a.shape
+                ),
+            ));
         }
         if b.shape != [d_out, r] {
-            return Err(err(&b_key, format!("shape {:?}, expected [d_out = {d_out}, r = {r}] from the config and the model", b.shape)));
+            return Err(err(
+                &b_key,
+                format!(
+                    "shape {:?}, expected [d_out = {d_out}, r = {r}] from the config and the model",
+                    b.shape
+                ),
+            ));
         }
         // PyTorch [r, d_in] / [d_out, r] → burn [d_in, r] / [r, d_out].
         let adapter = LoraAdapter::from_tensors(

@@ -28,8 +28,15 @@ pub struct TargetMatcher {
 }
 
 fn compile(pattern: &str, anchored_suffix: bool) -> Result<Regex, LoraError> {
-    let full = if anchored_suffix { format!(r"^(.*\.)?(?:{pattern})$") } else { format!("^(?:{pattern})$") };
-    Regex::new(&full).map_err(|source| LoraError::BadRegex { pattern: pattern.to_string(), source })
+    let full = if anchored_suffix {
+        format!(r"^(.*\.)?(?:{pattern})$")
+    } else {
+        format!("^(?:{pattern})$")
+    };
+    Regex::new(&full).map_err(|source| LoraError::BadRegex {
+        pattern: pattern.to_string(),
+        source,
+    })
 }
 
 impl TargetMatcher {
@@ -45,7 +52,10 @@ impl TargetMatcher {
         };
         let containers = LAYER_CONTAINERS.join("|");
         let layer_index = Regex::new(&format!(r"(?:^|\.)(?:{containers})\.(\d+)(?:\.|$)"))
-            .map_err(|source| LoraError::BadRegex { pattern: containers.clone(), source })?;
+            .map_err(|source| LoraError::BadRegex {
+                pattern: containers.clone(),
+                source,
+            })?;
         let rank_patterns = config
             .rank_pattern
             .iter()
@@ -71,12 +81,17 @@ impl TargetMatcher {
     /// The layer index in a path like `model.layers.3.mlp.up_proj` (the first number after a
     /// layer container), or `None`.
     pub fn layer_index(&self, path: &str) -> Option<usize> {
-        self.layer_index.captures(path).and_then(|c| c.get(1)).and_then(|m| m.as_str().parse().ok())
+        self.layer_index
+            .captures(path)
+            .and_then(|c| c.get(1))
+            .and_then(|m| m.as_str().parse().ok())
     }
 
     /// Whether `path` names an output head (excluded by `all-linear`).
     pub fn is_output_head(path: &str) -> bool {
-        OUTPUT_HEADS.iter().any(|h| path == *h || path.ends_with(&format!(".{h}")))
+        OUTPUT_HEADS
+            .iter()
+            .any(|h| path == *h || path.ends_with(&format!(".{h}")))
     }
 
     /// Does the target selection (ignoring `layers_to_transform`) pick `path`?
@@ -102,7 +117,11 @@ impl TargetMatcher {
     /// `(r, lora_alpha)` for the layer at `path`, after `rank_pattern` / `alpha_pattern`
     /// (the first pattern, in key order, that matches the end of the path wins).
     pub fn rank_and_alpha(&self, path: &str) -> (usize, f64) {
-        let r = self.rank_patterns.iter().find(|(re, _)| re.is_match(path)).map_or(self.default_r, |(_, r)| *r);
+        let r = self
+            .rank_patterns
+            .iter()
+            .find(|(re, _)| re.is_match(path))
+            .map_or(self.default_r, |(_, r)| *r);
         let a = self
             .alpha_patterns
             .iter()
@@ -117,25 +136,33 @@ impl TargetMatcher {
     /// [`LoraError::TargetMatchesNothing`] naming the first entry that selects nothing.
     pub fn check_all_used(&self, paths: &[String]) -> Result<(), LoraError> {
         let example = paths.first().cloned().unwrap_or_default();
-        let selected = |pred: &dyn Fn(&str) -> bool| {
-            paths.iter().any(|p| pred(p) && self.matches(p))
-        };
+        let selected =
+            |pred: &dyn Fn(&str) -> bool| paths.iter().any(|p| pred(p) && self.matches(p));
         match &self.targets {
             TargetModules::Names(names) => {
                 for name in names {
                     if !selected(&|p| path_matches_name(p, name)) {
-                        return Err(LoraError::TargetMatchesNothing { target: name.clone(), example });
+                        return Err(LoraError::TargetMatchesNothing {
+                            target: name.clone(),
+                            example,
+                        });
                     }
                 }
             }
             TargetModules::Regex(re) => {
                 if !selected(&|_| true) {
-                    return Err(LoraError::TargetMatchesNothing { target: re.clone(), example });
+                    return Err(LoraError::TargetMatchesNothing {
+                        target: re.clone(),
+                        example,
+                    });
                 }
             }
             TargetModules::AllLinear => {
                 if !selected(&|_| true) {
-                    return Err(LoraError::TargetMatchesNothing { target: "all-linear".into(), example });
+                    return Err(LoraError::TargetMatchesNothing {
+                        target: "all-linear".into(),
+                        example,
+                    });
                 }
             }
         }
@@ -145,7 +172,10 @@ impl TargetMatcher {
 
 /// PEFT's list rule: the full path equals `name` or ends with `"." + name`.
 pub fn path_matches_name(path: &str, name: &str) -> bool {
-    path == name || (path.len() > name.len() && path.ends_with(name) && path.as_bytes()[path.len() - name.len() - 1] == b'.')
+    path == name
+        || (path.len() > name.len()
+            && path.ends_with(name)
+            && path.as_bytes()[path.len() - name.len() - 1] == b'.')
 }
 
 #[cfg(test)]
@@ -155,7 +185,15 @@ mod tests {
     fn paths() -> Vec<String> {
         let mut v = Vec::new();
         for i in 0..2 {
-            for m in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
+            for m in [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ] {
                 v.push(format!("model.layers.{i}.{m}"));
             }
         }
@@ -172,8 +210,14 @@ mod tests {
     fn names_match_the_last_path_components() {
         let cfg = LoraConfig::new(8, 16.0, TargetModules::names(&["q_proj", "v_proj"]));
         assert_eq!(selected(&cfg).len(), 4);
-        assert!(path_matches_name("model.layers.0.self_attn.q_proj", "self_attn.q_proj"));
-        assert!(!path_matches_name("model.layers.0.self_attn.xq_proj", "q_proj"));
+        assert!(path_matches_name(
+            "model.layers.0.self_attn.q_proj",
+            "self_attn.q_proj"
+        ));
+        assert!(!path_matches_name(
+            "model.layers.0.self_attn.xq_proj",
+            "q_proj"
+        ));
     }
 
     #[test]
@@ -182,7 +226,13 @@ mod tests {
             layers_to_transform: Some(vec![1]),
             ..LoraConfig::new(8, 16.0, TargetModules::names(&["q_proj", "v_proj"]))
         };
-        assert_eq!(selected(&cfg), vec!["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]);
+        assert_eq!(
+            selected(&cfg),
+            vec![
+                "model.layers.1.self_attn.q_proj",
+                "model.layers.1.self_attn.v_proj"
+            ]
+        );
     }
 
     #[test]
@@ -195,8 +245,15 @@ mod tests {
 
     #[test]
     fn regex_must_match_the_whole_path() {
-        let cfg = LoraConfig::new(8, 16.0, TargetModules::Regex(r".*\.0\.mlp\.(up|down)_proj".into()));
-        assert_eq!(selected(&cfg), vec!["model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"]);
+        let cfg = LoraConfig::new(
+            8,
+            16.0,
+            TargetModules::Regex(r".*\.0\.mlp\.(up|down)_proj".into()),
+        );
+        assert_eq!(
+            selected(&cfg),
+            vec!["model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"]
+        );
         let partial = LoraConfig::new(8, 16.0, TargetModules::Regex("up_proj".into()));
         assert!(selected(&partial).is_empty());
     }
@@ -213,9 +270,13 @@ mod tests {
     fn rank_and_alpha_patterns_override_per_module() {
         let mut cfg = LoraConfig::new(8, 16.0, TargetModules::AllLinear);
         cfg.rank_pattern.insert("q_proj".into(), 4);
-        cfg.alpha_pattern.insert(r"layers\.1\.mlp\.up_proj".into(), 2.0);
+        cfg.alpha_pattern
+            .insert(r"layers\.1\.mlp\.up_proj".into(), 2.0);
         let m = TargetMatcher::new(&cfg).unwrap();
-        assert_eq!(m.rank_and_alpha("model.layers.0.self_attn.q_proj"), (4, 16.0));
+        assert_eq!(
+            m.rank_and_alpha("model.layers.0.self_attn.q_proj"),
+            (4, 16.0)
+        );
         assert_eq!(m.rank_and_alpha("model.layers.1.mlp.up_proj"), (8, 2.0));
         assert_eq!(m.rank_and_alpha("model.layers.0.mlp.up_proj"), (8, 16.0));
         assert_eq!(m.layer_index("model.layers.12.mlp.up_proj"), Some(12));

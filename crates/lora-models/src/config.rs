@@ -92,7 +92,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         Ok(())
     }
@@ -103,7 +106,11 @@ impl LlamaConfig {
         let attn = d * self.n_heads * e * 2 + d * self.n_kv_heads * e * 2;
         let mlp = 3 * d * f;
         let layer = attn + mlp + 2 * d;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * d };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d + self.n_layers * layer + d + head
     }
 }

@@ -25,7 +25,12 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 42 }
+        SamplingConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 42,
+        }
     }
 }
 
@@ -43,10 +48,16 @@ impl Sampler {
     /// [`ModelError::Generate`] for a negative temperature or `top_p` outside `(0, 1]`.
     pub fn new(config: SamplingConfig) -> Result<Self, ModelError> {
         if !(config.temperature >= 0.0) {
-            return Err(ModelError::Generate(format!("temperature must be ≥ 0, got {}", config.temperature)));
+            return Err(ModelError::Generate(format!(
+                "temperature must be ≥ 0, got {}",
+                config.temperature
+            )));
         }
         if !(config.top_p > 0.0 && config.top_p <= 1.0) {
-            return Err(ModelError::Generate(format!("top_p must be in (0, 1], got {}", config.top_p)));
+            return Err(ModelError::Generate(format!(
+                "top_p must be in (0, 1], got {}",
+                config.top_p
+            )));
         }
         let rng = StdRng::seed_from_u64(config.seed);
         Ok(Sampler { config, rng })
@@ -60,8 +71,11 @@ impl Sampler {
         // Probabilities at temperature T, most likely first.
         let t = self.config.temperature as f32;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut probs: Vec<(u32, f32)> =
-            logits.iter().enumerate().map(|(i, l)| (i as u32, ((l - max) / t).exp())).collect();
+        let mut probs: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as u32, ((l - max) / t).exp()))
+            .collect();
         probs.sort_by(|a, b| b.1.total_cmp(&a.1));
         if self.config.top_k > 0 {
             probs.truncate(self.config.top_k);
@@ -182,7 +196,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_whatever_the_temperature() {
-        let cfg = SamplingConfig { temperature: 5.0, top_k: 1, ..Default::default() };
+        let cfg = SamplingConfig {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        };
         let mut s = Sampler::new(cfg).unwrap();
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9]), 1);
@@ -192,7 +210,12 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         // p ≈ [0.0, 0.5, 0.0, 0.5]·…: with top_p = 0.4 only the single most likely token remains.
-        let cfg = SamplingConfig { temperature: 1.0, top_p: 0.4, seed: 7, ..Default::default() };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_p: 0.4,
+            seed: 7,
+            ..Default::default()
+        };
         let mut s = Sampler::new(cfg).unwrap();
         for _ in 0..20 {
             assert_eq!(s.sample(&[-20.0, 1.01, -20.0, 1.0]), 1);
@@ -201,16 +224,38 @@ mod tests {
 
     #[test]
     fn same_seed_same_samples() {
-        let cfg = SamplingConfig { temperature: 1.0, seed: 3, ..Default::default() };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            seed: 3,
+            ..Default::default()
+        };
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let a: Vec<u32> = { let mut s = Sampler::new(cfg.clone()).unwrap(); (0..10).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(cfg).unwrap(); (0..10).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(cfg.clone()).unwrap();
+            (0..10).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(cfg).unwrap();
+            (0..10).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
     }
 
     #[test]
     fn bad_sampling_values_are_errors() {
-        assert!(Sampler::new(SamplingConfig { temperature: -1.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingConfig { top_p: 0.0, ..Default::default() }).is_err());
+        assert!(
+            Sampler::new(SamplingConfig {
+                temperature: -1.0,
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            Sampler::new(SamplingConfig {
+                top_p: 0.0,
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

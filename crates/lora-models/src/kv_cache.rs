@@ -52,7 +52,9 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `n_layers` layers.
     pub fn new(n_layers: usize) -> Self {
-        KvCache { layers: vec![LayerCache::default(); n_layers] }
+        KvCache {
+            layers: vec![LayerCache::default(); n_layers],
+        }
     }
 
     /// Number of cached positions (the position the next token will take).

@@ -35,7 +35,12 @@ impl RmsNorm {
     /// # Shapes
     /// `x`: `[..., D]` → `[..., D]`
     pub fn forward<const N: usize>(&self, x: Tensor<N>) -> Tensor<N> {
-        let rms = x.clone().square().mean_dim(N - 1).add_scalar(self.eps).sqrt(); // [..., 1]
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(N - 1)
+            .add_scalar(self.eps)
+            .sqrt(); // [..., 1]
         (x / rms) * self.weight.val().unsqueeze::<N>()
     }
 }
@@ -54,7 +59,9 @@ impl RotaryEmbedding {
     /// Builds the tables for positions `0..max_seq_len` (computed in f64, stored as f32).
     pub fn new(head_dim: usize, max_seq_len: usize, theta: f64, device: &Device) -> Self {
         let half = head_dim / 2;
-        let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect();
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+            .collect();
         let mut cos = Vec::with_capacity(max_seq_len * head_dim);
         let mut sin = Vec::with_capacity(max_seq_len * head_dim);
         for p in 0..max_seq_len {
@@ -79,8 +86,16 @@ impl RotaryEmbedding {
     /// `x`: `[B, heads, T, E]` → `[B, heads, T, E]`
     pub fn apply(&self, x: Tensor<4>, offset: usize) -> Tensor<4> {
         let [_, _, t, e] = x.dims();
-        let cos = self.cos.clone().slice([offset..offset + t, 0..e]).unsqueeze::<4>(); // [1, 1, T, E]
-        let sin = self.sin.clone().slice([offset..offset + t, 0..e]).unsqueeze::<4>();
+        let cos = self
+            .cos
+            .clone()
+            .slice([offset..offset + t, 0..e])
+            .unsqueeze::<4>(); // [1, 1, T, E]
+        let sin = self
+            .sin
+            .clone()
+            .slice([offset..offset + t, 0..e])
+            .unsqueeze::<4>();
         let x1 = x.clone().narrow(3, 0, e / 2);
         let x2 = x.clone().narrow(3, e / 2, e / 2);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3); // (−x₂, x₁)
@@ -116,14 +131,27 @@ impl Attention {
     ///
     /// # Shapes
     /// `x`: `[B, T, D]` → `[B, T, D]`
-    pub fn forward(&self, x: Tensor<3>, rope: &RotaryEmbedding, cache: Option<&mut LayerCache>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RotaryEmbedding,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, k, e) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let offset = cache.as_ref().map_or(0, |c| c.len());
 
         // Project and split into heads: [B, T, heads·E] → [B, heads, T, E].
-        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, e]).swap_dims(1, 2);
-        let key = self.k_proj.forward(x.clone()).reshape([b, t, k, e]).swap_dims(1, 2);
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, t, h, e])
+            .swap_dims(1, 2);
+        let key = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, t, k, e])
+            .swap_dims(1, 2);
         let value = self.v_proj.forward(x).reshape([b, t, k, e]).swap_dims(1, 2);
 
         // Positions enter through the rotation of queries and keys only.
@@ -160,7 +188,9 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
         return x;
     }
     let [b, k, s, e] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, k, n_rep, s, e]).reshape([b, k * n_rep, s, e])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, k, n_rep, s, e])
+        .reshape([b, k * n_rep, s, e])
 }
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) ⊙ up(x))`.
@@ -199,8 +229,16 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     /// # Shapes
     /// `x`: `[B, T, D]` → `[B, T, D]`
-    pub fn forward(&self, x: Tensor<3>, rope: &RotaryEmbedding, cache: Option<&mut LayerCache>) -> Tensor<3> {
-        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, cache);
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RotaryEmbedding,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -284,12 +322,21 @@ impl LlamaConfig {
     /// pretrained base; for tests and examples.
     pub fn init(&self, device: &Device) -> Llama {
         let dist = Distribution::Normal(0.0, 0.02);
-        let lin = |d_in: usize, d_out: usize| LoraLinear::new(Tensor::random([d_in, d_out], dist, device), None);
+        let lin = |d_in: usize, d_out: usize| {
+            LoraLinear::new(Tensor::random([d_in, d_out], dist, device), None)
+        };
         let norm = || RmsNorm {
-            weight: Param::from_tensor(Tensor::ones([self.d_model], device)).set_require_grad(false),
+            weight: Param::from_tensor(Tensor::ones([self.d_model], device))
+                .set_require_grad(false),
             eps: self.rms_norm_eps,
         };
-        let (d, h, k, e, f) = (self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.d_ff);
+        let (d, h, k, e, f) = (
+            self.d_model,
+            self.n_heads,
+            self.n_kv_heads,
+            self.head_dim,
+            self.d_ff,
+        );
         let layers = (0..self.n_layers)
             .map(|_| DecoderLayer {
                 input_layernorm: norm(),
@@ -303,7 +350,11 @@ impl LlamaConfig {
                     head_dim: e,
                 },
                 post_attention_layernorm: norm(),
-                mlp: Mlp { gate_proj: lin(d, f), up_proj: lin(d, f), down_proj: lin(f, d) },
+                mlp: Mlp {
+                    gate_proj: lin(d, f),
+                    up_proj: lin(d, f),
+                    down_proj: lin(f, d),
+                },
             })
             .collect();
         let embed = Tensor::random([self.vocab_size, d], dist, device);
@@ -314,7 +365,9 @@ impl LlamaConfig {
         };
         Llama {
             model: LlamaModel {
-                embed_tokens: Embedding { weight: Param::from_tensor(embed).set_require_grad(false) },
+                embed_tokens: Embedding {
+                    weight: Param::from_tensor(embed).set_require_grad(false),
+                },
                 layers,
                 norm: norm(),
                 rotary_emb: RotaryEmbedding::new(e, self.max_seq_len, self.rope_theta, device),

@@ -25,7 +25,10 @@ impl Pretrained {
     /// A short name for the model (file stem or directory name), used as
     /// `base_model_name_or_path` in adapter configs.
     pub fn name(&self) -> String {
-        self.source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| self.source.display().to_string())
+        self.source
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.source.display().to_string())
     }
 }
 
@@ -41,14 +44,22 @@ pub fn load(path: &Path, device: &Device) -> Result<Pretrained, ModelError> {
         let weights = checkpoint::hf::read_weights(path)?;
         let model = checkpoint::build_llama(&config, weights, opts, device)?;
         let tokenizer = TextTokenizer::from_hf_dir(path)?;
-        Ok(Pretrained { model, tokenizer, source: path.to_path_buf() })
+        Ok(Pretrained {
+            model,
+            tokenizer,
+            source: path.to_path_buf(),
+        })
     } else {
         let file = checkpoint::gguf::open(path)?;
         let config = checkpoint::gguf::read_config(&file)?;
         let weights = checkpoint::gguf::read_weights(&file, &config)?;
         let model = checkpoint::build_llama(&config, weights, BuildOptions::default(), device)?;
         let tokenizer = TextTokenizer::from_gguf(&file)?;
-        Ok(Pretrained { model, tokenizer, source: path.to_path_buf() })
+        Ok(Pretrained {
+            model,
+            tokenizer,
+            source: path.to_path_buf(),
+        })
     }
 }
 

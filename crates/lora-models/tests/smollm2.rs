@@ -10,11 +10,16 @@ use lora_models::tokenizer::ChatMessage;
 use serde_json::Value;
 
 fn reference_json() -> Value {
-    serde_json::from_slice(&std::fs::read(fixtures().join("smollm2-reference.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(fixtures().join("smollm2-reference.json")).unwrap())
+        .unwrap()
 }
 
 fn as_ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -31,7 +36,12 @@ fn top5_logits_match_transformers_on_smollm2() {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                    .map(|m| {
+                        ChatMessage::new(
+                            m["role"].as_str().unwrap(),
+                            m["content"].as_str().unwrap(),
+                        )
+                    })
                     .collect();
                 let rendered = p.tokenizer.apply_chat_template(&msgs, true).unwrap();
                 assert_eq!(rendered, text, "chat template renders as transformers does");
@@ -48,7 +58,11 @@ fn top5_logits_match_transformers_on_smollm2() {
             let id = e["id"].as_u64().unwrap() as usize;
             let want = e["logit"].as_f64().unwrap() as f32;
             assert_eq!(order[rank], id, "{text:?}: rank {rank}");
-            assert!((logits[id] - want).abs() < 1e-2, "{text:?}: logit of {id} is {}, transformers {want}", logits[id]);
+            assert!(
+                (logits[id] - want).abs() < 1e-2,
+                "{text:?}: logit of {id} is {}, transformers {want}",
+                logits[id]
+            );
         }
     }
 }
@@ -61,9 +75,20 @@ fn greedy_chat_answer_matches_transformers_on_smollm2() {
     let g = &reference_json()["greedy_chat"];
     let prompt = as_ids(&g["prompt_ids"]);
     let eos = g["eos_token_id"].as_u64().unwrap() as u32;
-    let out = generate(&p.model, &prompt, 20, SamplingConfig::default(), &[eos], |_| {}).unwrap();
+    let out = generate(
+        &p.model,
+        &prompt,
+        20,
+        SamplingConfig::default(),
+        &[eos],
+        |_| {},
+    )
+    .unwrap();
     let mut expected = as_ids(&g["new_ids"]);
     expected.retain(|&t| t != eos);
     assert_eq!(out, expected);
-    assert_eq!(p.tokenizer.decode(&out).unwrap(), g["text_skip_special"].as_str().unwrap());
+    assert_eq!(
+        p.tokenizer.decode(&out).unwrap(),
+        g["text_skip_special"].as_str().unwrap()
+    );
 }

@@ -73,7 +73,8 @@ mod tempdir {
     pub struct Dir(PathBuf);
     impl Dir {
         pub fn new(name: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("burn-lora-test-{name}-{}", std::process::id()));
+            let p =
+                std::env::temp_dir().join(format!("burn-lora-test-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             Dir(p)
@@ -101,7 +102,10 @@ fn a_config_missing_a_field_is_an_error_naming_file_and_field() {
     v.as_object_mut().unwrap().remove("hidden_size");
     std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("hidden_size"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -110,9 +114,13 @@ fn a_misshaped_tensor_is_an_error_naming_it() {
     let st = dir.path().join("model.safetensors");
     let mut t = lora_core::tensor_io::read_safetensors(&st).unwrap();
     let k = "model.layers.1.self_attn.v_proj.weight";
-    let bad = lora_core::tensor_io::HostTensor { shape: vec![16, 64], data: vec![0.0; 16 * 64] };
+    let bad = lora_core::tensor_io::HostTensor {
+        shape: vec![16, 64],
+        data: vec![0.0; 16 * 64],
+    };
     t.insert(k.to_string(), bad);
-    lora_core::tensor_io::write_safetensors(&st, &t, Default::default(), Default::default()).unwrap();
+    lora_core::tensor_io::write_safetensors(&st, &t, Default::default(), Default::default())
+        .unwrap();
     let err = load_err(dir.path());
     assert!(err.contains(k) && err.contains("[16, 64]"), "{err}");
 }
@@ -124,15 +132,26 @@ fn missing_and_unused_tensors_are_errors_naming_them() {
     let mut t = lora_core::tensor_io::read_safetensors(&st).unwrap();
     let k = "model.layers.0.mlp.up_proj.weight";
     let moved = t.remove(k).unwrap();
-    lora_core::tensor_io::write_safetensors(&st, &t, Default::default(), Default::default()).unwrap();
+    lora_core::tensor_io::write_safetensors(&st, &t, Default::default(), Default::default())
+        .unwrap();
     let err = load_err(dir.path());
     assert!(err.contains(k) && err.contains("missing"), "{err}");
 
     t.insert(k.to_string(), moved);
-    t.insert("model.layers.0.mlp.extra.weight".into(), lora_core::tensor_io::HostTensor { shape: vec![1], data: vec![0.0] });
-    lora_core::tensor_io::write_safetensors(&st, &t, Default::default(), Default::default()).unwrap();
+    t.insert(
+        "model.layers.0.mlp.extra.weight".into(),
+        lora_core::tensor_io::HostTensor {
+            shape: vec![1],
+            data: vec![0.0],
+        },
+    );
+    lora_core::tensor_io::write_safetensors(&st, &t, Default::default(), Default::default())
+        .unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("model.layers.0.mlp.extra.weight") && err.contains("unused"), "{err}");
+    assert!(
+        err.contains("model.layers.0.mlp.extra.weight") && err.contains("unused"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -42,28 +42,43 @@ pub struct Checkpoint {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Checkpoint {
     /// The checkpoint of the run in `run_dir`.
     pub fn new(run_dir: &Path, lora: LoraConfig, base_model: &str) -> Self {
-        Checkpoint { dir: run_dir.join("checkpoint"), lora, base_model: base_model.to_string() }
+        Checkpoint {
+            dir: run_dir.join("checkpoint"),
+            lora,
+            base_model: base_model.to_string(),
+        }
     }
 
     /// Writes a checkpoint, replacing the previous one only once the new one is complete.
     ///
     /// # Errors
     /// [`TrainError::Io`] / [`TrainError::Checkpoint`] naming the file.
-    pub fn save(&self, model: &Llama, optim: &ModuleOptimizer, state: &TrainerState, cfg: &TrainConfig) -> Result<(), TrainError> {
+    pub fn save(
+        &self,
+        model: &Llama,
+        optim: &ModuleOptimizer,
+        state: &TrainerState,
+        cfg: &TrainConfig,
+    ) -> Result<(), TrainError> {
         let tmp = self.dir.with_extension("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         peft::save_adapter(model, &self.lora, &self.base_model, &tmp.join("adapter"))?;
-        let ids: BTreeMap<String, (u64, u64)> =
-            crate::trainer::adapter_param_ids(model).into_iter().map(|(p, a, b)| (p, (a.val(), b.val()))).collect();
+        let ids: BTreeMap<String, (u64, u64)> = crate::trainer::adapter_param_ids(model)
+            .into_iter()
+            .map(|(p, a, b)| (p, (a.val(), b.val())))
+            .collect();
         let json = |v: &dyn erased::Json, name: &str| -> Result<(), TrainError> {
             let path = tmp.join(name);
             write_atomic(&path, v.to_json().as_bytes())?;
@@ -71,10 +86,13 @@ impl Checkpoint {
         };
         json(&ids, "param_ids.json")?;
         json(state, "trainer_state.json")?;
-        let text = toml::to_string_pretty(cfg).map_err(|e| TrainError::Checkpoint(format!("config: {e}")))?;
+        let text = toml::to_string_pretty(cfg)
+            .map_err(|e| TrainError::Checkpoint(format!("config: {e}")))?;
         write_atomic(&tmp.join("config.toml"), text.as_bytes())?;
         let opt_path = tmp.join("optimizer.bpk");
-        optim.save(&opt_path).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", opt_path.display())))?;
+        optim
+            .save(&opt_path)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", opt_path.display())))?;
 
         // Swap: old → .old, tmp → checkpoint, drop .old.
         let old = self.dir.with_extension("old");
@@ -99,7 +117,8 @@ impl Checkpoint {
     pub fn load_state(&self) -> Result<TrainerState, TrainError> {
         let path = self.existing_dir()?.join("trainer_state.json");
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
     }
 
     /// The adapter directory inside the checkpoint.
@@ -116,7 +135,10 @@ impl Checkpoint {
                 return Ok(d);
             }
         }
-        Err(TrainError::Checkpoint(format!("no checkpoint in {}", self.dir.display())))
+        Err(TrainError::Checkpoint(format!(
+            "no checkpoint in {}",
+            self.dir.display()
+        )))
     }
 
     /// Gives the loaded adapters back the parameter ids they had when saved, so the optimizer
@@ -127,8 +149,8 @@ impl Checkpoint {
     pub fn restore_param_ids(&self, model: &mut Llama) -> Result<(), TrainError> {
         let path = self.existing_dir()?.join("param_ids.json");
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let ids: BTreeMap<String, (u64, u64)> =
-            serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+        let ids: BTreeMap<String, (u64, u64)> = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
         let mut seen = 0;
         model.visit_linears_mut(&mut |p, lin| {
             if let Some(a) = lin.adapter.as_mut()
@@ -141,7 +163,11 @@ impl Checkpoint {
             Ok(())
         })?;
         if seen != ids.len() {
-            return Err(TrainError::Checkpoint(format!("{}: ids for {} modules, {seen} adapted", path.display(), ids.len())));
+            return Err(TrainError::Checkpoint(format!(
+                "{}: ids for {} modules, {seen} adapted",
+                path.display(),
+                ids.len()
+            )));
         }
         Ok(())
     }
@@ -152,7 +178,9 @@ impl Checkpoint {
     /// [`TrainError::Checkpoint`] naming the file.
     pub fn load_optimizer(&self, optim: ModuleOptimizer) -> Result<ModuleOptimizer, TrainError> {
         let path = self.existing_dir()?.join("optimizer.bpk");
-        optim.load(&path).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+        optim
+            .load(&path)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
     }
 }
 

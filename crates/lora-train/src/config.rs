@@ -25,7 +25,13 @@ pub struct LoraSection {
 
 impl Default for LoraSection {
     fn default() -> Self {
-        LoraSection { r: 8, alpha: 16.0, dropout: 0.05, targets: "q_proj,k_proj,v_proj,o_proj".into(), rslora: false }
+        LoraSection {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets: "q_proj,k_proj,v_proj,o_proj".into(),
+            rslora: false,
+        }
     }
 }
 
@@ -85,10 +91,10 @@ impl Default for TrainConfig {
         TrainConfig {
             model: None,
             data: "trec".into(),
-            steps: 150,
+            steps: 200,
             batch_size: 8,
             grad_accum: 1,
-            lr: 2e-4,
+            lr: 1e-3,
             warmup_steps: 10,
             min_lr_ratio: 0.1,
             weight_decay: 0.0,
@@ -120,11 +126,17 @@ impl TrainConfig {
             return Err(format!("lr must be in (0, 1], got {}", self.lr));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(format!("min_lr_ratio must be in [0, 1], got {}", self.min_lr_ratio));
+            return Err(format!(
+                "min_lr_ratio must be in [0, 1], got {}",
+                self.min_lr_ratio
+            ));
         }
         if self.seq_len < 2 {
             return Err("seq_len must be at least 2".into());
         }
-        self.lora.to_lora_config().validate().map_err(|e| e.to_string())
+        self.lora
+            .to_lora_config()
+            .validate()
+            .map_err(|e| e.to_string())
     }
 }

@@ -9,7 +9,9 @@ pub enum TrainError {
     #[error("invalid training config: {0}")]
     Config(String),
     /// The loss became NaN or infinite; the last good checkpoint is kept.
-    #[error("the loss became {loss} at step {step}; stopping (the last good checkpoint is kept). Try a lower --lr")]
+    #[error(
+        "the loss became {loss} at step {step}; stopping (the last good checkpoint is kept). Try a lower --lr"
+    )]
     NonFinite {
         /// The step (1-based) whose loss was not finite.
         step: usize,

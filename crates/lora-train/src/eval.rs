@@ -23,12 +23,21 @@ fn padded(seqs: &[&[u32]], pad: u32, device: &Device) -> (Tensor<2, Int>, usize)
         v.extend(s.iter().map(|&x| x as i64));
         v.extend(std::iter::repeat_n(pad as i64, t - s.len()));
     }
-    (Tensor::from_data(TensorData::new(v, [seqs.len(), t]), device), t)
+    (
+        Tensor::from_data(TensorData::new(v, [seqs.len(), t]), device),
+        t,
+    )
 }
 
 /// Mean answer-token loss (token-weighted) over `examples`, in batches of `batch`.
 /// `model` should be an evaluation view (no autodiff, dropout off).
-pub fn mean_answer_loss(model: &Llama, examples: &[Encoded], batch: usize, pad: u32, device: &Device) -> (f64, usize) {
+pub fn mean_answer_loss(
+    model: &Llama,
+    examples: &[Encoded],
+    batch: usize,
+    pad: u32,
+    device: &Device,
+) -> (f64, usize) {
     let (mut total, mut count) = (0.0f64, 0usize);
     for chunk in examples.chunks(batch.max(1)) {
         let seqs: Vec<&[u32]> = chunk.iter().map(|e| &e.ids[..]).collect();
@@ -48,23 +57,50 @@ pub fn mean_answer_loss(model: &Llama, examples: &[Encoded], batch: usize, pad: 
 ///
 /// # Shapes
 /// returns `prompts.len()` rows of `first_tokens.len()` values
-pub fn next_token_logprobs(model: &Llama, prompts: &[&[u32]], first_tokens: &[u32], pad: u32, device: &Device) -> Vec<Vec<f32>> {
+pub fn next_token_logprobs(
+    model: &Llama,
+    prompts: &[&[u32]],
+    first_tokens: &[u32],
+    pad: u32,
+    device: &Device,
+) -> Vec<Vec<f32>> {
     let (input, t) = padded(prompts, pad, device);
     let hidden = model.model.forward(input, None); // [B, T, D]
     let [b, _, d] = hidden.dims();
     // The last real position of each prompt.
-    let rows: Vec<i64> = prompts.iter().enumerate().map(|(i, p)| (i * t + p.len().max(1) - 1) as i64).collect();
+    let rows: Vec<i64> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i * t + p.len().max(1) - 1) as i64)
+        .collect();
     let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), device);
     let last = hidden.reshape([b * t, d]).select(0, rows); // [B, D]
     let logp = log_softmax(model.lm_head.forward(last), 1); // [B, V]
-    let cols = Tensor::<1, Int>::from_data(TensorData::new(first_tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(), [first_tokens.len()]), device);
+    let cols = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            first_tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+            [first_tokens.len()],
+        ),
+        device,
+    );
     let picked = logp.select(1, cols); // [B, C]
-    let flat: Vec<f32> = picked.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-    flat.chunks(first_tokens.len().max(1)).map(<[f32]>::to_vec).collect()
+    let flat: Vec<f32> = picked
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    flat.chunks(first_tokens.len().max(1))
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 /// Total log-probability of each sequence's answer tokens (`ids[prompt_len..]`).
-pub fn answer_logprob_sums(model: &Llama, seqs: &[(Vec<u32>, usize)], pad: u32, device: &Device) -> Vec<f64> {
+pub fn answer_logprob_sums(
+    model: &Llama,
+    seqs: &[(Vec<u32>, usize)],
+    pad: u32,
+    device: &Device,
+) -> Vec<f64> {
     let refs: Vec<&[u32]> = seqs.iter().map(|s| &s.0[..]).collect();
     let (input, t) = padded(&refs, pad, device);
     let pos = AnswerPositions::new(seqs.iter().map(|(ids, p)| (&ids[..], *p)), t);
@@ -73,8 +109,18 @@ pub fn answer_logprob_sums(model: &Llama, seqs: &[(Vec<u32>, usize)], pad: u32, 
     let n = pos.len();
     let rows = Tensor::<1, Int>::from_data(TensorData::new(pos.rows.clone(), [n]), device);
     let targets = Tensor::<1, Int>::from_data(TensorData::new(pos.targets.clone(), [n]), device);
-    let logp = log_softmax(model.lm_head.forward(hidden.reshape([b * t, d]).select(0, rows)), 1);
-    let chosen: Vec<f32> = logp.gather(1, targets.unsqueeze_dim::<2>(1)).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    let logp = log_softmax(
+        model
+            .lm_head
+            .forward(hidden.reshape([b * t, d]).select(0, rows)),
+        1,
+    );
+    let chosen: Vec<f32> = logp
+        .gather(1, targets.unsqueeze_dim::<2>(1))
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
     let mut sums = vec![0.0f64; seqs.len()];
     for (row, lp) in pos.rows.iter().zip(chosen) {
         sums[*row as usize / t] += lp as f64;
@@ -84,11 +130,21 @@ pub fn answer_logprob_sums(model: &Llama, seqs: &[(Vec<u32>, usize)], pad: u32, 
 
 /// Accuracy of choosing, for each `(prompt, label)`, the candidate answer with the highest
 /// log-probability. `candidates[c]` are the answer tokens of class `c`.
-pub fn choice_accuracy(model: &Llama, items: &[(Vec<u32>, usize)], candidates: &[Vec<u32>], batch: usize, pad: u32, device: &Device) -> f64 {
+pub fn choice_accuracy(
+    model: &Llama,
+    items: &[(Vec<u32>, usize)],
+    candidates: &[Vec<u32>],
+    batch: usize,
+    pad: u32,
+    device: &Device,
+) -> f64 {
     if items.is_empty() || candidates.is_empty() {
         return 0.0;
     }
-    let firsts: Vec<u32> = candidates.iter().filter_map(|c| c.first().copied()).collect();
+    let firsts: Vec<u32> = candidates
+        .iter()
+        .filter_map(|c| c.first().copied())
+        .collect();
     let mut distinct = firsts.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -104,12 +160,23 @@ pub fn choice_accuracy(model: &Llama, items: &[(Vec<u32>, usize)], candidates: &
         } else {
             let seqs: Vec<(Vec<u32>, usize)> = chunk
                 .iter()
-                .flat_map(|(p, _)| candidates.iter().map(move |c| ([&p[..], &c[..]].concat(), p.len())))
+                .flat_map(|(p, _)| {
+                    candidates
+                        .iter()
+                        .map(move |c| ([&p[..], &c[..]].concat(), p.len()))
+                })
                 .collect();
-            answer_logprob_sums(model, &seqs, pad, device).chunks(candidates.len()).map(<[f64]>::to_vec).collect()
+            answer_logprob_sums(model, &seqs, pad, device)
+                .chunks(candidates.len())
+                .map(<[f64]>::to_vec)
+                .collect()
         };
         for ((_, label), row) in chunk.iter().zip(scores) {
-            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+            let best = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i);
             correct += (best == *label) as usize;
         }
     }
@@ -136,15 +203,26 @@ pub fn evaluate(
         d.sort_unstable();
         d.dedup();
         let aligned = items.len() == examples.len()
-            && items.iter().zip(examples).all(|((p, _), e)| e.ids.len() > p.len() && e.ids[..p.len()] == p[..]);
+            && items
+                .iter()
+                .zip(examples)
+                .all(|((p, _), e)| e.ids.len() > p.len() && e.ids[..p.len()] == p[..]);
         (f.len() == cands.len() && d.len() == f.len() && aligned).then_some(f)
     });
     let Some(firsts) = firsts else {
         let (loss, _) = mean_answer_loss(model, examples, batch, pad, device);
-        let accuracy = choices.map(|(items, cands)| choice_accuracy(model, items, cands, batch, pad, device));
-        return EvalReport { loss, perplexity: loss.exp(), accuracy, examples: examples.len() };
+        let accuracy =
+            choices.map(|(items, cands)| choice_accuracy(model, items, cands, batch, pad, device));
+        return EvalReport {
+            loss,
+            perplexity: loss.exp(),
+            accuracy,
+            examples: examples.len(),
+        };
     };
-    let labels: Vec<usize> = choices.map(|(items, _)| items.iter().map(|i| i.1).collect()).unwrap_or_default();
+    let labels: Vec<usize> = choices
+        .map(|(items, _)| items.iter().map(|i| i.1).collect())
+        .unwrap_or_default();
     let (mut total, mut count, mut correct) = (0.0f64, 0usize, 0usize);
     for (bi, chunk) in examples.chunks(batch.max(1)).enumerate() {
         let seqs: Vec<&[u32]> = chunk.iter().map(|e| &e.ids[..]).collect();
@@ -156,21 +234,51 @@ pub fn evaluate(
         // Loss over all answer tokens.
         let n = pos.len();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(pos.rows.clone(), [n]), device);
-        let targets = Tensor::<1, Int>::from_data(TensorData::new(pos.targets.clone(), [n]), device);
+        let targets =
+            Tensor::<1, Int>::from_data(TensorData::new(pos.targets.clone(), [n]), device);
         let logp = log_softmax(model.lm_head.forward(flat.clone().select(0, rows)), 1);
-        let sum = logp.gather(1, targets.unsqueeze_dim::<2>(1)).sum().into_scalar::<f32>() as f64;
+        let sum = logp
+            .gather(1, targets.unsqueeze_dim::<2>(1))
+            .sum()
+            .into_scalar::<f32>() as f64;
         total -= sum;
         count += n;
         // Accuracy: the candidate first tokens at the last prompt position.
-        let last: Vec<i64> = chunk.iter().enumerate().map(|(i, e)| (i * t + e.prompt_len - 1) as i64).collect();
+        let last: Vec<i64> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i * t + e.prompt_len - 1) as i64)
+            .collect();
         let last = Tensor::<1, Int>::from_data(TensorData::new(last, [chunk.len()]), device);
-        let cols = Tensor::<1, Int>::from_data(TensorData::new(firsts.iter().map(|&x| x as i64).collect::<Vec<_>>(), [firsts.len()]), device);
-        let scores: Vec<f32> = model.lm_head.forward(flat.select(0, last)).select(1, cols).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        let cols = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                firsts.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+                [firsts.len()],
+            ),
+            device,
+        );
+        let scores: Vec<f32> = model
+            .lm_head
+            .forward(flat.select(0, last))
+            .select(1, cols)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
         for (i, row) in scores.chunks(firsts.len()).enumerate() {
-            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j);
+            let best = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(j, _)| j);
             correct += (labels.get(bi * batch.max(1) + i) == Some(&best)) as usize;
         }
     }
     let loss = total / count.max(1) as f64;
-    EvalReport { loss, perplexity: loss.exp(), accuracy: Some(correct as f64 / examples.len().max(1) as f64), examples: examples.len() }
+    EvalReport {
+        loss,
+        perplexity: loss.exp(),
+        accuracy: Some(correct as f64 / examples.len().max(1) as f64),
+        examples: examples.len(),
+    }
 }

@@ -15,9 +15,15 @@ use lora_models::Llama;
 /// - returns `[1]`
 ///
 /// With no position counted the result is 0 (not NaN): the sum is divided by `max(count, 1)`.
-pub fn masked_cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<1> {
+pub fn masked_cross_entropy(
+    logits: Tensor<3>,
+    targets: Tensor<2, Int>,
+    mask: Tensor<2>,
+) -> Tensor<1> {
     let logp = log_softmax(logits, 2); // [B, T, V]
-    let picked = logp.gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2); // [B, T]
+    let picked = logp
+        .gather(2, targets.unsqueeze_dim::<3>(2))
+        .squeeze_dim::<2>(2); // [B, T]
     let count = mask.clone().sum().clamp_min(1.0);
     (picked * mask).sum().neg() / count
 }
@@ -78,7 +84,12 @@ impl AnswerPositions {
 ///
 /// # Shapes
 /// `input_ids`: `[B, T]` → `[1]`
-pub fn answer_loss(model: &Llama, input_ids: Tensor<2, Int>, pos: &AnswerPositions, device: &Device) -> Tensor<1> {
+pub fn answer_loss(
+    model: &Llama,
+    input_ids: Tensor<2, Int>,
+    pos: &AnswerPositions,
+    device: &Device,
+) -> Tensor<1> {
     let hidden = model.model.forward(input_ids, None); // [B, T, D]
     let [b, t, d] = hidden.dims();
     let n = pos.len();

@@ -29,7 +29,10 @@ impl MetricsLog {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|source| TrainError::Io { path: path.clone(), source })?;
+            .map_err(|source| TrainError::Io {
+                path: path.clone(),
+                source,
+            })?;
         Ok(MetricsLog { path, file })
     }
 
@@ -38,8 +41,12 @@ impl MetricsLog {
     /// # Errors
     /// [`TrainError::Io`] naming the file.
     pub fn write<T: serde::Serialize>(&mut self, record: &T) -> Result<(), TrainError> {
-        let line = serde_json::to_string(record).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        writeln!(self.file, "{line}").map_err(|source| TrainError::Io { path: self.path.clone(), source })
+        let line =
+            serde_json::to_string(record).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        writeln!(self.file, "{line}").map_err(|source| TrainError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -49,7 +56,10 @@ impl MetricsLog {
 /// # Errors
 /// [`TrainError::Io`] if the file cannot be read.
 pub fn read_metrics(path: &Path, upto: usize) -> Result<Vec<StepMetrics>, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok())
@@ -85,21 +95,41 @@ fn register_any_font() -> bool {
 ///
 /// # Errors
 /// [`TrainError::Plot`] if the picture cannot be drawn or written.
-pub fn plot_loss(path: &Path, steps: &[StepMetrics], evals: &[(usize, EvalReport)], title: &str) -> Result<(), TrainError> {
+pub fn plot_loss(
+    path: &Path,
+    steps: &[StepMetrics],
+    evals: &[(usize, EvalReport)],
+    title: &str,
+) -> Result<(), TrainError> {
     let err = |e: &dyn std::fmt::Display| TrainError::Plot(format!("{}: {e}", path.display()));
     let text = register_any_font();
-    let max_step = steps.iter().map(|m| m.step).chain(evals.iter().map(|e| e.0)).max().unwrap_or(1).max(1);
-    let values = steps.iter().map(|m| m.loss).chain(evals.iter().map(|e| e.1.loss)).filter(|v| v.is_finite());
+    let max_step = steps
+        .iter()
+        .map(|m| m.step)
+        .chain(evals.iter().map(|e| e.0))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let values = steps
+        .iter()
+        .map(|m| m.loss)
+        .chain(evals.iter().map(|e| e.1.loss))
+        .filter(|v| v.is_finite());
     let max_loss = values.fold(0.0f64, f64::max).max(1e-3) * 1.05;
 
     let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut builder = ChartBuilder::on(&root);
-    builder.margin(20).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text { 60 } else { 5 });
+    builder
+        .margin(20)
+        .x_label_area_size(if text { 40 } else { 5 })
+        .y_label_area_size(if text { 60 } else { 5 });
     if text {
         builder.caption(title, ("sans-serif", 22));
     }
-    let mut chart = builder.build_cartesian_2d(0usize..max_step, 0f64..max_loss).map_err(|e| err(&e))?;
+    let mut chart = builder
+        .build_cartesian_2d(0usize..max_step, 0f64..max_loss)
+        .map_err(|e| err(&e))?;
     if text {
         chart
             .configure_mesh()
@@ -108,20 +138,40 @@ pub fn plot_loss(path: &Path, steps: &[StepMetrics], evals: &[(usize, EvalReport
             .draw()
             .map_err(|e| err(&e))?;
     } else {
-        chart.configure_mesh().disable_x_mesh().disable_y_mesh().draw().map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_y_mesh()
+            .draw()
+            .map_err(|e| err(&e))?;
     }
     let train = chart
-        .draw_series(LineSeries::new(steps.iter().map(|m| (m.step, m.loss)), BLUE.stroke_width(2)))
+        .draw_series(LineSeries::new(
+            steps.iter().map(|m| (m.step, m.loss)),
+            BLUE.stroke_width(2),
+        ))
         .map_err(|e| err(&e))?;
     if text {
-        train.label("training loss").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        train
+            .label("training loss")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     }
     let eval = chart
-        .draw_series(evals.iter().map(|(s, e)| Circle::new((*s, e.loss), 6, RED.filled())))
+        .draw_series(
+            evals
+                .iter()
+                .map(|(s, e)| Circle::new((*s, e.loss), 6, RED.filled())),
+        )
         .map_err(|e| err(&e))?;
     if text {
-        eval.label("held-out loss").legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
+        eval.label("held-out loss")
+            .legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())

@@ -5,8 +5,8 @@
 use burn::lr_scheduler::LrSchedulerConfig;
 use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
-use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 
 /// Builds the schedule for `total` optimizer steps.
 ///
@@ -16,9 +16,16 @@ use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 ///
 /// # Errors
 /// burn's message for an out-of-range learning rate.
-pub fn warmup_cosine(lr: f64, warmup: usize, total: usize, min_lr_ratio: f64) -> Result<ModuleLrScheduler, String> {
+pub fn warmup_cosine(
+    lr: f64,
+    warmup: usize,
+    total: usize,
+    min_lr_ratio: f64,
+) -> Result<ModuleLrScheduler, String> {
     let decay_steps = total.saturating_sub(warmup).max(1);
-    let cosine = LrSchedulerConfig::Cosine(CosineAnnealingLrSchedulerConfig::new(lr, decay_steps).with_min_lr(lr * min_lr_ratio));
+    let cosine = LrSchedulerConfig::Cosine(
+        CosineAnnealingLrSchedulerConfig::new(lr, decay_steps).with_min_lr(lr * min_lr_ratio),
+    );
     if warmup == 0 {
         return SequentialLrSchedulerConfig::new(vec![cosine], vec![]).init();
     }

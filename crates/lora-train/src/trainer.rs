@@ -87,7 +87,11 @@ pub fn adapter_param_ids(model: &Llama) -> Vec<(String, ParamId, ParamId)> {
 
 /// Scales all gradients so their global L2 norm is at most `max_norm` (0 = no clipping).
 /// Returns the norm before clipping.
-fn clip_global_norm(grads: &mut GradientsParams, ids: &[(String, ParamId, ParamId)], max_norm: f64) -> f64 {
+fn clip_global_norm(
+    grads: &mut GradientsParams,
+    ids: &[(String, ParamId, ParamId)],
+    max_norm: f64,
+) -> f64 {
     let mut sq = 0.0f64;
     for (_, a, b) in ids {
         for id in [a, b] {
@@ -118,7 +122,10 @@ fn pad_batch(seqs: &[&Encoded], pad: u32, device: &Device) -> (Tensor<2, Int>, u
         ids.extend(e.ids.iter().map(|&x| x as i64));
         ids.extend(std::iter::repeat_n(pad as i64, t - e.ids.len()));
     }
-    (Tensor::from_data(TensorData::new(ids, [seqs.len(), t]), device), t)
+    (
+        Tensor::from_data(TensorData::new(ids, [seqs.len(), t]), device),
+        t,
+    )
 }
 
 /// Runs (or resumes) training of `model`'s adapters on `train`.
@@ -147,13 +154,18 @@ pub fn train(
     }
     let device = model.lm_head.weight.val().device();
     let ids = adapter_param_ids(&model);
-    let mut optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_epsilon(1e-8).init();
-    let mut schedule = warmup_cosine(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio).map_err(TrainError::Config)?;
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init();
+    let mut schedule = warmup_cosine(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        .map_err(TrainError::Config)?;
     let mut sampler = BatchSampler::new(train.len(), cfg.batch_size, cfg.seed)?;
     let mut start = 0;
     if let Some(state) = resume {
         optim = checkpoint.load_optimizer(optim)?;
-        sampler = BatchSampler::from_state(train.len(), cfg.batch_size, cfg.seed, state.sampler.clone())?;
+        sampler =
+            BatchSampler::from_state(train.len(), cfg.batch_size, cfg.seed, state.sampler.clone())?;
         for _ in 0..state.step {
             schedule.step(); // the schedule is a pure function of the step
         }
@@ -168,7 +180,11 @@ pub fn train(
         let mut accum = GradientsAccumulator::<Llama>::new();
         let (mut loss_sum, mut tokens) = (0.0, 0usize);
         for _ in 0..cfg.grad_accum {
-            let batch: Vec<&Encoded> = sampler.next_batch().into_iter().map(|i| &train[i]).collect();
+            let batch: Vec<&Encoded> = sampler
+                .next_batch()
+                .into_iter()
+                .map(|i| &train[i])
+                .collect();
             let (input, t) = pad_batch(&batch, pad_id, &device);
             let pos = AnswerPositions::new(batch.iter().map(|e| (&e.ids[..], e.prompt_len)), t);
             tokens += batch.iter().map(|e| e.ids.len()).sum::<usize>();
@@ -179,7 +195,10 @@ pub fn train(
             accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
         if !loss_sum.is_finite() {
-            return Err(TrainError::NonFinite { step: step + 1, loss: loss_sum });
+            return Err(TrainError::NonFinite {
+                step: step + 1,
+                loss: loss_sum,
+            });
         }
         let mut grads = accum.grads();
         let grad_norm = clip_global_norm(&mut grads, &ids, cfg.max_grad_norm);
@@ -204,7 +223,15 @@ pub fn train(
         }
         let interrupted = observer.interrupted();
         if (cfg.save_every > 0 && done % cfg.save_every == 0) || done == cfg.steps || interrupted {
-            checkpoint.save(&model, &optim, &TrainerState { step: done, sampler: sampler.position() }, cfg)?;
+            checkpoint.save(
+                &model,
+                &optim,
+                &TrainerState {
+                    step: done,
+                    sampler: sampler.position(),
+                },
+                cfg,
+            )?;
             observer.on_checkpoint(done);
         }
         if interrupted {

@@ -1,25 +1,37 @@
 //! The training loop end to end on the tiny Llama fixture: it learns, only adapters change,
 //! and a resumed run ends bit-for-bit where an uninterrupted one does.
 
+#[path = "../../lora-models/tests/common/mod.rs"]
 mod common;
 
 use burn::module::Module;
 use common::*;
-use lora_core::config::{LoraConfig, TargetModules};
+use lora_core::config::{InitLoraWeights, LoraConfig, TargetModules};
 use lora_core::{LoraModel, apply_lora, peft};
 use lora_models::Llama;
 use lora_models::pretrained::load_hf_model;
+use lora_train::TrainError;
 use lora_train::checkpoint::Checkpoint;
 use lora_train::config::{LoraSection, TrainConfig};
 use lora_train::data::Encoded;
 use lora_train::eval::mean_answer_loss;
 use lora_train::trainer::{EvalReport, Observer, Outcome, StepMetrics, train};
-use lora_train::TrainError;
+
+/// burn's random generator (dropout masks, initialisation) is process-wide: tests that train
+/// take turns so each run sees only its own draws.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn examples() -> Vec<Encoded> {
     // Four "prompt → answer" sequences over the tiny vocabulary (ids < 300).
     (0..4u32)
-        .map(|i| Encoded { ids: vec![10 + i, 20 + i, 30 + i, 40 + i, 100 + 7 * i, 200 + 3 * i], prompt_len: 4 })
+        .map(|i| Encoded {
+            ids: vec![10 + i, 20 + i, 30 + i, 40 + i, 100 + 7 * i, 200 + 3 * i],
+            prompt_len: 4,
+        })
         .collect()
 }
 
@@ -27,19 +39,29 @@ fn config(steps: usize) -> TrainConfig {
     TrainConfig {
         steps,
         batch_size: 2,
-        lr: 1e-2,
+        lr: 3e-3,
         warmup_steps: 2,
         save_every: 0,
-        lora: LoraSection { r: 8, alpha: 16.0, dropout: 0.0, targets: "all-linear".into(), rslora: false },
+        lora: LoraSection {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: "all-linear".into(),
+            rslora: false,
+        },
         ..TrainConfig::default()
     }
 }
 
 fn model(cfg: &TrainConfig) -> Llama {
+    model_with(cfg, cfg.lora.to_lora_config())
+}
+
+fn model_with(cfg: &TrainConfig, lora: LoraConfig) -> Llama {
     let d = device().autodiff();
     d.seed(cfg.seed);
     let m = load_hf_model(&fixtures().join("tiny-llama"), &d).unwrap();
-    apply_lora(m, &cfg.lora.to_lora_config(), &d).unwrap().0
+    apply_lora(m, &lora, &d).unwrap().0
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -68,7 +90,13 @@ fn no_eval(_: &Llama) -> Result<EvalReport, TrainError> {
     Ok(EvalReport::default())
 }
 
-fn run(cfg: &TrainConfig, m: Llama, dir: &std::path::Path, obs: &mut Record, resume: bool) -> (Llama, Outcome) {
+fn run(
+    cfg: &TrainConfig,
+    m: Llama,
+    dir: &std::path::Path,
+    obs: &mut Record,
+    resume: bool,
+) -> (Llama, Outcome) {
     let ck = Checkpoint::new(dir, cfg.lora.to_lora_config(), "tiny-llama");
     let state = resume.then(|| ck.load_state().unwrap());
     train(m, &examples(), 0, cfg, state, &ck, obs, &mut no_eval).unwrap()
@@ -76,7 +104,11 @@ fn run(cfg: &TrainConfig, m: Llama, dir: &std::path::Path, obs: &mut Record, res
 
 #[test]
 fn overfitting_a_handful_of_examples_drives_the_loss_near_zero() {
-    let cfg = config(60);
+    let _turn = serial();
+    // The output head joins the targets: with a frozen random head behind a fixed-norm RMSNorm,
+    // the tiny model's logit margins are bounded and the loss cannot go below ≈ 0.3.
+    let mut cfg = config(120);
+    cfg.lora.targets = "re:.*_proj|lm_head".into();
     let dir = scratch("overfit");
     let mut obs = Record::default();
     let (m, _) = run(&cfg, model(&cfg), &dir, &mut obs, false);
@@ -107,8 +139,14 @@ fn base_and_adapter_values(m: &Llama) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
 
 #[test]
 fn only_adapter_parameters_change_after_a_step() {
+    let _turn = serial();
     let cfg = config(1);
-    let m = model(&cfg);
+    // B starts non-zero, so A gets a gradient at the first step too (with B = 0 it cannot).
+    let lora = LoraConfig {
+        init_lora_weights: InitLoraWeights::Random,
+        ..cfg.lora.to_lora_config()
+    };
+    let m = model_with(&cfg, lora);
     let (base0, ad0) = base_and_adapter_values(&m);
     let dir = scratch("only-adapters");
     let (m, _) = run(&cfg, m, &dir, &mut Record::default(), false);
@@ -123,13 +161,23 @@ fn only_adapter_parameters_change_after_a_step() {
 
 #[test]
 fn resumed_run_ends_bitwise_where_the_uninterrupted_run_does() {
-    let cfg = TrainConfig { lora: LoraSection { dropout: 0.1, ..config(6).lora }, ..config(6) };
+    let _turn = serial();
+    let cfg = TrainConfig {
+        lora: LoraSection {
+            dropout: 0.1,
+            ..config(6).lora
+        },
+        ..config(6)
+    };
     let straight_dir = scratch("straight");
     let mut straight_obs = Record::default();
     let (straight, _) = run(&cfg, model(&cfg), &straight_dir, &mut straight_obs, false);
 
     let dir = scratch("resumed");
-    let mut first = Record { stop_after: Some(3), ..Record::default() };
+    let mut first = Record {
+        stop_after: Some(3),
+        ..Record::default()
+    };
     let (_, outcome) = run(&cfg, model(&cfg), &dir, &mut first, false);
     assert_eq!(outcome, Outcome::Interrupted);
     // A new process would load the base model fresh and the adapter from the checkpoint.
@@ -143,26 +191,52 @@ fn resumed_run_ends_bitwise_where_the_uninterrupted_run_does() {
 
     let losses: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
     assert_eq!(losses, straight_obs.losses, "same loss curve");
-    assert_eq!(base_and_adapter_values(&resumed).1, base_and_adapter_values(&straight).1, "same adapter tensors");
+    assert_eq!(
+        base_and_adapter_values(&resumed).1,
+        base_and_adapter_values(&straight).1,
+        "same adapter tensors"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&straight_dir);
 }
 
 #[test]
 fn zero_steps_and_empty_data_are_clear_errors() {
+    let _turn = serial();
     let cfg = config(0);
     let dir = scratch("bad");
     let ck = Checkpoint::new(&dir, cfg.lora.to_lora_config(), "tiny-llama");
-    let err = train(model(&config(1)), &examples(), 0, &cfg, None, &ck, &mut Record::default(), &mut no_eval).unwrap_err();
+    let err = train(
+        model(&config(1)),
+        &examples(),
+        0,
+        &cfg,
+        None,
+        &ck,
+        &mut Record::default(),
+        &mut no_eval,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("steps"), "{err}");
-    let err = train(model(&config(1)), &[], 0, &config(1), None, &ck, &mut Record::default(), &mut no_eval).unwrap_err();
+    let err = train(
+        model(&config(1)),
+        &[],
+        0,
+        &config(1),
+        None,
+        &ck,
+        &mut Record::default(),
+        &mut no_eval,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = LoraConfig::new(1, 1.0, TargetModules::AllLinear);
+    let _ = TargetModules::AllLinear;
 }
 
 #[test]
 fn one_pass_evaluation_equals_separate_loss_and_accuracy_passes() {
+    let _turn = serial();
     use lora_train::eval::{choice_accuracy, evaluate};
     let cfg = config(3);
     let dir = scratch("eval");
@@ -171,7 +245,11 @@ fn one_pass_evaluation_equals_separate_loss_and_accuracy_passes() {
     let ex = examples();
     // Candidates: each example's answer; labels: its own index, except one deliberately wrong.
     let cands: Vec<Vec<u32>> = ex.iter().map(|e| e.ids[e.prompt_len..].to_vec()).collect();
-    let items: Vec<(Vec<u32>, usize)> = ex.iter().enumerate().map(|(i, e)| (e.ids[..e.prompt_len].to_vec(), if i == 3 { 0 } else { i })).collect();
+    let items: Vec<(Vec<u32>, usize)> = ex
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.ids[..e.prompt_len].to_vec(), if i == 3 { 0 } else { i }))
+        .collect();
     let d = device();
     let one = evaluate(&m, &ex, Some((&items, &cands)), 3, 0, &d);
     let (loss, _) = mean_answer_loss(&m, &ex, 3, 0, &d);

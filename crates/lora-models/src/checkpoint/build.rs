@@ -11,7 +11,9 @@ use lora_core::tensor_io::HostTensor;
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
-use crate::llama::{Attention, DecoderLayer, Embedding, Llama, LlamaModel, Mlp, RmsNorm, RotaryEmbedding};
+use crate::llama::{
+    Attention, DecoderLayer, Embedding, Llama, LlamaModel, Mlp, RmsNorm, RotaryEmbedding,
+};
 
 /// Weights by Hugging Face name, in PyTorch layout (a linear weight is `[out, in]`).
 #[derive(Debug)]
@@ -24,11 +26,14 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
-        let t = self.tensors.remove(name).ok_or_else(|| ModelError::Tensor {
-            path: self.source.clone(),
-            name: name.into(),
-            message: format!("missing (the model needs it with shape {shape:?})"),
-        })?;
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| ModelError::Tensor {
+                path: self.source.clone(),
+                name: name.into(),
+                message: format!("missing (the model needs it with shape {shape:?})"),
+            })?;
         if t.shape != shape {
             return Err(ModelError::Tensor {
                 path: self.source.clone(),
@@ -45,14 +50,37 @@ impl Checkpoint {
 
     /// A linear layer from `{prefix}.weight` (`[out, in]` → burn `[in, out]`, the one place
     /// this transpose happens) and, if `bias`, `{prefix}.bias`.
-    fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &Device) -> Result<LoraLinear, ModelError> {
+    fn linear(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        device: &Device,
+    ) -> Result<LoraLinear, ModelError> {
         let w = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let b = if bias { Some(self.take(&format!("{prefix}.bias"), &[d_out])?.to_tensor::<1>(device)) } else { None };
+        let b = if bias {
+            Some(
+                self.take(&format!("{prefix}.bias"), &[d_out])?
+                    .to_tensor::<1>(device),
+            )
+        } else {
+            None
+        };
         Ok(LoraLinear::new(w.transposed_2d().to_tensor::<2>(device), b))
     }
 
-    fn norm(&mut self, name: &str, d: usize, eps: f64, device: &Device) -> Result<RmsNorm, ModelError> {
-        Ok(RmsNorm { weight: Self::frozen(self.take(name, &[d])?, device), eps })
+    fn norm(
+        &mut self,
+        name: &str,
+        d: usize,
+        eps: f64,
+        device: &Device,
+    ) -> Result<RmsNorm, ModelError> {
+        Ok(RmsNorm {
+            weight: Self::frozen(self.take(name, &[d])?, device),
+            eps,
+        })
     }
 }
 
@@ -69,8 +97,20 @@ pub struct BuildOptions {
 ///
 /// # Errors
 /// [`ModelError::Tensor`] for a missing or misshaped tensor, or for tensors left unused (named).
-pub fn build_llama(config: &LlamaConfig, mut ckpt: Checkpoint, opts: BuildOptions, device: &Device) -> Result<Llama, ModelError> {
-    let (d, h, k, e, f, v) = (config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.d_ff, config.vocab_size);
+pub fn build_llama(
+    config: &LlamaConfig,
+    mut ckpt: Checkpoint,
+    opts: BuildOptions,
+    device: &Device,
+) -> Result<Llama, ModelError> {
+    let (d, h, k, e, f, v) = (
+        config.d_model,
+        config.n_heads,
+        config.n_kv_heads,
+        config.head_dim,
+        config.d_ff,
+        config.vocab_size,
+    );
     let eps = config.rms_norm_eps;
     let embed_host = ckpt.take("model.embed_tokens.weight", &[v, d])?;
     let embed = embed_host.to_tensor::<2>(device);
@@ -89,7 +129,12 @@ pub fn build_llama(config: &LlamaConfig, mut ckpt: Checkpoint, opts: BuildOption
                 n_kv_heads: k,
                 head_dim: e,
             },
-            post_attention_layernorm: ckpt.norm(&format!("{p}.post_attention_layernorm.weight"), d, eps, device)?,
+            post_attention_layernorm: ckpt.norm(
+                &format!("{p}.post_attention_layernorm.weight"),
+                d,
+                eps,
+                device,
+            )?,
             mlp: Mlp {
                 gate_proj: ckpt.linear(&format!("{p}.mlp.gate_proj"), d, f, mb, device)?,
                 up_proj: ckpt.linear(&format!("{p}.mlp.up_proj"), d, f, mb, device)?,
@@ -111,12 +156,17 @@ pub fn build_llama(config: &LlamaConfig, mut ckpt: Checkpoint, opts: BuildOption
         return Err(ModelError::Tensor {
             path: ckpt.source.clone(),
             name: name.clone(),
-            message: format!("unused: the model has no place for it ({} unused tensors in all)", ckpt.tensors.len()),
+            message: format!(
+                "unused: the model has no place for it ({} unused tensors in all)",
+                ckpt.tensors.len()
+            ),
         });
     }
     Ok(Llama {
         model: LlamaModel {
-            embed_tokens: Embedding { weight: Param::from_tensor(embed).set_require_grad(false) },
+            embed_tokens: Embedding {
+                weight: Param::from_tensor(embed).set_require_grad(false),
+            },
             layers,
             norm,
             rotary_emb: RotaryEmbedding::new(e, config.max_seq_len, config.rope_theta, device),
@@ -125,4 +175,3 @@ pub fn build_llama(config: &LlamaConfig, mut ckpt: Checkpoint, opts: BuildOption
         config: config.clone(),
     })
 }
-

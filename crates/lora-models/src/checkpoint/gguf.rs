@@ -19,14 +19,21 @@ use crate::gguf::{GgufFile, unpermute_qk};
 /// [`ModelError::Config`] naming the missing key, or an architecture other than `llama`.
 pub fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     let path = file.path().to_path_buf();
-    let cfg_err = |message: String| ModelError::Config { path: path.clone(), message };
+    let cfg_err = |message: String| ModelError::Config {
+        path: path.clone(),
+        message,
+    };
     let arch = file.architecture()?;
     if arch != "llama" {
-        return Err(cfg_err(format!("general.architecture is {arch:?}; only \"llama\" is supported")));
+        return Err(cfg_err(format!(
+            "general.architecture is {arch:?}; only \"llama\" is supported"
+        )));
     }
     let d_model = file.get_usize("llama.embedding_length")?;
     let n_heads = file.get_usize("llama.attention.head_count")?;
-    let n_kv_heads = file.get_opt::<u64>("llama.attention.head_count_kv")?.map_or(n_heads, |v| v as usize);
+    let n_kv_heads = file
+        .get_opt::<u64>("llama.attention.head_count_kv")?
+        .map_or(n_heads, |v| v as usize);
     // `attention.key_length` is the exact head width; `rope.dimension_count` equals it for
     // models with full rotary embeddings.
     let head_dim = match (
@@ -38,7 +45,11 @@ pub fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     };
     let embd = file
         .tensor_info("token_embd.weight")
-        .ok_or_else(|| ModelError::Tensor { path: path.clone(), name: "token_embd.weight".into(), message: "missing".into() })?;
+        .ok_or_else(|| ModelError::Tensor {
+            path: path.clone(),
+            name: "token_embd.weight".into(),
+            message: "missing".into(),
+        })?;
     let vocab_size = embd.dims.first().copied().unwrap_or(0);
     let config = LlamaConfig {
         vocab_size,
@@ -48,8 +59,12 @@ pub fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         n_kv_heads,
         head_dim,
         d_ff: file.get_usize("llama.feed_forward_length")?,
-        rope_theta: file.get_opt::<f32>("llama.rope.freq_base")?.map_or(10000.0, f64::from),
-        rms_norm_eps: file.get_opt::<f32>("llama.attention.layer_norm_rms_epsilon")?.map_or(1e-5, f64::from),
+        rope_theta: file
+            .get_opt::<f32>("llama.rope.freq_base")?
+            .map_or(10000.0, f64::from),
+        rms_norm_eps: file
+            .get_opt::<f32>("llama.attention.layer_norm_rms_epsilon")?
+            .map_or(1e-5, f64::from),
         max_seq_len: file.get_usize("llama.context_length")?,
         tie_word_embeddings: file.tensor_info("output.weight").is_none(),
     };
@@ -82,7 +97,10 @@ pub fn read_weights(file: &GgufFile, config: &LlamaConfig) -> Result<Checkpoint,
         }
         tensors.insert(hf, HostTensor { shape, data });
     }
-    Ok(Checkpoint { source: path, tensors })
+    Ok(Checkpoint {
+        source: path,
+        tensors,
+    })
 }
 
 /// Opens a GGUF file.

@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use lora_core::tensor_io::{DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors};
 use lora_core::LoraLinear;
+use lora_core::tensor_io::{
+    DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::build::{BuildOptions, Checkpoint};
@@ -106,7 +108,10 @@ impl HfLlamaConfig {
     /// A message naming the unsupported or inconsistent field.
     pub fn to_config(&self) -> Result<(LlamaConfig, BuildOptions), String> {
         if !matches!(self.model_type.as_str(), "llama" | "mistral") {
-            return Err(format!("model_type {:?} is not a Llama-style model", self.model_type));
+            return Err(format!(
+                "model_type {:?} is not a Llama-style model",
+                self.model_type
+            ));
         }
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err("rope_scaling is set; only plain RoPE is supported".into());
@@ -114,7 +119,10 @@ impl HfLlamaConfig {
         if let Some(rp) = &self.rope_parameters
             && rp.rope_type != "default"
         {
-            return Err(format!("rope_parameters.rope_type {:?}: only \"default\" RoPE is supported", rp.rope_type));
+            return Err(format!(
+                "rope_parameters.rope_type {:?}: only \"default\" RoPE is supported",
+                rp.rope_type
+            ));
         }
         let rope_theta = self
             .rope_parameters
@@ -123,7 +131,10 @@ impl HfLlamaConfig {
             .or(self.rope_theta)
             .unwrap_or(10000.0);
         if self.hidden_act != "silu" {
-            return Err(format!("hidden_act {:?}: only \"silu\" (SwiGLU) is supported", self.hidden_act));
+            return Err(format!(
+                "hidden_act {:?}: only \"silu\" (SwiGLU) is supported",
+                self.hidden_act
+            ));
         }
         let n_heads = self.num_attention_heads;
         let config = LlamaConfig {
@@ -132,7 +143,11 @@ impl HfLlamaConfig {
             n_layers: self.num_hidden_layers,
             n_heads,
             n_kv_heads: self.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: self.head_dim.unwrap_or(if n_heads == 0 { 0 } else { self.hidden_size / n_heads }),
+            head_dim: self.head_dim.unwrap_or(if n_heads == 0 {
+                0
+            } else {
+                self.hidden_size / n_heads
+            }),
             d_ff: self.intermediate_size,
             rope_theta,
             rms_norm_eps: self.rms_norm_eps,
@@ -140,7 +155,13 @@ impl HfLlamaConfig {
             tie_word_embeddings: self.tie_word_embeddings,
         };
         config.validate()?;
-        Ok((config, BuildOptions { attention_bias: self.attention_bias, mlp_bias: self.mlp_bias }))
+        Ok((
+            config,
+            BuildOptions {
+                attention_bias: self.attention_bias,
+                mlp_bias: self.mlp_bias,
+            },
+        ))
     }
 
     /// The `config.json` transformers needs to load `config`.
@@ -158,7 +179,10 @@ impl HfLlamaConfig {
             // Both spellings, so transformers 4.x and 5.x read the same θ.
             rope_theta: Some(config.rope_theta),
             rope_scaling: None,
-            rope_parameters: Some(RopeParameters { rope_theta: Some(config.rope_theta), rope_type: default_rope_type() }),
+            rope_parameters: Some(RopeParameters {
+                rope_theta: Some(config.rope_theta),
+                rope_type: default_rope_type(),
+            }),
             max_position_embeddings: config.max_seq_len,
             tie_word_embeddings: tied,
             attention_bias: false,
@@ -176,10 +200,16 @@ impl HfLlamaConfig {
 /// [`ModelError::Io`], or [`ModelError::Config`] naming the missing/bad field.
 pub fn read_config(dir: &Path) -> Result<(LlamaConfig, BuildOptions), ModelError> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-    let hf: HfLlamaConfig =
-        serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.clone(), message: e.to_string() })?;
-    hf.to_config().map_err(|message| ModelError::Config { path, message })
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let hf: HfLlamaConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    hf.to_config()
+        .map_err(|message| ModelError::Config { path, message })
 }
 
 /// Reads every weight of a Hugging Face directory (single file or sharded).
@@ -198,9 +228,14 @@ pub fn read_weights(dir: &Path) -> Result<Checkpoint, ModelError> {
         struct Index {
             weight_map: BTreeMap<String, String>,
         }
-        let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
-        let idx: Index =
-            serde_json::from_str(&text).map_err(|e| ModelError::Config { path: index.clone(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        let idx: Index = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: index.clone(),
+            message: e.to_string(),
+        })?;
         let shards: std::collections::BTreeSet<&String> = idx.weight_map.values().collect();
         for shard in shards {
             tensors.extend(read_safetensors(&dir.join(shard))?);
@@ -208,15 +243,28 @@ pub fn read_weights(dir: &Path) -> Result<Checkpoint, ModelError> {
     } else {
         return Err(ModelError::Io {
             path: single,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors or model.safetensors.index.json"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no model.safetensors or model.safetensors.index.json",
+            ),
         });
     }
-    Ok(Checkpoint { source: dir.to_path_buf(), tensors })
+    Ok(Checkpoint {
+        source: dir.to_path_buf(),
+        tensors,
+    })
 }
 
-fn linear_out(lin: &LoraLinear, name: &str, out: &mut BTreeMap<String, HostTensor>) -> Result<(), ModelError> {
+fn linear_out(
+    lin: &LoraLinear,
+    name: &str,
+    out: &mut BTreeMap<String, HostTensor>,
+) -> Result<(), ModelError> {
     // burn [in, out] → PyTorch [out, in].
-    out.insert(format!("{name}.weight"), HostTensor::from_tensor(lin.weight.val().transpose())?);
+    out.insert(
+        format!("{name}.weight"),
+        HostTensor::from_tensor(lin.weight.val().transpose())?,
+    );
     if let Some(b) = &lin.bias {
         out.insert(format!("{name}.bias"), HostTensor::from_tensor(b.val())?);
     }
@@ -228,23 +276,47 @@ fn linear_out(lin: &LoraLinear, name: &str, out: &mut BTreeMap<String, HostTenso
 ///
 /// # Errors
 /// Reading tensor data back from the device failed.
-pub fn model_weights(model: &Llama, tied: bool) -> Result<BTreeMap<String, HostTensor>, ModelError> {
+pub fn model_weights(
+    model: &Llama,
+    tied: bool,
+) -> Result<BTreeMap<String, HostTensor>, ModelError> {
     let mut out = BTreeMap::new();
-    out.insert("model.embed_tokens.weight".into(), HostTensor::from_tensor(model.model.embed_tokens.weight.val())?);
+    out.insert(
+        "model.embed_tokens.weight".into(),
+        HostTensor::from_tensor(model.model.embed_tokens.weight.val())?,
+    );
     for (i, layer) in model.model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
-        out.insert(format!("{p}.input_layernorm.weight"), HostTensor::from_tensor(layer.input_layernorm.weight.val())?);
-        out.insert(format!("{p}.post_attention_layernorm.weight"), HostTensor::from_tensor(layer.post_attention_layernorm.weight.val())?);
+        out.insert(
+            format!("{p}.input_layernorm.weight"),
+            HostTensor::from_tensor(layer.input_layernorm.weight.val())?,
+        );
+        out.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            HostTensor::from_tensor(layer.post_attention_layernorm.weight.val())?,
+        );
         let a = &layer.self_attn;
-        for (lin, n) in [(&a.q_proj, "q_proj"), (&a.k_proj, "k_proj"), (&a.v_proj, "v_proj"), (&a.o_proj, "o_proj")] {
+        for (lin, n) in [
+            (&a.q_proj, "q_proj"),
+            (&a.k_proj, "k_proj"),
+            (&a.v_proj, "v_proj"),
+            (&a.o_proj, "o_proj"),
+        ] {
             linear_out(lin, &format!("{p}.self_attn.{n}"), &mut out)?;
         }
         let m = &layer.mlp;
-        for (lin, n) in [(&m.gate_proj, "gate_proj"), (&m.up_proj, "up_proj"), (&m.down_proj, "down_proj")] {
+        for (lin, n) in [
+            (&m.gate_proj, "gate_proj"),
+            (&m.up_proj, "up_proj"),
+            (&m.down_proj, "down_proj"),
+        ] {
             linear_out(lin, &format!("{p}.mlp.{n}"), &mut out)?;
         }
     }
-    out.insert("model.norm.weight".into(), HostTensor::from_tensor(model.model.norm.weight.val())?);
+    out.insert(
+        "model.norm.weight".into(),
+        HostTensor::from_tensor(model.model.norm.weight.val())?,
+    );
     if !tied {
         linear_out(&model.lm_head, "lm_head", &mut out)?;
     }
@@ -258,7 +330,10 @@ pub fn model_weights(model: &Llama, tied: bool) -> Result<BTreeMap<String, HostT
 /// # Errors
 /// [`ModelError::Io`] / safetensors errors; files are written atomically.
 pub fn save_hf_dir(model: &Llama, dir: &Path, dtype: DiskDtype) -> Result<(), ModelError> {
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let tied = model.config.tie_word_embeddings && {
         let head = model.lm_head.weight.val().transpose();
         let emb = model.model.embed_tokens.weight.val();
@@ -267,10 +342,18 @@ pub fn save_hf_dir(model: &Llama, dir: &Path, dtype: DiskDtype) -> Result<(), Mo
     let weights = model_weights(model, tied)?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors(&dir.join("model.safetensors"), &weights, dtype, meta)?;
-    let mut cfg = serde_json::to_value(HfLlamaConfig::from_config(&model.config, tied))
-        .map_err(|e| ModelError::Config { path: dir.join("config.json"), message: e.to_string() })?;
+    let mut cfg =
+        serde_json::to_value(HfLlamaConfig::from_config(&model.config, tied)).map_err(|e| {
+            ModelError::Config {
+                path: dir.join("config.json"),
+                message: e.to_string(),
+            }
+        })?;
     if let Some(obj) = cfg.as_object_mut() {
-        obj.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+        obj.insert(
+            "architectures".into(),
+            serde_json::json!(["LlamaForCausalLM"]),
+        );
         let dt = match dtype {
             DiskDtype::F32 => "float32",
             DiskDtype::BF16 => "bfloat16",
@@ -280,8 +363,10 @@ pub fn save_hf_dir(model: &Llama, dir: &Path, dtype: DiskDtype) -> Result<(), Mo
         obj.remove("bos_token_id");
         obj.remove("eos_token_id");
     }
-    let text = serde_json::to_string_pretty(&cfg)
-        .map_err(|e| ModelError::Config { path: dir.join("config.json"), message: e.to_string() })?;
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| ModelError::Config {
+        path: dir.join("config.json"),
+        message: e.to_string(),
+    })?;
     write_atomic(&dir.join("config.json"), text.as_bytes())?;
     Ok(())
 }

@@ -32,17 +32,57 @@ const fn rule(gguf: &'static str, hf: &'static str, fixup: Fixup) -> NameRule {
 /// GGUF → Hugging Face, one line per tensor kind.
 pub const GGUF_TO_HF: &[NameRule] = &[
     // Token embedding; with no `output.weight` the head is tied to it.
-    rule("token_embd.weight", "model.embed_tokens.weight", Fixup::None),
-    rule("blk.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight", Fixup::None),
+    rule(
+        "token_embd.weight",
+        "model.embed_tokens.weight",
+        Fixup::None,
+    ),
+    rule(
+        "blk.{i}.attn_norm.weight",
+        "model.layers.{i}.input_layernorm.weight",
+        Fixup::None,
+    ),
     // llama.cpp stores Q and K rows interleaved for its own RoPE layout.
-    rule("blk.{i}.attn_q.weight", "model.layers.{i}.self_attn.q_proj.weight", Fixup::UnpermuteQ),
-    rule("blk.{i}.attn_k.weight", "model.layers.{i}.self_attn.k_proj.weight", Fixup::UnpermuteK),
-    rule("blk.{i}.attn_v.weight", "model.layers.{i}.self_attn.v_proj.weight", Fixup::None),
-    rule("blk.{i}.attn_output.weight", "model.layers.{i}.self_attn.o_proj.weight", Fixup::None),
-    rule("blk.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight", Fixup::None),
-    rule("blk.{i}.ffn_gate.weight", "model.layers.{i}.mlp.gate_proj.weight", Fixup::None),
-    rule("blk.{i}.ffn_up.weight", "model.layers.{i}.mlp.up_proj.weight", Fixup::None),
-    rule("blk.{i}.ffn_down.weight", "model.layers.{i}.mlp.down_proj.weight", Fixup::None),
+    rule(
+        "blk.{i}.attn_q.weight",
+        "model.layers.{i}.self_attn.q_proj.weight",
+        Fixup::UnpermuteQ,
+    ),
+    rule(
+        "blk.{i}.attn_k.weight",
+        "model.layers.{i}.self_attn.k_proj.weight",
+        Fixup::UnpermuteK,
+    ),
+    rule(
+        "blk.{i}.attn_v.weight",
+        "model.layers.{i}.self_attn.v_proj.weight",
+        Fixup::None,
+    ),
+    rule(
+        "blk.{i}.attn_output.weight",
+        "model.layers.{i}.self_attn.o_proj.weight",
+        Fixup::None,
+    ),
+    rule(
+        "blk.{i}.ffn_norm.weight",
+        "model.layers.{i}.post_attention_layernorm.weight",
+        Fixup::None,
+    ),
+    rule(
+        "blk.{i}.ffn_gate.weight",
+        "model.layers.{i}.mlp.gate_proj.weight",
+        Fixup::None,
+    ),
+    rule(
+        "blk.{i}.ffn_up.weight",
+        "model.layers.{i}.mlp.up_proj.weight",
+        Fixup::None,
+    ),
+    rule(
+        "blk.{i}.ffn_down.weight",
+        "model.layers.{i}.mlp.down_proj.weight",
+        Fixup::None,
+    ),
     rule("output_norm.weight", "model.norm.weight", Fixup::None),
     rule("output.weight", "lm_head.weight", Fixup::None),
 ];
@@ -51,7 +91,12 @@ pub const GGUF_TO_HF: &[NameRule] = &[
 pub fn gguf_to_hf(name: &str) -> Option<(String, Fixup)> {
     for r in GGUF_TO_HF {
         if let Some((prefix, suffix)) = r.gguf.split_once("{i}") {
-            let Some(rest) = name.strip_prefix(prefix).and_then(|s| s.strip_suffix(suffix)) else { continue };
+            let Some(rest) = name
+                .strip_prefix(prefix)
+                .and_then(|s| s.strip_suffix(suffix))
+            else {
+                continue;
+            };
             if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
                 return Some((r.hf.replace("{i}", rest), r.fixup));
             }
@@ -68,9 +113,18 @@ mod tests {
 
     #[test]
     fn layer_names_map_with_their_index() {
-        assert_eq!(gguf_to_hf("blk.12.ffn_down.weight"), Some(("model.layers.12.mlp.down_proj.weight".into(), Fixup::None)));
-        assert_eq!(gguf_to_hf("blk.3.attn_k.weight").map(|x| x.1), Some(Fixup::UnpermuteK));
-        assert_eq!(gguf_to_hf("token_embd.weight").map(|x| x.0), Some("model.embed_tokens.weight".into()));
+        assert_eq!(
+            gguf_to_hf("blk.12.ffn_down.weight"),
+            Some(("model.layers.12.mlp.down_proj.weight".into(), Fixup::None))
+        );
+        assert_eq!(
+            gguf_to_hf("blk.3.attn_k.weight").map(|x| x.1),
+            Some(Fixup::UnpermuteK)
+        );
+        assert_eq!(
+            gguf_to_hf("token_embd.weight").map(|x| x.0),
+            Some("model.embed_tokens.weight".into())
+        );
         assert_eq!(gguf_to_hf("blk.x.attn_q.weight"), None);
         assert_eq!(gguf_to_hf("rope_freqs.weight"), None);
     }

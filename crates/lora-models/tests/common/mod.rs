@@ -43,11 +43,16 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 
 /// The real model's path, or `None` (with a note) when it has not been fetched.
 pub fn real_model() -> Option<PathBuf> {
-    let p = std::env::var_os("BURN_LORA_MODEL").map(PathBuf::from).unwrap_or_else(lora_models::cache::default_model_path);
+    let p = std::env::var_os("BURN_LORA_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(lora_models::cache::default_model_path);
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("skipping: {} not present (cargo xtask generate fetches it; .ci/run does too)", p.display());
+        eprintln!(
+            "skipping: {} not present (cargo xtask generate fetches it; .ci/run does too)",
+            p.display()
+        );
         None
     }
 }

@@ -91,7 +91,12 @@ impl BatchSampler {
     /// # Errors
     /// [`DataError::Sampler`] if `n` or `batch_size` is 0, or `state.cursor ≥ n` (the dataset
     /// is not the one the state was saved with).
-    pub fn from_state(n: usize, batch_size: usize, seed: u64, state: SamplerState) -> Result<Self, DataError> {
+    pub fn from_state(
+        n: usize,
+        batch_size: usize,
+        seed: u64,
+        state: SamplerState,
+    ) -> Result<Self, DataError> {
         if n == 0 {
             return Err(DataError::Sampler("no examples to draw from".into()));
         }
@@ -104,7 +109,13 @@ impl BatchSampler {
                 state.cursor
             )));
         }
-        Ok(Self { n, batch_size, seed, state, order: epoch_order(n, seed, state.epoch) })
+        Ok(Self {
+            n,
+            batch_size,
+            seed,
+            state,
+            order: epoch_order(n, seed, state.epoch),
+        })
     }
 
     /// The position to save in a checkpoint.
@@ -119,7 +130,10 @@ impl BatchSampler {
             batch.push(self.order[self.state.cursor]);
             self.state.cursor += 1;
             if self.state.cursor == self.n {
-                self.state = SamplerState { epoch: self.state.epoch + 1, cursor: 0 };
+                self.state = SamplerState {
+                    epoch: self.state.epoch + 1,
+                    cursor: 0,
+                };
                 self.order = epoch_order(self.n, self.seed, self.state.epoch);
             }
         }

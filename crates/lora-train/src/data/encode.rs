@@ -56,11 +56,18 @@ pub struct EncodedSet {
 /// [`DataError::InvalidSample`] for a chat that is empty, does not end with an assistant
 /// message, or needs a chat template the tokenizer lacks; [`DataError::Tokenizer`] if encoding
 /// or rendering fails.
-pub fn encode(sample: &Sample, tok: &TextTokenizer, max_len: usize) -> Result<Option<Encoded>, DataError> {
+pub fn encode(
+    sample: &Sample,
+    tok: &TextTokenizer,
+    max_len: usize,
+) -> Result<Option<Encoded>, DataError> {
     let (prompt_len, mut ids) = match sample {
         Sample::Chat(messages) => chat_ids(sample, messages, tok)?,
         Sample::Completion { prompt, completion } if tok.chat_template().is_some() => {
-            let messages = [ChatMessage::user(prompt.as_str()), ChatMessage::assistant(completion.as_str())];
+            let messages = [
+                ChatMessage::user(prompt.as_str()),
+                ChatMessage::assistant(completion.as_str()),
+            ];
             chat_ids(sample, &messages, tok)?
         }
         Sample::Completion { prompt, completion } => {
@@ -89,13 +96,22 @@ pub fn encode(sample: &Sample, tok: &TextTokenizer, max_len: usize) -> Result<Op
 ///
 /// # Errors
 /// The first error of [`encode`], wrapped in [`DataError::Example`] with the example's index.
-pub fn encode_all(samples: &[Sample], tok: &TextTokenizer, max_len: usize) -> Result<EncodedSet, DataError> {
+pub fn encode_all(
+    samples: &[Sample],
+    tok: &TextTokenizer,
+    max_len: usize,
+) -> Result<EncodedSet, DataError> {
     let mut set = EncodedSet::default();
     for (index, sample) in samples.iter().enumerate() {
         match encode(sample, tok, max_len) {
             Ok(Some(e)) => set.examples.push(e),
             Ok(None) => set.skipped += 1,
-            Err(e) => return Err(DataError::Example { index, source: Box::new(e) }),
+            Err(e) => {
+                return Err(DataError::Example {
+                    index,
+                    source: Box::new(e),
+                });
+            }
         }
     }
     Ok(set)
@@ -108,17 +124,28 @@ pub fn encode_all(samples: &[Sample], tok: &TextTokenizer, max_len: usize) -> Re
 /// 5 prompt tokens + 3 answer tokens ⇒ `[0, 0, 0, 0, 0, 1, 1, 1]`.
 pub fn label_mask(e: &Encoded) -> Vec<f32> {
     let start = e.prompt_len.max(1);
-    (0..e.ids.len()).map(|t| if t >= start { 1.0 } else { 0.0 }).collect()
+    (0..e.ids.len())
+        .map(|t| if t >= start { 1.0 } else { 0.0 })
+        .collect()
 }
 
 /// `(prompt_len, full ids)` of a chat rendered with the tokenizer's template.
-fn chat_ids(sample: &Sample, messages: &[ChatMessage], tok: &TextTokenizer) -> Result<(usize, Vec<u32>), DataError> {
-    let invalid = |message: &str| DataError::InvalidSample { example: sample.preview(), message: message.to_string() };
+fn chat_ids(
+    sample: &Sample,
+    messages: &[ChatMessage],
+    tok: &TextTokenizer,
+) -> Result<(usize, Vec<u32>), DataError> {
+    let invalid = |message: &str| DataError::InvalidSample {
+        example: sample.preview(),
+        message: message.to_string(),
+    };
     let Some((last, context)) = messages.split_last() else {
         return Err(invalid("the conversation has no messages"));
     };
     if last.role != "assistant" {
-        return Err(invalid("the last message must be the assistant's answer (the loss is computed on it)"));
+        return Err(invalid(
+            "the last message must be the assistant's answer (the loss is computed on it)",
+        ));
     }
     if tok.chat_template().is_none() {
         return Err(invalid(
@@ -138,7 +165,11 @@ fn check_prefix(sample: &Sample, prompt: &[u32], full: &[u32]) -> Result<(), Dat
         return Ok(());
     }
     let first_difference = prompt.iter().zip(full).take_while(|(a, b)| a == b).count();
-    Err(DataError::PromptNotPrefix { example: sample.preview(), prompt_tokens: prompt.len(), first_difference })
+    Err(DataError::PromptNotPrefix {
+        example: sample.preview(),
+        prompt_tokens: prompt.len(),
+        first_difference,
+    })
 }
 
 /// Appends EOS unless the tokenizer's post-processor already did, so the model learns to stop.

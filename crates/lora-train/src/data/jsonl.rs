@@ -22,7 +22,10 @@ use super::{DataError, Sample};
 /// line of the first bad line; [`DataError::Empty`] if it holds no examples.
 pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Sample>, DataError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     samples_from_jsonl(&text, &path.display().to_string())
 }
 
@@ -37,13 +40,19 @@ pub fn samples_from_jsonl(text: &str, source_name: &str) -> Result<Vec<Sample>, 
         if line.trim().is_empty() {
             continue;
         }
-        let malformed =
-            |message: String| DataError::Malformed { source_name: source_name.to_string(), line: i + 1, message };
-        let value: Value = serde_json::from_str(line).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
+        let malformed = |message: String| DataError::Malformed {
+            source_name: source_name.to_string(),
+            line: i + 1,
+            message,
+        };
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
         samples.push(parse_example(&value).map_err(malformed)?);
     }
     if samples.is_empty() {
-        return Err(DataError::Empty { source_name: source_name.to_string() });
+        return Err(DataError::Empty {
+            source_name: source_name.to_string(),
+        });
     }
     Ok(samples)
 }
@@ -54,7 +63,11 @@ fn parse_example(value: &Value) -> Result<Sample, String> {
         return Err(format!("expected a JSON object, found {}", kind(value)));
     };
     let has = |key: &str| obj.contains_key(key);
-    let shapes = [has("messages"), has("prompt") || has("completion"), has("text")];
+    let shapes = [
+        has("messages"),
+        has("prompt") || has("completion"),
+        has("text"),
+    ];
     match shapes {
         [true, false, false] => parse_messages(&obj["messages"]).map(Sample::Chat),
         [false, true, false] => parse_completion(obj),
@@ -75,7 +88,10 @@ fn parse_example(value: &Value) -> Result<Sample, String> {
 
 fn parse_messages(value: &Value) -> Result<Vec<ChatMessage>, String> {
     let Value::Array(items) = value else {
-        return Err(format!("\"messages\" must be an array, found {}", kind(value)));
+        return Err(format!(
+            "\"messages\" must be an array, found {}",
+            kind(value)
+        ));
     };
     if items.is_empty() {
         return Err("\"messages\" is empty; give at least a user and an assistant message".into());
@@ -83,7 +99,10 @@ fn parse_messages(value: &Value) -> Result<Vec<ChatMessage>, String> {
     let mut messages = Vec::with_capacity(items.len());
     for (j, item) in items.iter().enumerate() {
         let Value::Object(m) = item else {
-            return Err(format!("messages[{j}] must be an object with \"role\" and \"content\", found {}", kind(item)));
+            return Err(format!(
+                "messages[{j}] must be an object with \"role\" and \"content\", found {}",
+                kind(item)
+            ));
         };
         let role = string_field(m, "role").map_err(|e| format!("messages[{j}]: {e}"))?;
         let content = string_field(m, "content").map_err(|e| format!("messages[{j}]: {e}"))?;

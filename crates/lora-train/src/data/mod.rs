@@ -29,8 +29,8 @@ pub use batch::{Batch, BatchSampler, SamplerState, make_batch};
 pub use encode::{Encoded, EncodedSet, encode, encode_all, label_mask};
 pub use jsonl::{read_jsonl, samples_from_jsonl};
 pub use trec::{
-    TrecClass, TrecExample, TrecSplit, TrecStats, load_trec, trec_candidates, trec_from_text, trec_messages,
-    trec_sample,
+    TrecClass, TrecExample, TrecSplit, TrecStats, load_trec, trec_candidates, trec_from_text,
+    trec_messages, trec_sample,
 };
 
 /// One training example, before tokenization.

