@@ -292,7 +292,9 @@ pub fn run(args: Args) -> Result<()> {
     let tok = pretrained.tokenizer.clone();
     let base_name = pretrained.name();
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
-    let task = load_task(&cfg.data, &tok, cfg.seq_len, cfg.eval_limit)?;
+    // Sequences never exceed the context the model's RoPE tables cover.
+    let seq_len = cfg.seq_len.min(pretrained.model.config.max_seq_len);
+    let task = load_task(&cfg.data, &tok, seq_len, cfg.eval_limit)?;
     let lora_cfg = cfg.lora.to_lora_config();
     let checkpoint = Checkpoint::new(&dir, lora_cfg.clone(), &base_name);
 
