@@ -5,14 +5,14 @@
 //! profile, so tests and runs reuse a single optimized build of burn. `--backend wgpu|ndarray`
 //! also switches on that backend's cargo feature, so the default build compiles only `flex`.
 //!
-//! Commands: `train`, `eval`, `generate`, `logits`, `merge`, `bench`, `fetch` (forwarded to `burn-lora`),
-//! `test` (the whole test suite; extra arguments go to `cargo test`), `example NAME`.
+//! Commands: `train`, `eval`, `generate`, `logits`, `merge`, `fetch` (forwarded to `burn-lora`) and
+//! `test` (the whole test suite; extra arguments go to `cargo test`).
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 const USAGE: &str =
-    "usage: cargo xtask <train|eval|generate|logits|merge|bench|fetch|test|example NAME> [args...]
+    "usage: cargo xtask <train|eval|generate|logits|merge|fetch|test> [args...]
   cargo xtask train                       fine-tune SmolLM2 on TREC with LoRA (defaults)
   cargo xtask generate --chat --prompt \"What is the capital of France?\"
   cargo xtask logits --prompt \"The capital of France is\" --json
@@ -77,19 +77,8 @@ fn main() -> ExitCode {
             }
             cmd.args(rest.iter().filter(|a| !a.starts_with("--backend")));
         }
-        "example" => {
-            let Some(name) = rest.first() else {
-                eprintln!("usage: cargo xtask example NAME [args]");
-                return ExitCode::from(2);
-            };
-            cmd.args(["run", "--quiet", "-p", "lora-examples", "--example", name]);
-            if let Some(f) = feature {
-                cmd.args(["--features", &format!("lora-examples/{f}")]);
-            }
-            cmd.arg("--").args(&rest[1..]);
-        }
-        "train" | "eval" | "generate" | "logits" | "merge" | "bench" | "fetch" => {
-            cmd.args(["run", "--quiet", "-p", "lora-cli", "--bin", "burn-lora"]);
+        "train" | "eval" | "generate" | "logits" | "merge" | "fetch" => {
+            cmd.args(["run", "-p", "lora-cli", "--bin", "burn-lora"]);
             if let Some(f) = &features {
                 cmd.args(["--features", f]);
             }

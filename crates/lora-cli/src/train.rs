@@ -76,7 +76,7 @@ pub struct Args {
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Run directory (default runs/<timestamp>).
+    /// Run directory (default runs/run-<unix time>); must be new or empty.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint.
