@@ -11,8 +11,7 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-const USAGE: &str =
-    "usage: cargo xtask <train|eval|generate|logits|merge|fetch|test> [args...]
+const USAGE: &str = "usage: cargo xtask <train|eval|generate|logits|merge|fetch|test> [args...]
   cargo xtask train                       fine-tune SmolLM2 on TREC with LoRA (defaults)
   cargo xtask generate --chat --prompt \"What is the capital of France?\"
   cargo xtask logits --prompt \"The capital of France is\" --json

@@ -32,7 +32,12 @@ pub fn run(args: Args) -> Result<()> {
     let device = args.model.device()?;
     let p = args.model.load(&device)?;
     let pad = p.tokenizer.pad_id().or(p.tokenizer.eos_id()).unwrap_or(0);
-    let task = load_task(&args.data, &p.tokenizer, args.seq_len.min(p.model.config.max_seq_len), args.eval_limit)?;
+    let task = load_task(
+        &args.data,
+        &p.tokenizer,
+        args.seq_len.min(p.model.config.max_seq_len),
+        args.eval_limit,
+    )?;
     let choices = task
         .choices
         .as_ref()
