@@ -199,8 +199,8 @@ fn saved_adapter_has_peft_keys_layout_and_metadata() {
 #[test]
 fn loading_an_adapter_for_another_model_is_an_error_naming_the_key() {
     let d = device();
-    // The tied fixture has the same layer names but a different width? No: use a module the
-    // model does not have, by renaming a key in a copy of PEFT's adapter.
+    // An adapter for another model: a copy of PEFT's adapter with one key moved to a layer
+    // this model does not have.
     let dir = scratch("alien");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(
