@@ -15,8 +15,8 @@ use crate::data::Encoded;
 use crate::loss::{AnswerPositions, answer_loss};
 use crate::trainer::EvalReport;
 
-/// Right-pads token lists into `[B, T]`.
-fn padded(seqs: &[&[u32]], pad: u32, device: &Device) -> (Tensor<2, Int>, usize) {
+/// Right-pads token lists with `pad` into `[B, T]`; returns the tensor and `T`.
+pub(crate) fn padded(seqs: &[&[u32]], pad: u32, device: &Device) -> (Tensor<2, Int>, usize) {
     let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
     let mut v = Vec::with_capacity(seqs.len() * t);
     for s in seqs {

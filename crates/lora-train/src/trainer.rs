@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData};
 use lora_core::LoraModel;
 use lora_models::Llama;
 use serde::{Deserialize, Serialize};
@@ -18,6 +17,7 @@ use crate::checkpoint::{Checkpoint, TrainerState};
 use crate::config::TrainConfig;
 use crate::data::{BatchSampler, Encoded};
 use crate::error::TrainError;
+use crate::eval::padded;
 use crate::loss::{AnswerPositions, answer_loss};
 use crate::schedule::warmup_cosine;
 
@@ -114,20 +114,6 @@ fn clip_global_norm(
     norm
 }
 
-/// Right-pads `seqs` with `pad` into a `[B, T]` id tensor; returns it and `T`.
-fn pad_batch(seqs: &[&Encoded], pad: u32, device: &Device) -> (Tensor<2, Int>, usize) {
-    let t = seqs.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    let mut ids = Vec::with_capacity(seqs.len() * t);
-    for e in seqs {
-        ids.extend(e.ids.iter().map(|&x| x as i64));
-        ids.extend(std::iter::repeat_n(pad as i64, t - e.ids.len()));
-    }
-    (
-        Tensor::from_data(TensorData::new(ids, [seqs.len(), t]), device),
-        t,
-    )
-}
-
 /// Runs (or resumes) training of `model`'s adapters on `train`.
 ///
 /// `model` must carry its adapters and live on an autodiff device. `evaluate` is called every
@@ -185,7 +171,8 @@ pub fn train(
                 .into_iter()
                 .map(|i| &train[i])
                 .collect();
-            let (input, t) = pad_batch(&batch, pad_id, &device);
+            let seqs: Vec<&[u32]> = batch.iter().map(|e| &e.ids[..]).collect();
+            let (input, t) = padded(&seqs, pad_id, &device);
             let pos = AnswerPositions::new(batch.iter().map(|e| (&e.ids[..], e.prompt_len)), t);
             tokens += batch.iter().map(|e| e.ids.len()).sum::<usize>();
             // Average over micro-batches: each contributes 1/grad_accum of the step's loss.
