@@ -389,7 +389,8 @@ pub fn apply_rank_pattern<M: LoraModel>(
             let trains = e.is_require_grad();
             let mask =
                 Tensor::<2, Bool>::from_data(TensorData::new(pruned, [1, keep.len()]), &e.device());
-            let masked = e.detach().mask_fill(mask, 0.0);
+            // A fresh untracked leaf, masked, then marked trainable again.
+            let masked = e.detach().set_require_grad(false).mask_fill(mask, 0.0);
             if trains {
                 masked.require_grad()
             } else {
