@@ -354,21 +354,26 @@ pub fn load_adapter<M: LoraModel>(
     Ok((model, cfg, report))
 }
 
-/// The kept rank of every adapted module: its `rank_pattern` count, or the number of non-zero
-/// `λ` when there is no pattern entry. Module path → rank.
-pub fn final_ranks<M: LoraModel>(
-    model: &M,
-    pattern: Option<&RankPattern>,
-) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
+/// The kept rank of every adapted module, in model order: its `rank_pattern` count, or the
+/// number of non-zero `λ` when there is no pattern entry.
+pub fn final_ranks<M: LoraModel>(model: &M, pattern: Option<&RankPattern>) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
     model.visit_linears(&mut |path, lin| {
         if let Some(a) = &lin.adalora {
             let rank = match pattern.and_then(|p| p.get(path)) {
                 Some(keep) => keep.iter().filter(|k| **k).count(),
                 None => a.active_rank(),
             };
-            out.insert(path.to_string(), rank);
+            out.push((path.to_string(), rank));
         }
     });
     out
+}
+
+/// Whether `dir/adapter_config.json` says `peft_type: "ADALORA"` (an unreadable file is not).
+pub fn is_adalora_adapter(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["peft_type"] == "ADALORA")
 }
