@@ -412,7 +412,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut eval_fn = |m: &Llama| -> Result<EvalReport, TrainError> {
         Ok(eval_with_progress(m, &task, pad, "", true))
     };
-    let (model, outcome) = train_with(
+    let (mut model, outcome) = train_with(
         model,
         &task.train,
         pad,
@@ -429,7 +429,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let ranks = match &allocator {
-        Some(a) => Some(adalora::finish(&model, a, &base_name, &dir)?),
+        Some(a) => Some(adalora::finish(&mut model, a, &base_name, &dir)?),
         None => {
             peft::save_adapter(&model, &lora_cfg, &base_name, &dir.join("adapter"))?;
             None

@@ -149,7 +149,13 @@ pub fn plot_rank_heatmap(path: &Path, grid: &RankGrid, title: &str) -> Result<()
         }
     }
     if text {
-        root.draw(&Text::new(title.to_string(), (10, 15), ("sans-serif", 20)))
+        root.draw(&Text::new(title.to_string(), (10, 10), ("sans-serif", 20)))
+            .map_err(|e| err(&e))?;
+        let legend = format!(
+            "kept rank per matrix: white = 0 … dark blue = {} (grey: not adapted)",
+            grid.init_r
+        );
+        root.draw(&Text::new(legend, (10, 34), ("sans-serif", 13)))
             .map_err(|e| err(&e))?;
         for (ki, kind) in grid.kinds.iter().enumerate() {
             let y = (top + ki as u32 * cell + cell / 3) as i32;

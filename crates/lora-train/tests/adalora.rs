@@ -277,6 +277,15 @@ fn adalora_training_takes_peft_losses_and_prunes_peft_triplets() {
         assert_eq!(ours, theirs, "kept triplets after step {}", a.step);
     }
 
+    // The checkpoint holds the AdaLoRA adapter at full rank (pruned λ = 0).
+    let (_, ck_cfg, ck_report) = peft_io::load_adapter(
+        load_hf_model(&tiny(), &device()).unwrap(),
+        &ck.adapter_dir().unwrap(),
+        &device(),
+    )
+    .unwrap();
+    assert!(ck_cfg.rank_pattern.is_none() && ck_report.modules.iter().all(|m| m.3 == 4));
+
     // The trained, pruned adapter written here holds what PEFT's holds.
     let out = dir.join("adapter");
     peft_io::save_adapter(&model, &allocator.config(), "fixtures/tiny-llama", &out).unwrap();

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use burn::tensor::Device;
+use lora_core::adalora::allocator::apply_rank_pattern;
 use lora_core::adalora::{RankAllocator, apply_adalora, peft_io};
 use lora_core::{AdaptReport, apply_lora};
 use lora_models::Llama;
@@ -60,15 +61,19 @@ pub(super) struct RankSummary {
     table: String,
 }
 
-/// Saves the pruned adapter (only kept triplets, PEFT's `rank_pattern`), draws `ranks.png`,
-/// and returns the summary.
+/// Prunes the model to the last allocation (with `deltaT > 1` the optimizer may have moved
+/// pruned `λ` since), so what is evaluated next is what is saved; saves the pruned adapter (only
+/// kept triplets, PEFT's `rank_pattern`), draws `ranks.png`, and returns the summary.
 pub(super) fn finish(
-    model: &Llama,
+    model: &mut Llama,
     allocator: &RankAllocator,
     base_name: &str,
     run_dir: &Path,
 ) -> Result<RankSummary> {
     let config = allocator.config();
+    if let Some(pattern) = &config.rank_pattern {
+        apply_rank_pattern(model, pattern)?;
+    }
     peft_io::save_adapter(model, &config, base_name, &run_dir.join("adapter"))?;
     let ranks = peft_io::final_ranks(model, config.rank_pattern.as_ref());
     let grid = RankGrid::new(&ranks, config.init_r);
