@@ -208,8 +208,8 @@ mod tests {
         assert_eq!(g.total(), 8);
         assert_eq!(g.average(), 2.0);
         let table = g.table();
-        assert!(table.contains("q_proj   3  4   3.50"), "{table}");
-        assert!(table.contains("v_proj   1  0   0.50"), "{table}");
+        assert!(table.contains("q_proj  3  4   3.50"), "{table}");
+        assert!(table.contains("v_proj  1  0   0.50"), "{table}");
     }
 
     #[test]
