@@ -9,6 +9,7 @@ use clap::Args as ClapArgs;
 use lora_core::{BackendKind, select_device};
 use lora_models::tokenizer::{ChatMessage, TextTokenizer};
 use lora_models::{Pretrained, cache};
+use lora_train::config::QuantSection;
 
 /// `--model`, `--adapter`, `--backend`.
 #[derive(ClapArgs, Debug, Clone)]
@@ -23,6 +24,16 @@ pub struct ModelArgs {
     /// Backend: flex (CPU, default), ndarray (CPU) or wgpu (Vulkan/Metal/DX12).
     #[arg(long, default_value = "flex")]
     pub backend: String,
+    /// Base-weight quantization at load: `none` (default) or `nf4` (QLoRA's 4-bit NormalFloat,
+    /// every linear layer except lm_head; dequantized in each forward).
+    #[arg(long, default_value = "none")]
+    pub quant: String,
+    /// NF4 block size.
+    #[arg(long, default_value_t = 64)]
+    pub quant_block_size: usize,
+    /// Keep the NF4 block scales in f32 (no double quantization).
+    #[arg(long)]
+    pub no_double_quant: bool,
 }
 
 impl ModelArgs {
@@ -51,6 +62,21 @@ impl ModelArgs {
             path.display(),
             t0.elapsed().as_secs_f64()
         );
+        let quant = QuantSection {
+            method: self.quant.clone(),
+            block_size: self.quant_block_size,
+            double_quant: !self.no_double_quant,
+        };
+        if let Some(nf4) = quant.to_nf4().map_err(|e| anyhow::anyhow!(e))? {
+            let r = lora_core::quant::quantize_base(&mut pretrained.model, &nf4, &["lm_head"])?;
+            eprintln!(
+                "NF4 base: {} linear layers, {:.3} bits/weight ({:.1} MiB on the device instead of {:.1} MiB)",
+                r.modules.len(),
+                r.bits_per_weight(),
+                r.storage_bytes as f64 / (1u64 << 20) as f64,
+                r.dense_bytes as f64 / (1u64 << 20) as f64
+            );
+        }
         if let Some(dir) = &self.adapter {
             let (model, cfg, report) = lora_core::peft::load_adapter(pretrained.model, dir, device)
                 .with_context(|| format!("loading adapter {}", dir.display()))?;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use lora_core::config::{LoraConfig, TargetModules};
+use lora_core::quant::Nf4Config;
 use serde::{Deserialize, Serialize};
 
 /// LoRA settings as they appear in a TOML file (`[lora]`).
@@ -42,6 +43,49 @@ impl LoraSection {
             lora_dropout: self.dropout,
             use_rslora: self.rslora,
             ..LoraConfig::new(self.r, self.alpha, TargetModules::parse_cli(&self.targets))
+        }
+    }
+}
+
+/// Base-weight quantization as it appears in a TOML file (`[quant]`): QLoRA when `method = "nf4"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuantSection {
+    /// `none` (f32 base, default) or `nf4` (QLoRA: 4-bit NormalFloat base, adapters in f32).
+    pub method: String,
+    /// Weights per NF4 block (a power of two, 32–4096; bitsandbytes' default 64).
+    pub block_size: usize,
+    /// Quantize the per-block scales again to 8 bits (QLoRA's double quantization).
+    pub double_quant: bool,
+}
+
+impl Default for QuantSection {
+    fn default() -> Self {
+        QuantSection {
+            method: "none".into(),
+            block_size: 64,
+            double_quant: true,
+        }
+    }
+}
+
+impl QuantSection {
+    /// The NF4 settings, or `None` for an unquantized base.
+    ///
+    /// # Errors
+    /// A message for a method other than `none`/`nf4`, or a bad block size.
+    pub fn to_nf4(&self) -> Result<Option<Nf4Config>, String> {
+        match self.method.to_ascii_lowercase().as_str() {
+            "none" | "" | "f32" => Ok(None),
+            "nf4" => {
+                let c = Nf4Config {
+                    block_size: self.block_size,
+                    double_quant: self.double_quant,
+                };
+                c.validate().map_err(|e| e.to_string())?;
+                Ok(Some(c))
+            }
+            other => Err(format!("quant method must be none or nf4, got {other:?}")),
         }
     }
 }
@@ -84,6 +128,8 @@ pub struct TrainConfig {
     pub backend: String,
     /// LoRA settings.
     pub lora: LoraSection,
+    /// Base-weight quantization (QLoRA).
+    pub quant: QuantSection,
 }
 
 impl Default for TrainConfig {
@@ -106,6 +152,7 @@ impl Default for TrainConfig {
             eval_limit: 0,
             backend: "flex".into(),
             lora: LoraSection::default(),
+            quant: QuantSection::default(),
         }
     }
 }
@@ -134,6 +181,7 @@ impl TrainConfig {
         if self.seq_len < 2 {
             return Err("seq_len must be at least 2".into());
         }
+        self.quant.to_nf4()?;
         self.lora
             .to_lora_config()
             .validate()
