@@ -253,8 +253,25 @@ fn main() -> Result<()> {
     println!(
         "\n== 5. forward time, batch [8, 64] tokens (median of 15 runs; printed, not checked)"
     );
-    let time = |m: &Llama| median_ms(3, 15, || drop(m.forward(tokens.clone(), None).into_data()));
-    let (t_base, t_unmerged, t_merged) = (time(&base), time(&unmerged), time(&merged));
+    // The three models take turns, round after round, so a busy moment on the machine slows
+    // all of them rather than one.
+    let models = [&base, &unmerged, &merged];
+    let forward = |m: &Llama| drop(m.forward(tokens.clone(), None).into_data());
+    models
+        .iter()
+        .for_each(|m| drop(median_ms(2, 1, || forward(m)))); // warm-up
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    for _round in 0..15 {
+        for (t, m) in times.iter_mut().zip(models) {
+            t.push(median_ms(0, 1, || forward(m)));
+        }
+    }
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let [mut a, mut b, mut c] = times;
+    let (t_base, t_unmerged, t_merged) = (median(&mut a), median(&mut b), median(&mut c));
     println!("  base model              {t_base:>8.2} ms");
     println!(
         "  LoRA, unmerged          {t_unmerged:>8.2} ms   ({:+.0} % vs base)",
