@@ -251,15 +251,15 @@ fn main() -> Result<()> {
 
     // 5. Timing (printed only): a forward pass over [8, 64] tokens.
     println!(
-        "\n== 5. forward time, batch [8, 64] tokens (median of 15 runs; printed, not checked)"
+        "\n== 5. forward time, batch [8, 64] tokens (median of 15 rounds; printed, not checked)"
     );
     // The three models take turns, round after round, so a busy moment on the machine slows
     // all of them rather than one.
     let models = [&base, &unmerged, &merged];
     let forward = |m: &Llama| drop(m.forward(tokens.clone(), None).into_data());
-    models
-        .iter()
-        .for_each(|m| drop(median_ms(2, 1, || forward(m)))); // warm-up
+    for m in models {
+        let _warm_up = median_ms(2, 1, || forward(m));
+    }
     let mut times = [Vec::new(), Vec::new(), Vec::new()];
     for _round in 0..15 {
         for (t, m) in times.iter_mut().zip(models) {
