@@ -60,7 +60,7 @@ struct PrintLoss;
 
 impl Observer for PrintLoss {
     fn on_step(&mut self, m: &StepMetrics) {
-        if m.step == 1 || m.step % 10 == 0 {
+        if m.step == 1 || m.step.is_multiple_of(10) {
             println!("  step {:>3}  loss {:.4}", m.step, m.loss);
         }
     }

@@ -99,7 +99,7 @@ fn examples(root: &Path) -> Result<Vec<(String, String)>, String> {
 /// and the examples reuse that build of burn; `cargo run -p lora-examples` would resolve a
 /// slightly different feature set and compile burn a second time.
 fn example_command(cargo: &str, root: &Path, name: &str, feature: &Option<String>) -> Command {
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = Command::new(cargo);
     cmd.current_dir(root).env("CARGO_TARGET_DIR", target_dir());
     cmd.args(["run", "--example", name]);
     if let Some(f) = feature {
@@ -198,9 +198,14 @@ fn main() -> ExitCode {
         }
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.env("CARGO_TARGET_DIR", target_dir());
+    // The same `--features` as `test`, so a `--backend` run shares the test build too.
     let features = feature.map(|f| format!("lora-cli/{f}"));
+    if matches!(command.as_str(), "example" | "examples") {
+        // `--backend NAME` stays in the arguments: the example program reads it.
+        return run_examples(&cargo, rest, &features);
+    }
+    let mut cmd = Command::new(cargo);
+    cmd.env("CARGO_TARGET_DIR", target_dir());
     match command.as_str() {
         "test" => {
             cmd.args(["test", "--workspace", "--exclude", "xtask"]);
@@ -216,7 +221,6 @@ fn main() -> ExitCode {
             }
             cmd.arg("--").arg(&command).args(rest);
         }
-        "example" | "examples" => return run_examples(&cargo, rest, &features),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
