@@ -191,6 +191,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_claim_that_does_not_hold_is_an_error_naming_it() {
+        assert!(check(true, "holds", "").is_ok());
+        let err = check(false, "merged equals unmerged", 0.5).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CLAIM FAILED: merged equals unmerged (0.5)"
+        );
+    }
+
+    #[test]
     fn singular_values_of_a_known_matrix() {
         // diag(3, 2) padded to 3 × 2, with its rows permuted: singular values 3, 2.
         let m = [0.0, 2.0, 3.0, 0.0, 0.0, 0.0];
