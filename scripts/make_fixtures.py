@@ -57,7 +57,7 @@ from fixturegen.common import (
 )
 from fixturegen.checks import check_adapter, check_merged, run_check, self_test
 from fixturegen.dequant import make_dequant_fixture
-from fixturegen.nf4 import make_nf4_fixture
+from fixturegen.nf4 import make_nf4_fixture, make_smollm2_nf4
 from fixturegen.peft_parts import make_peft_fixtures
 from fixturegen.smollm2 import make_smollm2_peft, make_smollm2_reference
 from fixturegen.tiny import make_tiny_llama
@@ -122,12 +122,15 @@ def main(argv=None) -> int:
         log("NF4 (bitsandbytes) fixture")
         make_nf4_fixture(out / "nf4", out / "tiny-llama", seed=SEEDS["nf4"])
     model = args.model or DEFAULT_MODEL
-    if parts & {"smollm2", "smollm2-peft"} and not model.exists():
+    if parts & {"smollm2", "smollm2-peft", "smollm2-nf4"} and not model.exists():
         log(f"error: {model} not found (pass --model, or leave smollm2 / smollm2-peft out of --parts)")
         return 1
     if "smollm2" in parts:
         log(f"SmolLM2 reference from {model}")
         make_smollm2_reference(model, out)
+    if "smollm2-nf4" in parts:
+        log(f"SmolLM2 with an NF4 base (bitsandbytes) from {model}")
+        make_smollm2_nf4(model, out)
     if "smollm2-peft" in parts:
         log(f"PEFT adapter on SmolLM2 from {model}")
         make_smollm2_peft(model, out, seed=SEEDS["smollm2_peft"])

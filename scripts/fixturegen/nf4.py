@@ -101,3 +101,35 @@ def make_nf4_fixture(out: Path, tiny_dir: Path, seed: int) -> None:
         "input_ids": ids, "logits_nf4_base": logits_base, "logits_nf4_adapter": logits_adapter,
     })
     log(f"  tiny NF4 logits written ({tuple(logits_base.shape)})")
+
+
+def make_smollm2_nf4(model_path: Path, out: Path) -> None:
+    """fixtures/smollm2-nf4-reference.json: the real SmolLM2 with every linear layer but lm_head
+    NF4-quantized by bitsandbytes (block 64, double quantization) — next-token top-5 for the
+    plain prompt of smollm2-reference.json, computed as Linear4bit does on the CPU."""
+    import json
+
+    import bitsandbytes.functional as F
+
+    from .common import load_causal_lm
+
+    ref = json.loads((out / "smollm2-reference.json").read_text(encoding="utf-8"))
+    prompts = [p for p in ref["prompts"] if p["kind"] != "chat"]
+    m = load_causal_lm(model_path)
+    with torch.no_grad():
+        for name, mod in m.named_modules():
+            if isinstance(mod, torch.nn.Linear) and name != "lm_head":
+                q, st = F.quantize_4bit(mod.weight.data, blocksize=64, quant_type="nf4",
+                                        compress_statistics=True)
+                mod.weight.data = F.dequantize_4bit(q, st).float()
+        entries = []
+        for p in prompts:
+            logits = m(torch.tensor([p["ids"]], dtype=torch.int64)).logits[0, -1].float()
+            top = torch.topk(logits, 5)
+            entries.append({"text": p["text"], "ids": p["ids"],
+                            "top5": [{"id": int(i), "logit": float(v)} for v, i in zip(top.values, top.indices)]})
+            log(f"  NF4 {p['text']!r}: top-5 {[int(i) for i in top.indices]}")
+    write_json(out / "smollm2-nf4-reference.json",
+               {"model_file": model_path.name, "quant": {"type": "nf4", "block_size": 64, "double_quant": True,
+                                                         "skip": ["lm_head"]},
+                "prompts": entries})
