@@ -97,13 +97,13 @@ mod tests {
         let cfg = LoraConfig::new(r, 8.0, TargetModules::AllLinear);
         let adapter = LoraAdapter::init(d_in, d_out, r, 8.0, &cfg, &d).unwrap();
         layer.attach(adapter, "l").unwrap();
-        let w_hat = layer.weight.val().into_data().to_vec::<f32>().unwrap();
+        let w_hat = layer.weight.val().into_data().try_to_vec::<f32>().unwrap();
         layer.merge("l").unwrap();
         assert!(!layer.weight.is_quantized());
         // B = 0: the merged weight is dequant(W) exactly, and it is a frozen leaf.
         let merged = layer.weight.val();
         assert!(!merged.is_require_grad());
-        assert_eq!(merged.into_data().to_vec::<f32>().unwrap(), w_hat);
+        assert_eq!(merged.into_data().try_to_vec::<f32>().unwrap(), w_hat);
         layer.unmerge("l").unwrap();
     }
 }
