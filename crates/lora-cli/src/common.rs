@@ -43,6 +43,20 @@ impl ModelArgs {
         Ok(select_device(kind)?)
     }
 
+    /// The NF4 settings from `--quant`, `--quant-block-size` and `--no-double-quant`, or `None`
+    /// for `--quant none`.
+    ///
+    /// # Errors
+    /// An unknown `--quant` method or a bad block size.
+    pub fn nf4_config(&self) -> Result<Option<lora_core::Nf4Config>> {
+        let quant = QuantSection {
+            method: self.quant.clone(),
+            block_size: self.quant_block_size,
+            double_quant: !self.no_double_quant,
+        };
+        quant.to_nf4().map_err(|e| anyhow::anyhow!(e))
+    }
+
     /// The model path: `--model`, or the default model (fetched if needed).
     pub fn model_path(&self) -> Result<PathBuf> {
         match &self.model {
@@ -62,12 +76,7 @@ impl ModelArgs {
             path.display(),
             t0.elapsed().as_secs_f64()
         );
-        let quant = QuantSection {
-            method: self.quant.clone(),
-            block_size: self.quant_block_size,
-            double_quant: !self.no_double_quant,
-        };
-        if let Some(nf4) = quant.to_nf4().map_err(|e| anyhow::anyhow!(e))? {
+        if let Some(nf4) = self.nf4_config()? {
             let r = lora_core::quant::quantize_base(&mut pretrained.model, &nf4, &["lm_head"])?;
             eprintln!(
                 "NF4 base: {} linear layers, {:.3} bits/weight ({:.1} MiB on the device instead of {:.1} MiB)",

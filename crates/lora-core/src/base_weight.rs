@@ -48,10 +48,13 @@ impl BaseWeight {
     /// Applies `f` to `W` and stores the result densely. An NF4 weight is dequantized first and
     /// is NOT re-quantized: merging an adapter into a 4-bit base would round most of the update
     /// away (REFERENCE §3; see [`crate::quant`] for measuring re-quantization on request).
+    ///
+    /// The new dense weight is detached: on an autodiff device `f(dequant(W))` is an op's output,
+    /// and a frozen parameter must be a leaf of the graph (burn panics otherwise).
     pub fn map(self, f: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Self {
         match self {
             BaseWeight::Dense(w) => BaseWeight::Dense(w.map(f)),
-            BaseWeight::Nf4(q) => BaseWeight::dense(f(q.dequantize())),
+            BaseWeight::Nf4(q) => BaseWeight::dense(f(q.dequantize()).detach()),
         }
     }
 
@@ -73,5 +76,34 @@ impl BaseWeight {
             BaseWeight::Dense(w) => w.shape().num_elements() * w.val().dtype().size(),
             BaseWeight::Nf4(q) => q.storage_bytes(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BackendKind, LoraAdapter, LoraConfig, LoraLinear, TargetModules, select_device};
+    use burn::tensor::Distribution;
+
+    /// Regression: merging into an NF4 base right after training, on the autodiff device, used
+    /// to panic ("Can't convert a non leaf tensor into a tracked tensor").
+    #[test]
+    fn merging_into_an_nf4_base_works_on_the_autodiff_device() {
+        let d = select_device(BackendKind::Flex).unwrap().autodiff();
+        let (d_in, d_out, r) = (64, 32, 4);
+        let w = Tensor::<2>::random([d_in, d_out], Distribution::Normal(0.0, 1.0), &d);
+        let mut layer = LoraLinear::new(w, None);
+        layer.quantize_nf4(&Nf4Config::default(), "l").unwrap();
+        let cfg = LoraConfig::new(r, 8.0, TargetModules::AllLinear);
+        let adapter = LoraAdapter::init(d_in, d_out, r, 8.0, &cfg, &d).unwrap();
+        layer.attach(adapter, "l").unwrap();
+        let w_hat = layer.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        layer.merge("l").unwrap();
+        assert!(!layer.weight.is_quantized());
+        // B = 0: the merged weight is dequant(W) exactly, and it is a frozen leaf.
+        let merged = layer.weight.val();
+        assert!(!merged.is_require_grad());
+        assert_eq!(merged.into_data().try_to_vec::<f32>().unwrap(), w_hat);
+        layer.unmerge("l").unwrap();
     }
 }

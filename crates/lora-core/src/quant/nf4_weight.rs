@@ -20,7 +20,7 @@ use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::LoraError;
-use crate::quant::dynamic_map::dynamic_map;
+use crate::quant::dynamic_map::{QuantizedBlockwise8, dynamic_map};
 use crate::quant::nf4::{Absmax, NESTED_BLOCK_SIZE, NF4_CODE, Nf4Config, Nf4Tensor, quantize_nf4};
 
 /// Bit offsets of the 8 nibbles of a little-endian word of 4 bnb bytes, in element order
@@ -95,6 +95,25 @@ fn words_of(bytes: &[u8]) -> Vec<i32> {
         .collect()
 }
 
+/// The bytes of stored words, little-endian (the inverse of [`words_of`]).
+fn bytes_of(t: &Param<Tensor<1, Int>>) -> Result<Vec<u8>, LoraError> {
+    let words = t
+        .val()
+        .into_data()
+        .convert::<i32>()
+        .try_into_vec::<i32>()
+        .map_err(|e| LoraError::Tensor(format!("reading packed NF4 words: {e:?}")))?;
+    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
+fn floats_of(t: &Param<Tensor<1>>) -> Result<Vec<f32>, LoraError> {
+    t.val()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| LoraError::Tensor(format!("reading NF4 block scales: {e:?}")))
+}
+
 impl Nf4Weight {
     /// Quantizes a burn-layout weight `[d_in, d_out]` (it is transposed to PyTorch's `[d_out,
     /// d_in]` first, so the blocks run along the input dimension exactly as bitsandbytes lays out
@@ -143,6 +162,39 @@ impl Nf4Weight {
             shape_out_in,
             block_size: q.block_size,
         }
+    }
+
+    /// Reads the stored codes and statistics back to the host: the inverse of
+    /// [`from_host`](Self::from_host) (the padding to whole blocks is dropped), so
+    /// `Nf4Weight::from_host(&q, ..).to_host()? == q`. The data is the row-major `[d_out, d_in]`
+    /// weight ([`shape_out_in`](Self::shape_out_in)).
+    ///
+    /// # Errors
+    /// [`LoraError::Tensor`] if the device data cannot be read as i32 / f32.
+    pub fn to_host(&self) -> Result<Nf4Tensor, LoraError> {
+        let mut packed = bytes_of(&self.packed)?;
+        packed.truncate(self.len().div_ceil(2));
+        let absmax = match &self.scales {
+            BlockScales::F32(a) => Absmax::F32(floats_of(a)?),
+            BlockScales::Double(d) => {
+                let mut codes = bytes_of(&d.codes)?;
+                codes.truncate(self.blocks());
+                Absmax::Double {
+                    quantized: QuantizedBlockwise8 {
+                        codes,
+                        absmax: floats_of(&d.absmax2)?,
+                        block_size: NESTED_BLOCK_SIZE,
+                    },
+                    offset: d.offset,
+                }
+            }
+        };
+        Ok(Nf4Tensor {
+            packed,
+            absmax,
+            len: self.len(),
+            block_size: self.block_size,
+        })
     }
 
     /// Number of weights.
