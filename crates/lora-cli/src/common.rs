@@ -9,6 +9,7 @@ use clap::Args as ClapArgs;
 use lora_core::{BackendKind, select_device};
 use lora_models::tokenizer::{ChatMessage, TextTokenizer};
 use lora_models::{Pretrained, cache};
+use lora_train::config::QuantSection;
 
 /// `--model`, `--adapter`, `--backend`.
 #[derive(ClapArgs, Debug, Clone)]
@@ -23,6 +24,16 @@ pub struct ModelArgs {
     /// Backend: flex (CPU, default), ndarray (CPU) or wgpu (Vulkan/Metal/DX12).
     #[arg(long, default_value = "flex")]
     pub backend: String,
+    /// Base-weight quantization at load: `none` (default) or `nf4` (QLoRA's 4-bit NormalFloat,
+    /// every linear layer except lm_head; dequantized in each forward).
+    #[arg(long, default_value = "none")]
+    pub quant: String,
+    /// NF4 block size.
+    #[arg(long, default_value_t = 64)]
+    pub quant_block_size: usize,
+    /// Keep the NF4 block scales in f32 (no double quantization).
+    #[arg(long)]
+    pub no_double_quant: bool,
 }
 
 impl ModelArgs {
@@ -30,6 +41,20 @@ impl ModelArgs {
     pub fn device(&self) -> Result<Device> {
         let kind: BackendKind = self.backend.parse()?;
         Ok(select_device(kind)?)
+    }
+
+    /// The NF4 settings from `--quant`, `--quant-block-size` and `--no-double-quant`, or `None`
+    /// for `--quant none`.
+    ///
+    /// # Errors
+    /// An unknown `--quant` method or a bad block size.
+    pub fn nf4_config(&self) -> Result<Option<lora_core::Nf4Config>> {
+        let quant = QuantSection {
+            method: self.quant.clone(),
+            block_size: self.quant_block_size,
+            double_quant: !self.no_double_quant,
+        };
+        quant.to_nf4().map_err(|e| anyhow::anyhow!(e))
     }
 
     /// The model path: `--model`, or the default model (fetched if needed).
@@ -51,6 +76,16 @@ impl ModelArgs {
             path.display(),
             t0.elapsed().as_secs_f64()
         );
+        if let Some(nf4) = self.nf4_config()? {
+            let r = lora_core::quant::quantize_base(&mut pretrained.model, &nf4, &["lm_head"])?;
+            eprintln!(
+                "NF4 base: {} linear layers, {:.3} bits/weight ({:.1} MiB on the device instead of {:.1} MiB)",
+                r.modules.len(),
+                r.bits_per_weight(),
+                r.storage_bytes as f64 / (1u64 << 20) as f64,
+                r.dense_bytes as f64 / (1u64 << 20) as f64
+            );
+        }
         if let Some(dir) = &self.adapter {
             let context = || format!("loading adapter {}", dir.display());
             let (model, what, report) = if lora_core::adalora::peft_io::is_adalora_adapter(dir) {

@@ -76,6 +76,15 @@ pub struct Args {
     /// flex (default), ndarray or wgpu.
     #[arg(long)]
     pub backend: Option<String>,
+    /// Base-weight quantization: `none` (default) or `nf4` (QLoRA: 4-bit NormalFloat base).
+    #[arg(long)]
+    pub quant: Option<String>,
+    /// NF4 block size (default 64).
+    #[arg(long)]
+    pub quant_block_size: Option<usize>,
+    /// Keep the NF4 block scales in f32 (no double quantization).
+    #[arg(long)]
+    pub no_double_quant: bool,
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -171,6 +180,15 @@ impl Args {
             if let Some(v) = flag {
                 *field = v;
             }
+        }
+        if let Some(q) = &self.quant {
+            c.quant.method = q.clone();
+        }
+        if let Some(b) = self.quant_block_size {
+            c.quant.block_size = b;
+        }
+        if self.no_double_quant {
+            c.quant.double_quant = false;
         }
         c.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(c)
@@ -284,8 +302,60 @@ struct Summary<'a> {
     wall_time_s: f64,
     backend: String,
     outcome: &'static str,
+    /// QLoRA only: how the base weights are stored.
+    quant: Option<QuantSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     adalora: Option<adalora::RankSummary>,
+}
+
+/// Storage of the NF4 base in the summary.
+#[derive(Serialize)]
+struct QuantSummary {
+    method: &'static str,
+    block_size: usize,
+    double_quant: bool,
+    quantized_modules: usize,
+    quantized_weights: usize,
+    base_bytes_on_device: usize,
+    bits_per_weight: f64,
+    f32_bytes_before: usize,
+}
+
+/// Quantizes every linear layer except `lm_head` to NF4 when the config asks for it (QLoRA;
+/// transformers keeps `lm_head` in full precision too).
+fn quantize_if_asked(
+    model: &mut Llama,
+    cfg: &TrainConfig,
+    json: bool,
+) -> Result<Option<QuantSummary>> {
+    let Some(nf4) = cfg.quant.to_nf4().map_err(|e| anyhow::anyhow!(e))? else {
+        return Ok(None);
+    };
+    let t = Instant::now();
+    let r = lora_core::quant::quantize_base(model, &nf4, &["lm_head"])?;
+    if !json {
+        eprintln!(
+            "QLoRA: {} linear layers in NF4 (block {}, double quantization {}): {} weights in {:.1} MiB on the device, {:.3} bits/weight (f32: {:.1} MiB) in {:.1}s",
+            r.modules.len(),
+            nf4.block_size,
+            if nf4.double_quant { "on" } else { "off" },
+            r.weights,
+            r.storage_bytes as f64 / (1u64 << 20) as f64,
+            r.bits_per_weight(),
+            r.dense_bytes as f64 / (1u64 << 20) as f64,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Some(QuantSummary {
+        method: "nf4",
+        block_size: nf4.block_size,
+        double_quant: nf4.double_quant,
+        quantized_modules: r.modules.len(),
+        quantized_weights: r.weights,
+        base_bytes_on_device: r.storage_bytes,
+        bits_per_weight: r.bits_per_weight(),
+        f32_bytes_before: r.dense_bytes,
+    }))
 }
 
 fn eval_with_progress(model: &Llama, task: &Task, pad: u32, what: &str, json: bool) -> EvalReport {
@@ -326,8 +396,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => p.clone(),
         None => cache::ensure_default_model()?,
     };
-    let pretrained = lora_models::load(&model_path, &device)
+    let mut pretrained = lora_models::load(&model_path, &device)
         .with_context(|| format!("loading {}", model_path.display()))?;
+    let quant = quantize_if_asked(&mut pretrained.model, &cfg, args.json)?;
     let tok = pretrained.tokenizer.clone();
     let base_name = pretrained.name();
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
@@ -482,6 +553,7 @@ pub fn run(args: Args) -> Result<()> {
             "interrupted"
         },
         adalora: ranks,
+        quant,
     };
     let summary_json = serde_json::to_string_pretty(&summary)?;
     lora_core::tensor_io::write_atomic(&dir.join("summary.json"), summary_json.as_bytes())?;
@@ -513,6 +585,12 @@ pub fn run(args: Args) -> Result<()> {
     );
     println!("  tokens/s (train)    {tps:>8.0}");
     println!("  peak memory (RSS)   {rss:>8}");
+    if let Some(q) = &summary.quant {
+        println!(
+            "  base weights (NF4)  {:>8.3} bits/weight",
+            q.bits_per_weight
+        );
+    }
     println!(
         "  wall time           {:>7.0}s   (training {:.0}s)",
         wall, train_secs

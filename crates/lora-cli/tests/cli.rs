@@ -62,6 +62,19 @@ fn an_output_directory_holding_another_run_is_left_untouched() {
 }
 
 #[test]
+fn a_requantize_report_without_an_nf4_base_is_refused() {
+    let err = stderr_of(&[
+        "merge",
+        "--adapter",
+        "some-adapter",
+        "--requantize-report",
+        "--out",
+        &scratch("requant").to_string_lossy(),
+    ]);
+    assert!(err.contains("needs --quant nf4"), "{err}");
+}
+
+#[test]
 fn resuming_a_directory_that_is_not_a_run_is_refused() {
     let dir = scratch("notarun");
     std::fs::create_dir_all(&dir).unwrap();

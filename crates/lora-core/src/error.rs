@@ -90,6 +90,9 @@ pub enum LoraError {
         /// The library's message.
         message: String,
     },
+    /// A tensor's data could not be read back from the device (e.g. an unexpected dtype).
+    #[error("tensor data: {0}")]
+    Tensor(String),
 }
 
 /// `Result` with [`LoraError`].

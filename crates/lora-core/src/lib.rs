@@ -21,18 +21,22 @@
 
 pub mod adalora;
 pub mod backend;
+pub mod base_weight;
 pub mod config;
 pub mod error;
 pub mod inject;
 pub mod linear;
 pub mod peft;
+pub mod quant;
 pub mod targets;
 pub mod tensor_io;
 
 pub use backend::{BackendKind, select_device};
+pub use base_weight::BaseWeight;
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
 pub use error::LoraError;
 pub use inject::{
     AdaptReport, LinearVisitor, LoraModel, apply_lora, merge_all, merge_and_unload, unmerge_all,
 };
 pub use linear::{LoraAdapter, LoraLinear};
+pub use quant::{Nf4Config, Nf4Weight};

@@ -19,8 +19,10 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::adalora::AdaLoraAdapter;
+use crate::base_weight::BaseWeight;
 use crate::config::{InitLoraWeights, LoraConfig};
 use crate::error::LoraError;
+use crate::quant::Nf4Config;
 
 /// The trainable low-rank update of one linear layer: `ΔW = scaling · A·B`.
 #[derive(Module, Debug)]
@@ -140,8 +142,8 @@ impl LoraAdapter {
 /// is an ordinary (frozen) linear layer.
 #[derive(Module, Debug)]
 pub struct LoraLinear {
-    /// Base weight `W`, `[d_in, d_out]`, frozen.
-    pub weight: Param<Tensor<2>>,
+    /// Base weight `W`, `[d_in, d_out]`, frozen: dense, or NF4 (QLoRA) dequantized in forward.
+    pub weight: BaseWeight,
     /// Base bias `b`, `[d_out]`, frozen.
     pub bias: Option<Param<Tensor<1>>>,
     /// The adapter, if this layer is a LoRA target.
@@ -157,7 +159,7 @@ impl LoraLinear {
     /// A frozen linear layer from a `[d_in, d_out]` weight and an optional `[d_out]` bias.
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         LoraLinear {
-            weight: Param::from_tensor(weight).set_require_grad(false),
+            weight: BaseWeight::dense(weight),
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
             adapter: None,
             adalora: None,
@@ -169,6 +171,23 @@ impl LoraLinear {
     pub fn dims(&self) -> (usize, usize) {
         let [d_in, d_out] = self.weight.shape().dims();
         (d_in, d_out)
+    }
+
+    /// Stores the base weight in NF4 (QLoRA): it is dequantized in every forward and never
+    /// trained. The adapter, if any, is untouched.
+    ///
+    /// # Errors
+    /// [`LoraError::MergeState`] if an adapter is merged into `W` (quantizing would bake a
+    /// rounded ΔW into the base), [`LoraError::InvalidConfig`] for a bad block size.
+    pub fn quantize_nf4(&mut self, config: &Nf4Config, path: &str) -> Result<(), LoraError> {
+        if self.merged {
+            return Err(LoraError::MergeState {
+                path: path.into(),
+                what: "is merged; unmerge before quantizing the base to NF4".into(),
+            });
+        }
+        self.weight = self.weight.clone().quantize(config)?;
+        Ok(())
     }
 
     /// `y = x·W + b + scaling · (dropout(x)·A)·B`; the base output is never scaled, and a merged
@@ -223,6 +242,7 @@ impl LoraLinear {
     /// [`LoraError::MergeState`] if there is no adapter or the layer is already merged.
     pub fn merge(&mut self, path: &str) -> Result<(), LoraError> {
         let delta = self.delta_for(path, false)?;
+        // An NF4 base is dequantized and stays dense: re-quantizing would round ΔW away.
         self.weight = self.weight.clone().map(|w| w + delta);
         self.merged = true;
         Ok(())

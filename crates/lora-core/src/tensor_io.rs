@@ -60,7 +60,8 @@ impl HostTensor {
 }
 
 /// Reads every tensor of a safetensors file as `f32` (F32, F16 and BF16 are accepted; I64 and
-/// I32 tensors — token ids in test fixtures — are converted to `f32` too, exact below 2²⁴).
+/// I32 tensors — token ids in test fixtures — and U8 ones are converted to `f32` too, exact
+/// below 2²⁴).
 ///
 /// # Errors
 /// [`LoraError::Io`] if the file cannot be read, [`LoraError::Safetensors`] if it is not a valid
@@ -100,6 +101,7 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Lor
                 .chunks_exact(4)
                 .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
                 .collect(),
+            Dtype::U8 => raw.iter().map(|&b| b as f32).collect(),
             other => {
                 return Err(LoraError::AdapterTensor {
                     path: path.to_path_buf(),

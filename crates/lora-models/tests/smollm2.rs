@@ -92,3 +92,42 @@ fn greedy_chat_answer_matches_transformers_on_smollm2() {
         g["text_skip_special"].as_str().unwrap()
     );
 }
+
+/// QLoRA's base on the real model: every linear layer but `lm_head` in NF4 (block 64, double
+/// quantization) gives transformers + bitsandbytes' top-5 next tokens, logits within 5e-2
+/// (bitsandbytes picks a neighbouring 8-bit code for a few block scales; see nf4_reference.rs).
+#[test]
+fn nf4_base_top5_matches_bitsandbytes_on_smollm2() {
+    let Some(path) = real_model() else { return };
+    let d = device();
+    let mut p = lora_models::load(&path, &d).unwrap();
+    let cfg = lora_core::quant::Nf4Config::default();
+    let report = lora_core::quant::quantize_base(&mut p.model, &cfg, &["lm_head"]).unwrap();
+    assert!(
+        report.bits_per_weight() <= 4.13,
+        "{}",
+        report.bits_per_weight()
+    );
+    let r: Value = serde_json::from_slice(
+        &std::fs::read(fixtures().join("smollm2-nf4-reference.json")).unwrap(),
+    )
+    .unwrap();
+    for prompt in r["prompts"].as_array().unwrap() {
+        let ids = as_ids(&prompt["ids"]);
+        let mut cache = p.model.new_cache();
+        let logits = lora_models::generate::step(&p.model, &ids, &mut cache).unwrap();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        for (rank, e) in prompt["top5"].as_array().unwrap().iter().enumerate() {
+            let id = e["id"].as_u64().unwrap() as usize;
+            let want = e["logit"].as_f64().unwrap() as f32;
+            assert_eq!(order[rank], id, "{}: rank {rank}", prompt["text"]);
+            assert!(
+                (logits[id] - want).abs() < 5e-2,
+                "{}: {} vs {want}",
+                prompt["text"],
+                logits[id]
+            );
+        }
+    }
+}

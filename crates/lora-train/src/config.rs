@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use lora_core::adalora::AdaLoraConfig;
 use lora_core::config::{LoraConfig, TargetModules};
+use lora_core::quant::Nf4Config;
 use serde::{Deserialize, Serialize};
 
 /// LoRA settings as they appear in a TOML file (`[lora]`).
@@ -108,6 +109,49 @@ impl Default for AdaLoraSection {
     }
 }
 
+/// Base-weight quantization as it appears in a TOML file (`[quant]`): QLoRA when `method = "nf4"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuantSection {
+    /// `none` (f32 base, default) or `nf4` (QLoRA: 4-bit NormalFloat base, adapters in f32).
+    pub method: String,
+    /// Weights per NF4 block (a power of two, 32–4096; bitsandbytes' default 64).
+    pub block_size: usize,
+    /// Quantize the per-block scales again to 8 bits (QLoRA's double quantization).
+    pub double_quant: bool,
+}
+
+impl Default for QuantSection {
+    fn default() -> Self {
+        QuantSection {
+            method: "none".into(),
+            block_size: 64,
+            double_quant: true,
+        }
+    }
+}
+
+impl QuantSection {
+    /// The NF4 settings, or `None` for an unquantized base.
+    ///
+    /// # Errors
+    /// A message for a method other than `none`/`nf4`, or a bad block size.
+    pub fn to_nf4(&self) -> Result<Option<Nf4Config>, String> {
+        match self.method.to_ascii_lowercase().as_str() {
+            "none" | "" | "f32" => Ok(None),
+            "nf4" => {
+                let c = Nf4Config {
+                    block_size: self.block_size,
+                    double_quant: self.double_quant,
+                };
+                c.validate().map_err(|e| e.to_string())?;
+                Ok(Some(c))
+            }
+            other => Err(format!("quant method must be none or nf4, got {other:?}")),
+        }
+    }
+}
+
 /// A training run's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -150,6 +194,8 @@ pub struct TrainConfig {
     pub method: Method,
     /// AdaLoRA settings, used when `method = "adalora"`.
     pub adalora: AdaLoraSection,
+    /// Base-weight quantization (QLoRA).
+    pub quant: QuantSection,
 }
 
 impl Default for TrainConfig {
@@ -174,6 +220,7 @@ impl Default for TrainConfig {
             lora: LoraSection::default(),
             method: Method::Lora,
             adalora: AdaLoraSection::default(),
+            quant: QuantSection::default(),
         }
     }
 }
@@ -202,6 +249,7 @@ impl TrainConfig {
         if self.seq_len < 2 {
             return Err("seq_len must be at least 2".into());
         }
+        self.quant.to_nf4()?;
         self.lora
             .to_lora_config()
             .validate()

@@ -156,8 +156,8 @@ fn keep_columns(t: &HostTensor, kept: &[usize]) -> HostTensor {
 
 /// Saves every AdaLoRA adapter of `model` as a PEFT adapter directory. With a rank pattern in
 /// `config`, only the kept triplets are written (PEFT `resize_state_dict_by_rank_pattern`); a
-/// layer already at its kept rank (loaded from a pruned file) is written as it is. Returns the
-/// number of modules written.
+/// layer already at its kept rank (loaded from a pruned file) is written as it is, and a module
+/// the pattern prunes to rank 0 gets PEFT's empty tensors. Returns the number of modules written.
 ///
 /// # Errors
 /// [`LoraError::InvalidConfig`] when `config` lacks what PEFT needs to load the file
@@ -183,9 +183,21 @@ pub fn save_adapter<M: LoraModel>(
     let mut tensors = BTreeMap::new();
     let mut failure = None;
     model.visit_linears(&mut |path, lin| {
-        let Some(a) = &lin.adalora else { return };
+        let pattern = config.rank_pattern.as_ref().and_then(|p| p.get(path));
+        let key = |name: &str| format!("{KEY_PREFIX}{path}.{name}");
+        let Some(a) = &lin.adalora else {
+            // A module pruned to rank 0 carries no adapter here; PEFT still saves (and on load
+            // expects) its empty tensors.
+            if pattern.is_some_and(|keep| !keep.iter().any(|k| *k)) {
+                let (d_in, d_out) = lin.dims();
+                let empty = |shape: Vec<usize>| HostTensor { shape, data: Vec::new() };
+                tensors.insert(key("lora_A"), empty(vec![0, d_in]));
+                tensors.insert(key("lora_E"), empty(vec![0, 1]));
+                tensors.insert(key("lora_B"), empty(vec![d_out, 0]));
+            }
+            return;
+        };
         let mut write = || -> Result<(), LoraError> {
-            let pattern = config.rank_pattern.as_ref().and_then(|p| p.get(path));
             let kept: Vec<usize> = match pattern {
                 Some(keep) if keep.len() == a.r => (0..a.r).filter(|&i| keep[i]).collect(),
                 Some(keep) if keep.iter().filter(|k| **k).count() == a.r => (0..a.r).collect(),
@@ -203,7 +215,6 @@ pub fn save_adapter<M: LoraModel>(
             let q = keep_columns(&HostTensor::from_tensor(a.lora_a.val())?, &kept);
             let e = keep_columns(&HostTensor::from_tensor(a.lora_e.val())?, &kept);
             let p = HostTensor::from_tensor(a.lora_b.val().transpose())?;
-            let key = |name: &str| format!("{KEY_PREFIX}{path}.{name}");
             tensors.insert(key("lora_A"), q.transposed_2d());
             tensors.insert(key("lora_E"), e.transposed_2d());
             tensors.insert(key("lora_B"), keep_columns(&p, &kept));

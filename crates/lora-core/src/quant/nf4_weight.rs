@@ -1,0 +1,290 @@
+//! [`Nf4Weight`]: a frozen linear weight kept in NF4 on the device, dequantized in `forward`.
+//!
+//! Storage on the device (burn Int tensors are 32-bit on flex and wgpu, so codes are packed into
+//! 32-bit words rather than stored one per element):
+//! - `packed`: 8 NF4 codes per i32 word, `[⌈n / block⌉ · block / 8]` — the bytes bitsandbytes
+//!   writes (first element in the high nibble), four to a word, little-endian;
+//! - double quantization: `codes`, 4 eight-bit codes per word, `absmax2` (one f32 per 256
+//!   blocks) and `offset` (one f32); without it, `absmax` (one f32 per block);
+//! - the 16-entry NF4 table and the 256-entry dynamic table (a few hundred bytes per layer).
+//!
+//! Dequantizing uses only burn tensor ops — shifts, masks, a table `select`, a broadcast
+//! multiply — so it runs unchanged on flex, ndarray and wgpu. The result is a constant: no
+//! gradient ever reaches the base (QLoRA §3: gradients flow through the frozen 4-bit weights
+//! into the adapters).
+//!
+//! Source: QLoRA (arXiv:2305.14314) §3, eq. 5–6 (`doubleDequant`); bitsandbytes
+//! `functional.py` `dequantize_4bit`.
+
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::error::LoraError;
+use crate::quant::dynamic_map::{QuantizedBlockwise8, dynamic_map};
+use crate::quant::nf4::{Absmax, NESTED_BLOCK_SIZE, NF4_CODE, Nf4Config, Nf4Tensor, quantize_nf4};
+
+/// Bit offsets of the 8 nibbles of a little-endian word of 4 bnb bytes, in element order
+/// (byte k holds element 2k in its high nibble).
+const NIBBLE_SHIFTS: [i32; 8] = [4, 0, 12, 8, 20, 16, 28, 24];
+
+/// The per-block `absmax` values as stored on the device.
+#[derive(Module, Debug)]
+pub enum BlockScales {
+    /// One f32 `absmax` per block, `[blocks]` (no double quantization: 32 bits per block).
+    F32(Param<Tensor<1>>),
+    /// Double quantization: 8-bit codes + a second-level f32 scale (8 + 32/256 bits per block).
+    Double(DoubleQuantScales),
+}
+
+/// Double-quantized `absmax` values (QLoRA §3 "Double Quantization").
+#[derive(Module, Debug)]
+pub struct DoubleQuantScales {
+    /// 8-bit dynamic codes of `absmax − offset`, 4 per word, `[padded_blocks / 4]`.
+    pub codes: Param<Tensor<1, Int>>,
+    /// f32 scale per 256 blocks, `[⌈blocks / 256⌉]`.
+    pub absmax2: Param<Tensor<1>>,
+    /// Mean of the original `absmax` values, added back after dequantizing them.
+    #[module(skip)]
+    pub offset: f32,
+}
+
+/// A `[d_out, d_in]` (PyTorch layout) weight quantized to NF4, stored packed on the device.
+#[derive(Module, Debug)]
+pub struct Nf4Weight {
+    /// NF4 codes, 8 per word, `[padded_len / 8]`.
+    pub packed: Param<Tensor<1, Int>>,
+    /// Per-block scales.
+    pub scales: BlockScales,
+    /// The 16 NF4 values, `[16]`.
+    pub nf4_code: Param<Tensor<1>>,
+    /// The 256 dynamic-map values, `[256]` (used with double quantization).
+    pub dynamic_code: Param<Tensor<1>>,
+    /// `[d_out, d_in]`: the PyTorch-layout shape whose row-major data was quantized.
+    #[module(skip)]
+    pub shape_out_in: [usize; 2],
+    /// Weights per block.
+    #[module(skip)]
+    pub block_size: usize,
+}
+
+fn int_param(words: Vec<i32>, device: &Device) -> Param<Tensor<1, Int>> {
+    let n = words.len();
+    // Int parameters never require a gradient.
+    Param::initialized(
+        ParamId::new(),
+        Tensor::<1, Int>::from_data(TensorData::new(words, [n]), device),
+    )
+}
+
+fn float_param(values: Vec<f32>, device: &Device) -> Param<Tensor<1>> {
+    let n = values.len();
+    Param::from_tensor(Tensor::<1>::from_data(TensorData::new(values, [n]), device))
+        .set_require_grad(false)
+}
+
+/// Four bytes to one little-endian i32 word (the bit pattern; the sign is irrelevant because
+/// every read masks after shifting).
+fn words_of(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            i32::from_le_bytes(w)
+        })
+        .collect()
+}
+
+/// The bytes of stored words, little-endian (the inverse of [`words_of`]).
+fn bytes_of(t: &Param<Tensor<1, Int>>) -> Result<Vec<u8>, LoraError> {
+    let words = t
+        .val()
+        .into_data()
+        .convert::<i32>()
+        .try_into_vec::<i32>()
+        .map_err(|e| LoraError::Tensor(format!("reading packed NF4 words: {e:?}")))?;
+    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
+fn floats_of(t: &Param<Tensor<1>>) -> Result<Vec<f32>, LoraError> {
+    t.val()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| LoraError::Tensor(format!("reading NF4 block scales: {e:?}")))
+}
+
+impl Nf4Weight {
+    /// Quantizes a burn-layout weight `[d_in, d_out]` (it is transposed to PyTorch's `[d_out,
+    /// d_in]` first, so the blocks run along the input dimension exactly as bitsandbytes lays out
+    /// a `Linear4bit`).
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidConfig`] for a bad block size; [`LoraError::Tensor`] if the weight's
+    /// data cannot be read as f32.
+    pub fn quantize(weight: Tensor<2>, config: &Nf4Config) -> Result<Self, LoraError> {
+        let [d_in, d_out] = weight.dims();
+        let device = weight.device();
+        let data = weight
+            .transpose()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| LoraError::Tensor(format!("reading a weight to quantize: {e:?}")))?;
+        let q = quantize_nf4(&data, config)?;
+        Ok(Self::from_host(&q, [d_out, d_in], &device))
+    }
+
+    /// Uploads a host-quantized tensor holding the row-major data of a `[d_out, d_in]` weight.
+    pub fn from_host(q: &Nf4Tensor, shape_out_in: [usize; 2], device: &Device) -> Self {
+        let blocks = q.len.div_ceil(q.block_size);
+        // Pad to whole blocks (index 0; sliced away after dequantizing).
+        let mut bytes = q.packed.clone();
+        bytes.resize(blocks * q.block_size / 2, 0);
+        let packed = int_param(words_of(&bytes), device);
+        let scales = match &q.absmax {
+            Absmax::F32(v) => BlockScales::F32(float_param(v.clone(), device)),
+            Absmax::Double { quantized, offset } => {
+                let mut codes = quantized.codes.clone();
+                codes.resize(blocks.div_ceil(NESTED_BLOCK_SIZE) * NESTED_BLOCK_SIZE, 0);
+                BlockScales::Double(DoubleQuantScales {
+                    codes: int_param(words_of(&codes), device),
+                    absmax2: float_param(quantized.absmax.clone(), device),
+                    offset: *offset,
+                })
+            }
+        };
+        Nf4Weight {
+            packed,
+            scales,
+            nf4_code: float_param(NF4_CODE.to_vec(), device),
+            dynamic_code: float_param(dynamic_map().to_vec(), device),
+            shape_out_in,
+            block_size: q.block_size,
+        }
+    }
+
+    /// Reads the stored codes and statistics back to the host: the inverse of
+    /// [`from_host`](Self::from_host) (the padding to whole blocks is dropped), so
+    /// `Nf4Weight::from_host(&q, ..).to_host()? == q`. The data is the row-major `[d_out, d_in]`
+    /// weight ([`shape_out_in`](Self::shape_out_in)).
+    ///
+    /// # Errors
+    /// [`LoraError::Tensor`] if the device data cannot be read as i32 / f32.
+    pub fn to_host(&self) -> Result<Nf4Tensor, LoraError> {
+        let mut packed = bytes_of(&self.packed)?;
+        packed.truncate(self.len().div_ceil(2));
+        let absmax = match &self.scales {
+            BlockScales::F32(a) => Absmax::F32(floats_of(a)?),
+            BlockScales::Double(d) => {
+                let mut codes = bytes_of(&d.codes)?;
+                codes.truncate(self.blocks());
+                Absmax::Double {
+                    quantized: QuantizedBlockwise8 {
+                        codes,
+                        absmax: floats_of(&d.absmax2)?,
+                        block_size: NESTED_BLOCK_SIZE,
+                    },
+                    offset: d.offset,
+                }
+            }
+        };
+        Ok(Nf4Tensor {
+            packed,
+            absmax,
+            len: self.len(),
+            block_size: self.block_size,
+        })
+    }
+
+    /// Number of weights.
+    pub fn len(&self) -> usize {
+        self.shape_out_in[0] * self.shape_out_in[1]
+    }
+
+    /// Whether the weight has no elements (never, for a quantized linear layer).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn blocks(&self) -> usize {
+        self.len().div_ceil(self.block_size)
+    }
+
+    /// The per-block `absmax`, `[blocks]`: `dynamic[q] · absmax₂ + offset` with double
+    /// quantization (QLoRA eq. 6), the stored f32 values without.
+    fn absmax_values(&self) -> Tensor<1> {
+        let d = match &self.scales {
+            BlockScales::F32(a) => return a.val(),
+            BlockScales::Double(d) => d,
+        };
+        let words = d.codes.val();
+        let [n_words] = words.dims();
+        let parts: Vec<Tensor<1, Int>> = [0, 8, 16, 24]
+            .iter()
+            .map(|&s| {
+                words
+                    .clone()
+                    .bitwise_right_shift_scalar(s)
+                    .bitwise_and_scalar(0xFF)
+            })
+            .collect();
+        let idx = Tensor::stack::<2>(parts, 1).reshape([n_words * 4]); // [padded_blocks]
+        let groups = d.absmax2.dims()[0];
+        let values = self
+            .dynamic_code
+            .val()
+            .select(0, idx)
+            .reshape([groups, NESTED_BLOCK_SIZE])
+            .mul(d.absmax2.val().reshape([groups, 1]))
+            .reshape([groups * NESTED_BLOCK_SIZE])
+            .add_scalar(d.offset);
+        values.slice(0..self.blocks())
+    }
+
+    /// Dequantizes to the burn layout `[d_in, d_out]` (a transposed view of the `[d_out, d_in]`
+    /// result): `NF4[idx] · absmax[block]`, bit-identical to bitsandbytes on flex.
+    pub fn dequantize(&self) -> Tensor<2> {
+        let words = self.packed.val();
+        let [n_words] = words.dims();
+        let parts: Vec<Tensor<1, Int>> = NIBBLE_SHIFTS
+            .iter()
+            .map(|&s| {
+                words
+                    .clone()
+                    .bitwise_right_shift_scalar(s)
+                    .bitwise_and_scalar(0xF)
+            })
+            .collect();
+        let idx = Tensor::stack::<2>(parts, 1).reshape([n_words * 8]); // [blocks · block]
+        let blocks = self.blocks();
+        let values = self
+            .nf4_code
+            .val()
+            .select(0, idx)
+            .reshape([blocks, self.block_size])
+            .mul(self.absmax_values().reshape([blocks, 1]))
+            .reshape([blocks * self.block_size])
+            .slice(0..self.len());
+        values.reshape(self.shape_out_in).transpose()
+    }
+
+    /// Bytes this weight occupies on the device (packed codes and statistics, not the two
+    /// small code tables), from the stored tensors' element types.
+    pub fn storage_bytes(&self) -> usize {
+        let ints = |t: &Param<Tensor<1, Int>>| t.shape().num_elements() * t.val().dtype().size();
+        let floats = |t: &Param<Tensor<1>>| t.shape().num_elements() * t.val().dtype().size();
+        let total = ints(&self.packed);
+        total
+            + match &self.scales {
+                BlockScales::F32(a) => floats(a),
+                // + 4 for the f32 offset
+                BlockScales::Double(d) => ints(&d.codes) + floats(&d.absmax2) + 4,
+            }
+    }
+
+    /// Storage in bits per weight (see [`storage_bytes`](Self::storage_bytes)).
+    pub fn bits_per_weight(&self) -> f64 {
+        8.0 * self.storage_bytes() as f64 / self.len() as f64
+    }
+}
