@@ -63,7 +63,7 @@ impl BudgetSchedule {
         let init = self.init_budget as f64;
         let target = self.target_budget as f64;
         let budget = ((init - target) * mul.powf(3.0) + target) as usize;
-        (budget, step % self.delta_t.max(1) == 0)
+        (budget, step.is_multiple_of(self.delta_t.max(1)))
     }
 }
 
@@ -91,7 +91,9 @@ pub fn mask_to_budget(
         .map(|(path, s)| {
             let kept = s
                 .iter()
-                .map(|v| threshold.is_none_or(|t| !(*v <= t)))
+                .map(|v| {
+                    threshold.is_none_or(|t| v.partial_cmp(&t) == Some(std::cmp::Ordering::Greater))
+                })
                 .collect();
             (path.clone(), kept)
         })
