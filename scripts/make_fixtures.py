@@ -21,7 +21,7 @@ scripts/requirements.txt):
 Modes:
 
     # (default) write the default parts (tiny, peft, dequant, smollm2) into <repo>/fixtures/
-    python scripts/make_fixtures.py [--out DIR] [--model GGUF] [--parts tiny,peft,dequant,nf4,smollm2]
+    python scripts/make_fixtures.py [--out DIR] [--model GGUF] [--parts tiny,peft,adalora,dequant,nf4,smollm2]
 
     # the PEFT adapter on the real SmolLM2 (not in the default set: it loads the model again)
     python scripts/make_fixtures.py --parts smollm2-peft
@@ -39,7 +39,7 @@ Modes:
 Each check mode prints one line starting with PASS or FAIL and exits 0 or 1.
 
 This file is the command line only; the code is in scripts/fixturegen/ (common.py: constants and
-helpers; tiny.py, peft_parts.py, dequant.py, nf4.py, smollm2.py: one module per fixture part; checks.py: the
+helpers; tiny.py, peft_parts.py, adalora.py, dequant.py, nf4.py, smollm2.py: one module per fixture part; checks.py: the
 check modes).
 """
 
@@ -55,6 +55,7 @@ from pathlib import Path
 from fixturegen.common import (
     ALL_PARTS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_PARTS, SEEDS, describe_safetensors, log, quiet_libraries,
 )
+from fixturegen.adalora import make_adalora_fixtures
 from fixturegen.checks import check_adapter, check_merged, run_check, self_test
 from fixturegen.dequant import make_dequant_fixture
 from fixturegen.nf4 import make_nf4_fixture, make_smollm2_nf4
@@ -115,6 +116,9 @@ def main(argv=None) -> int:
     if "peft" in parts:
         log("PEFT adapters")
         make_peft_fixtures(out / "tiny-llama", seed=SEEDS["peft"])
+    if "adalora" in parts:
+        log("PEFT AdaLoRA training run")
+        make_adalora_fixtures(out / "tiny-llama", seed=SEEDS["adalora"])
     if "dequant" in parts:
         log("GGUF dequantization fixture")
         make_dequant_fixture(out, seed=SEEDS["dequant"])

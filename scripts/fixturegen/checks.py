@@ -121,7 +121,9 @@ def check_adapter(adapter_dir: Path, model_path: Path, expect: Path, atol: float
         if not k.startswith("base_model.model."):
             raise CheckFailed(f"adapter key without the base_model.model. prefix: {k}")
         stem, dot, last = k.rpartition(".")  # ...lora_A . weight
-        mk = f"{stem}.default.{last}"
+        # LoRA keys end in .lora_A.weight (module), AdaLoRA's in .lora_A / .lora_B / .lora_E
+        # (bare parameters): the adapter name goes before .weight, or at the very end.
+        mk = f"{k}.default" if last in ("lora_A", "lora_B", "lora_E") else f"{stem}.default.{last}"
         if mk not in model_sd:
             raise CheckFailed(f"adapter tensor {k} matches no module of the model")
         if tuple(model_sd[mk].shape) != tuple(v.shape):
@@ -133,6 +135,10 @@ def check_adapter(adapter_dir: Path, model_path: Path, expect: Path, atol: float
     if missing:
         raise CheckFailed(f"{len(missing)} adapter weights of the model are not in the file, e.g. {missing[0]}")
     cfg = pm.peft_config["default"]
+    if getattr(cfg, "init_r", None) is not None:  # AdaLoRA: ranks after resizing by rank_pattern
+        ranks = {k.rsplit(".lora_E", 1)[0]: sum(v) for k, v in (cfg.rank_pattern or {}).items()}
+        log(f"  AdaLoRA: init_r={cfg.init_r}, target_r={cfg.target_r}, total_step={cfg.total_step}, "
+            f"kept ranks {sum(ranks.values()) if ranks else 'all'} over {len(ranks) or 'every'} modules")
     log(f"  adapter: {len(file_sd)} tensors, r={cfg.r}, lora_alpha={cfg.lora_alpha}, "
         f"use_rslora={cfg.use_rslora}, targets={sorted(cfg.target_modules) if not isinstance(cfg.target_modules, str) else cfg.target_modules}")
 
@@ -197,6 +203,8 @@ def self_test(fixtures: Path, atol: float) -> int:
 
         pm = PeftModel.from_pretrained(load_causal_lm(tiny), str(tiny / "peft-adapter")).eval()
         good = expect_from(pm, "adapter")
+        ada = PeftModel.from_pretrained(load_causal_lm(tiny), str(tiny / "peft-adalora")).eval()
+        ada_good = expect_from(ada, "adalora")
         merged_dir = tmp / "merged"
         pm.merge_and_unload().save_pretrained(str(merged_dir))
         base_exp = expect_from(load_causal_lm(tiny), "base")
@@ -233,6 +241,9 @@ def self_test(fixtures: Path, atol: float) -> int:
             ("adapter with an unknown module key", 1, check_adapter, bad_key, tiny, good, atol),
             ("adapter with an extra unknown key", 1, check_adapter, extra_key, tiny, good, atol),
             ("adapter with zero B", 1, check_adapter, zero_b, tiny, base_exp, atol),
+            ("pruned AdaLoRA adapter matches", 0, check_adapter, tiny / "peft-adalora", tiny, ada_good, atol),
+            ("AdaLoRA adapter vs base expectations", 1, check_adapter, tiny / "peft-adalora", tiny, base_exp,
+             atol),
             ("merged dir matches adapter", 0, check_merged, merged_dir, good, atol),
             ("merged dir vs base expectations", 1, check_merged, merged_dir, base_exp, atol),
             ("merged dir without lm_head", 1, check_merged, no_head, good, atol),

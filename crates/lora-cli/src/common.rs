@@ -18,7 +18,7 @@ pub struct ModelArgs {
     /// PyPI into ~/.cache/burn-lora on first use).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// A PEFT LoRA adapter directory (ours or PEFT's) to attach.
+    /// A PEFT LoRA or AdaLoRA adapter directory (ours or PEFT's) to attach.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Backend: flex (CPU, default), ndarray (CPU) or wgpu (Vulkan/Metal/DX12).
@@ -87,14 +87,25 @@ impl ModelArgs {
             );
         }
         if let Some(dir) = &self.adapter {
-            let (model, cfg, report) = lora_core::peft::load_adapter(pretrained.model, dir, device)
-                .with_context(|| format!("loading adapter {}", dir.display()))?;
+            let context = || format!("loading adapter {}", dir.display());
+            let (model, what, report) = if lora_core::adalora::peft_io::is_adalora_adapter(dir) {
+                let (model, cfg, report) =
+                    lora_core::adalora::peft_io::load_adapter(pretrained.model, dir, device)
+                        .with_context(context)?;
+                let what = format!("AdaLoRA init_r = {}", cfg.init_r);
+                (model, (what, cfg.lora_alpha), report)
+            } else {
+                let (model, cfg, report) =
+                    lora_core::peft::load_adapter(pretrained.model, dir, device)
+                        .with_context(context)?;
+                (model, (format!("r = {}", cfg.r), cfg.lora_alpha), report)
+            };
             eprintln!(
-                "adapter {}: {} modules, r = {}, lora_alpha = {}, {} trainable parameters",
+                "adapter {}: {} modules, {}, lora_alpha = {}, {} trainable parameters",
                 dir.display(),
                 report.modules.len(),
-                cfg.r,
-                cfg.lora_alpha,
+                what.0,
+                what.1,
                 report.trainable_params
             );
             pretrained.model = model;

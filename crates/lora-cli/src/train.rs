@@ -1,6 +1,8 @@
 //! `burn-lora train`: fine-tune the model's LoRA adapters on a task, evaluate before and after,
 //! and leave a run directory: `adapter/` (PEFT), `metrics.jsonl`, `summary.json`, `loss.png`,
-//! `config.toml`, `checkpoint/`.
+//! `config.toml`, `checkpoint/`; with `--method adalora` also `ranks.png`.
+
+mod adalora;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,12 +13,13 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
-use lora_core::{BackendKind, apply_lora, peft, select_device};
+use lora_core::{BackendKind, peft, select_device};
 use lora_models::{Llama, cache};
 use lora_train::checkpoint::Checkpoint;
+use lora_train::config::Method;
 use lora_train::eval::evaluate;
 use lora_train::report::{MetricsLog, plot_loss, read_metrics};
-use lora_train::trainer::{EvalReport, Observer, Outcome, StepMetrics, peak_rss_bytes, train};
+use lora_train::trainer::{EvalReport, Observer, Outcome, StepMetrics, peak_rss_bytes, train_with};
 use lora_train::{TrainConfig, TrainError};
 use serde::Serialize;
 
@@ -91,6 +94,25 @@ pub struct Args {
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// `lora` (default) or `adalora` (PEFT's AdaLoRA: every layer starts at --init-r and the
+    /// least important singular directions are pruned to --target-r per matrix on average).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// AdaLoRA: the rank every adapted matrix starts with (PEFT default 12).
+    #[arg(long)]
+    pub init_r: Option<usize>,
+    /// AdaLoRA: the average rank per adapted matrix at the end (PEFT default 8).
+    #[arg(long)]
+    pub target_r: Option<usize>,
+    /// AdaLoRA: steps at the full budget before pruning starts (PEFT default 0).
+    #[arg(long)]
+    pub tinit: Option<usize>,
+    /// AdaLoRA: final steps at the target budget, masks fixed (PEFT default 0).
+    #[arg(long)]
+    pub tfinal: Option<usize>,
+    /// AdaLoRA: steps between budget allocations (PEFT `deltaT`, default 1).
+    #[arg(long)]
+    pub delta_t: Option<usize>,
     /// Machine-readable output: one JSON object per line on stdout, no progress bar.
     #[arg(long)]
     pub json: bool,
@@ -143,6 +165,21 @@ impl Args {
         }
         if let Some(t) = &self.targets {
             c.lora.targets = t.clone();
+        }
+        if let Some(m) = &self.method {
+            c.method = m.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        }
+        let a = &mut c.adalora;
+        for (flag, field) in [
+            (self.init_r, &mut a.init_r),
+            (self.target_r, &mut a.target_r),
+            (self.tinit, &mut a.tinit),
+            (self.tfinal, &mut a.tfinal),
+            (self.delta_t, &mut a.delta_t),
+        ] {
+            if let Some(v) = flag {
+                *field = v;
+            }
         }
         if let Some(q) = &self.quant {
             c.quant.method = q.clone();
@@ -267,6 +304,8 @@ struct Summary<'a> {
     outcome: &'static str,
     /// QLoRA only: how the base weights are stored.
     quant: Option<QuantSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adalora: Option<adalora::RankSummary>,
 }
 
 /// Storage of the NF4 base in the summary.
@@ -367,30 +406,37 @@ pub fn run(args: Args) -> Result<()> {
     let seq_len = cfg.seq_len.min(pretrained.model.config.max_seq_len);
     let task = load_task(&cfg.data, &tok, seq_len, cfg.eval_limit)?;
     let lora_cfg = cfg.lora.to_lora_config();
-    let checkpoint = Checkpoint::new(&dir, lora_cfg.clone(), &base_name);
+    let mut checkpoint = Checkpoint::new(&dir, lora_cfg.clone(), &base_name);
+    if cfg.method == Method::Adalora {
+        checkpoint = checkpoint.with_adalora(cfg.adalora_config());
+    }
 
-    let (model, resume) = if resuming {
+    let (model, resume, mut allocator) = if resuming {
+        if cfg.method == Method::Adalora {
+            bail!(
+                "resuming an AdaLoRA run is not supported yet (its importance scores are not checkpointed); start a new run"
+            );
+        }
         let state = checkpoint.load_state()?;
         let (mut model, _, _) =
             peft::load_adapter(pretrained.model, &checkpoint.adapter_dir()?, &device)?;
         checkpoint.restore_param_ids(&mut model)?;
-        (model, Some(state))
+        (model, Some(state), None)
     } else {
         device.seed(cfg.seed);
-        let (model, _) = apply_lora(pretrained.model, &lora_cfg, &device)?;
-        (model, None)
+        let (model, allocator) = adalora::attach(pretrained.model, &cfg, &device)?;
+        (model, None, allocator)
     };
     let report = lora_core::AdaptReport::of(&model);
     if !args.json {
         eprintln!(
-            "{} · task {} ({} train / {} held-out, {} skipped) · LoRA r={} α={} on {} modules · {} trainable parameters ({:.3}% of {})",
+            "{} · task {} ({} train / {} held-out, {} skipped) · {} on {} modules · {} trainable parameters ({:.3}% of {})",
             base_name,
             task.name,
             task.train.len(),
             task.test.len(),
             task.skipped,
-            cfg.lora.r,
-            cfg.lora.alpha,
+            adalora::describe(&cfg),
             report.modules.len(),
             report.trainable_params,
             100.0 * report.trainable_params as f64 / model.config.num_params() as f64,
@@ -437,7 +483,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut eval_fn = |m: &Llama| -> Result<EvalReport, TrainError> {
         Ok(eval_with_progress(m, &task, pad, "", true))
     };
-    let (model, outcome) = train(
+    let (mut model, outcome) = train_with(
         model,
         &task.train,
         pad,
@@ -446,13 +492,20 @@ pub fn run(args: Args) -> Result<()> {
         &checkpoint,
         &mut console,
         &mut eval_fn,
+        allocator.as_mut(),
     )?;
     let train_secs = t_train.elapsed().as_secs_f64();
     if let Some(bar) = &console.bar {
         bar.finish();
     }
 
-    peft::save_adapter(&model, &lora_cfg, &base_name, &dir.join("adapter"))?;
+    let ranks = match &allocator {
+        Some(a) => Some(adalora::finish(&mut model, a, &base_name, &dir)?),
+        None => {
+            peft::save_adapter(&model, &lora_cfg, &base_name, &dir.join("adapter"))?;
+            None
+        }
+    };
     let after = eval_with_progress(&model, &task, pad, "the fine-tuned model", args.json);
     let done_steps = if outcome == Outcome::Finished {
         cfg.steps
@@ -461,7 +514,15 @@ pub fn run(args: Args) -> Result<()> {
     };
     console.evals.push((done_steps, after.clone()));
     let steps = read_metrics(&dir.join("metrics.jsonl"), done_steps)?;
-    let title = format!("LoRA r={} on {} — {}", cfg.lora.r, base_name, task.name);
+    let title = match cfg.method {
+        Method::Lora => format!("LoRA r={} on {} — {}", cfg.lora.r, base_name, task.name),
+        Method::Adalora => format!(
+            "{} on {} — {}",
+            adalora::describe(&cfg),
+            base_name,
+            task.name
+        ),
+    };
     plot_loss(&dir.join("loss.png"), &steps, &console.evals, &title)?;
 
     let tps = {
@@ -491,6 +552,7 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             "interrupted"
         },
+        adalora: ranks,
         quant,
     };
     let summary_json = serde_json::to_string_pretty(&summary)?;
@@ -533,10 +595,18 @@ pub fn run(args: Args) -> Result<()> {
         "  wall time           {:>7.0}s   (training {:.0}s)",
         wall, train_secs
     );
+    if let Some(r) = &summary.adalora {
+        r.print();
+    }
     println!();
     println!(
-        "run directory: {}  (adapter/, metrics.jsonl, summary.json, loss.png)",
-        dir.display()
+        "run directory: {}  (adapter/, metrics.jsonl, summary.json, loss.png{})",
+        dir.display(),
+        if summary.adalora.is_some() {
+            ", ranks.png"
+        } else {
+            ""
+        }
     );
     if outcome == Outcome::Interrupted {
         println!(

@@ -150,3 +150,80 @@ fn a_short_real_run_lowers_the_loss_and_leaves_every_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_short_adalora_run_ends_at_the_target_budget_and_writes_a_pruned_peft_adapter() {
+    let model = lora_models::cache::default_model_path();
+    if !model.exists() {
+        eprintln!(
+            "skipping: {} not fetched (run cargo xtask fetch)",
+            model.display()
+        );
+        return;
+    }
+    let dir = scratch("adalora-run");
+    let out = bin()
+        .args([
+            "train",
+            "--method",
+            "adalora",
+            "--init-r",
+            "4",
+            "--target-r",
+            "2",
+            "--tinit",
+            "1",
+            "--tfinal",
+            "1",
+            "--steps",
+            "5",
+            "--batch-size",
+            "2",
+            "--eval-limit",
+            "8",
+            "--json",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(dir.join("ranks.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let ada = &summary["adalora"];
+    assert_eq!(ada["average_rank"].as_f64(), Some(2.0), "{ada}");
+    assert_eq!(
+        ada["final_budget"].as_u64(),
+        Some(2 * 120),
+        "q/k/v/o of 30 layers"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "ADALORA");
+    assert_eq!(config["total_step"], 5);
+    let pattern = config["rank_pattern"].as_object().unwrap();
+    assert_eq!(pattern.len(), 120);
+    let key = "model.layers.0.self_attn.q_proj";
+    let kept = pattern[&format!("{key}.lora_E")]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b.as_bool() == Some(true))
+        .count();
+    let tensors =
+        lora_core::tensor_io::read_safetensors(&dir.join("adapter/adapter_model.safetensors"))
+            .unwrap();
+    assert_eq!(
+        tensors[&format!("base_model.model.{key}.lora_A")].shape,
+        vec![kept, 576],
+        "only the kept triplets are saved"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

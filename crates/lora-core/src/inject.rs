@@ -55,6 +55,11 @@ impl AdaptReport {
                 trainable_params += a.num_trainable();
                 modules.push((path.to_string(), d_in, d_out, a.r, a.scaling));
             }
+            if let Some(a) = &lin.adalora {
+                let (d_in, d_out) = lin.dims();
+                trainable_params += a.num_trainable();
+                modules.push((path.to_string(), d_in, d_out, a.r, a.scaling));
+            }
         });
         AdaptReport {
             modules,
@@ -101,7 +106,7 @@ fn for_each_adapted<M: LoraModel>(
 ) -> Result<usize, LoraError> {
     let mut n = 0;
     model.visit_linears_mut(&mut |path, lin| {
-        if lin.adapter.is_some() {
+        if lin.adapter.is_some() || lin.adalora.is_some() {
             op(lin, path)?;
             n += 1;
         }

@@ -19,6 +19,7 @@
 //! Every backend burn compiles in (flex, ndarray, wgpu) runs the same code: the [`backend`]
 //! module maps a cargo feature and a `--backend` name to a burn `Device`.
 
+pub mod adalora;
 pub mod backend;
 pub mod base_weight;
 pub mod config;

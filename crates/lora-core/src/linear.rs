@@ -18,6 +18,7 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Distribution, Tensor};
 
+use crate::adalora::AdaLoraAdapter;
 use crate::base_weight::BaseWeight;
 use crate::config::{InitLoraWeights, LoraConfig};
 use crate::error::LoraError;
@@ -147,6 +148,8 @@ pub struct LoraLinear {
     pub bias: Option<Param<Tensor<1>>>,
     /// The adapter, if this layer is a LoRA target.
     pub adapter: Option<LoraAdapter>,
+    /// The AdaLoRA adapter (SVD form, `crate::adalora`), if this layer is an AdaLoRA target.
+    pub adalora: Option<AdaLoraAdapter>,
     /// Whether `scaling · A·B` has been folded into `weight` (forward then skips the LoRA path).
     #[module(skip)]
     pub merged: bool,
@@ -159,6 +162,7 @@ impl LoraLinear {
             weight: BaseWeight::dense(weight),
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
             adapter: None,
+            adalora: None,
             merged: false,
         }
     }
@@ -197,9 +201,13 @@ impl LoraLinear {
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
         );
-        match &self.adapter {
-            Some(adapter) if !self.merged => base + adapter.forward(x),
+        let out = match &self.adapter {
+            Some(adapter) if !self.merged => base + adapter.forward(x.clone()),
             _ => base,
+        };
+        match &self.adalora {
+            Some(adalora) if !self.merged => out + adalora.forward(x),
+            _ => out,
         }
     }
 
@@ -260,15 +268,22 @@ impl LoraLinear {
             self.merge(path)?;
         }
         self.adapter = None;
+        self.adalora = None;
         self.merged = false;
         Ok(())
     }
 
     fn delta_for(&self, path: &str, want_merged: bool) -> Result<Tensor<2>, LoraError> {
-        let adapter = self.adapter.as_ref().ok_or_else(|| LoraError::MergeState {
-            path: path.into(),
-            what: "has no LoRA adapter".into(),
-        })?;
+        let delta = match (&self.adapter, &self.adalora) {
+            (Some(adapter), _) => adapter.delta_weight(),
+            (None, Some(adalora)) => adalora.delta_weight(),
+            (None, None) => {
+                return Err(LoraError::MergeState {
+                    path: path.into(),
+                    what: "has no LoRA adapter".into(),
+                });
+            }
+        };
         if self.merged != want_merged {
             let what = if want_merged {
                 "is not merged"
@@ -280,6 +295,6 @@ impl LoraLinear {
                 what: what.into(),
             });
         }
-        Ok(adapter.delta_weight())
+        Ok(delta)
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::ParamId;
 use burn::optim::ModuleOptimizer;
+use lora_core::adalora::AdaLoraConfig;
 use lora_core::config::LoraConfig;
 use lora_core::tensor_io::write_atomic;
 use lora_core::{LoraModel, peft};
@@ -39,6 +40,10 @@ pub struct Checkpoint {
     pub lora: LoraConfig,
     /// `base_model_name_or_path` for the adapter.
     pub base_model: String,
+    /// For AdaLoRA runs: the adapter is saved in PEFT's AdaLoRA format at the full `init_r`
+    /// (no rank pattern; pruned triplets are saved with `λ = 0`), so the checkpoint computes
+    /// exactly what the model does.
+    pub adalora: Option<AdaLoraConfig>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
@@ -55,6 +60,18 @@ impl Checkpoint {
             dir: run_dir.join("checkpoint"),
             lora,
             base_model: base_model.to_string(),
+            adalora: None,
+        }
+    }
+
+    /// The same checkpoint, saving the model's AdaLoRA adapters with `config`.
+    pub fn with_adalora(self, config: AdaLoraConfig) -> Self {
+        Checkpoint {
+            adalora: Some(AdaLoraConfig {
+                rank_pattern: None,
+                ..config
+            }),
+            ..self
         }
     }
 
@@ -74,7 +91,15 @@ impl Checkpoint {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        peft::save_adapter(model, &self.lora, &self.base_model, &tmp.join("adapter"))?;
+        match &self.adalora {
+            Some(c) => lora_core::adalora::peft_io::save_adapter(
+                model,
+                c,
+                &self.base_model,
+                &tmp.join("adapter"),
+            )?,
+            None => peft::save_adapter(model, &self.lora, &self.base_model, &tmp.join("adapter"))?,
+        };
         let ids: BTreeMap<String, (u64, u64)> = crate::trainer::adapter_param_ids(model)
             .into_iter()
             .map(|(p, a, b)| (p, (a.val(), b.val())))

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use lora_core::adalora::AdaLoraConfig;
 use lora_core::config::{LoraConfig, TargetModules};
 use lora_core::quant::Nf4Config;
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,67 @@ impl LoraSection {
             lora_dropout: self.dropout,
             use_rslora: self.rslora,
             ..LoraConfig::new(self.r, self.alpha, TargetModules::parse_cli(&self.targets))
+        }
+    }
+}
+
+/// Which adapter a run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// LoRA (`ΔW = B·A`, fixed rank `r`).
+    #[default]
+    Lora,
+    /// AdaLoRA (`ΔW = P·diag(λ)·Q`, rank pruned from `init_r` to `target_r` on average).
+    Adalora,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "lora" => Ok(Method::Lora),
+            "adalora" => Ok(Method::Adalora),
+            other => Err(format!("unknown method {other:?}; choose lora or adalora")),
+        }
+    }
+}
+
+/// AdaLoRA settings as they appear in a TOML file (`[adalora]`); PEFT's defaults. `lora_alpha`,
+/// dropout and targets come from `[lora]`; `total_step` is the run's `steps`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaLoraSection {
+    /// Rank every layer starts with.
+    pub init_r: usize,
+    /// Average rank per adapted matrix at the end.
+    pub target_r: usize,
+    /// Steps at the full budget before pruning starts.
+    pub tinit: usize,
+    /// Steps at the target budget at the end, masks fixed.
+    pub tfinal: usize,
+    /// Steps between budget allocations (PEFT `deltaT`).
+    pub delta_t: usize,
+    /// EMA factor of the sensitivity.
+    pub beta1: f64,
+    /// EMA factor of the uncertainty.
+    pub beta2: f64,
+    /// Weight of the orthogonality penalty in the loss.
+    pub orth_reg_weight: f64,
+}
+
+impl Default for AdaLoraSection {
+    fn default() -> Self {
+        let peft = AdaLoraConfig::default();
+        AdaLoraSection {
+            init_r: peft.init_r,
+            target_r: peft.target_r,
+            tinit: peft.tinit,
+            tfinal: peft.tfinal,
+            delta_t: peft.delta_t,
+            beta1: peft.beta1,
+            beta2: peft.beta2,
+            orth_reg_weight: peft.orth_reg_weight,
         }
     }
 }
@@ -126,8 +188,12 @@ pub struct TrainConfig {
     pub eval_limit: usize,
     /// Backend: flex, ndarray or wgpu.
     pub backend: String,
-    /// LoRA settings.
+    /// LoRA settings (alpha, dropout and targets apply to AdaLoRA too).
     pub lora: LoraSection,
+    /// `lora` (default) or `adalora`.
+    pub method: Method,
+    /// AdaLoRA settings, used when `method = "adalora"`.
+    pub adalora: AdaLoraSection,
     /// Base-weight quantization (QLoRA).
     pub quant: QuantSection,
 }
@@ -152,6 +218,8 @@ impl Default for TrainConfig {
             eval_limit: 0,
             backend: "flex".into(),
             lora: LoraSection::default(),
+            method: Method::Lora,
+            adalora: AdaLoraSection::default(),
             quant: QuantSection::default(),
         }
     }
@@ -185,6 +253,34 @@ impl TrainConfig {
         self.lora
             .to_lora_config()
             .validate()
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if self.method == Method::Adalora {
+            self.adalora_config()
+                .validate_training()
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The PEFT-style [`AdaLoraConfig`] of this run: `[adalora]` plus alpha, dropout and
+    /// targets from `[lora]`, with `total_step` = `steps`.
+    pub fn adalora_config(&self) -> AdaLoraConfig {
+        let a = &self.adalora;
+        AdaLoraConfig {
+            init_r: a.init_r,
+            target_r: a.target_r,
+            tinit: a.tinit,
+            tfinal: a.tfinal,
+            delta_t: a.delta_t,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            orth_reg_weight: a.orth_reg_weight,
+            total_step: Some(self.steps),
+            lora_alpha: self.lora.alpha,
+            lora_dropout: self.lora.dropout,
+            target_modules: TargetModules::parse_cli(&self.lora.targets),
+            layers_to_transform: None,
+            rank_pattern: None,
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`checkpoint`]: atomic, bit-exact resumable checkpoints;
 //! - [`eval`]: held-out loss, perplexity and accuracy;
 //! - [`report`]: `metrics.jsonl`, `summary.json` and the `loss.png` picture;
+//! - [`rank_report`]: an AdaLoRA run's final ranks as a table and the `ranks.png` heat map;
 //! - [`config`]: [`config::TrainConfig`], TOML in and out.
 
 pub mod checkpoint;
@@ -15,6 +16,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod loss;
+pub mod rank_report;
 pub mod report;
 pub mod schedule;
 pub mod trainer;

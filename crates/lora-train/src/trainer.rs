@@ -2,6 +2,11 @@
 //! clip → AdamW step → schedule, with logging, evaluation and checkpoints on intervals behind a
 //! small [`Observer`]. Only the LoRA factors train; the base model is frozen.
 //!
+//! AdaLoRA runs ([`train_with`] given a [`RankAllocator`]) add three small steps, in PEFT's
+//! order (`AdaLoraModel.forward`, `update_and_allocate`): the orthogonality penalty joins the
+//! loss, the clipped gradients are kept for the importance scores, and after the optimizer step
+//! the allocator updates the scores and prunes singular values to the budget.
+//!
 //! Source: the shape of nanoGPT's `train.py` and burn's `custom-training-loop` example; global
 //! gradient-norm clipping as PyTorch's `clip_grad_norm_` (burn's own clipping works per tensor).
 
@@ -10,6 +15,7 @@ use std::time::Instant;
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use lora_core::LoraModel;
+use lora_core::adalora::RankAllocator;
 use lora_models::Llama;
 use serde::{Deserialize, Serialize};
 
@@ -85,36 +91,65 @@ pub fn adapter_param_ids(model: &Llama) -> Vec<(String, ParamId, ParamId)> {
     ids
 }
 
+/// Every trainable (2-D) adapter parameter: LoRA's `A`, `B` and AdaLoRA's `Q`, `λ`, `P`.
+fn trainable_param_ids(model: &Llama) -> Vec<ParamId> {
+    let mut ids = Vec::new();
+    model.visit_linears(&mut |_, lin| {
+        if let Some(a) = &lin.adapter {
+            ids.extend([a.lora_a.id, a.lora_b.id]);
+        }
+        if let Some(a) = &lin.adalora {
+            ids.extend([a.lora_a.id, a.lora_e.id, a.lora_b.id]);
+        }
+    });
+    ids
+}
+
 /// Scales all gradients so their global L2 norm is at most `max_norm` (0 = no clipping).
 /// Returns the norm before clipping.
-fn clip_global_norm(
-    grads: &mut GradientsParams,
-    ids: &[(String, ParamId, ParamId)],
-    max_norm: f64,
-) -> f64 {
+fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64) -> f64 {
     let mut sq = 0.0f64;
-    for (_, a, b) in ids {
-        for id in [a, b] {
-            if let Some(g) = grads.get::<2>(*id) {
-                sq += g.square().sum().into_scalar::<f32>() as f64;
-            }
+    for id in ids {
+        if let Some(g) = grads.get::<2>(*id) {
+            sq += g.square().sum().into_scalar::<f32>() as f64;
         }
     }
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);
-        for (_, a, b) in ids {
-            for id in [a, b] {
-                if let Some(g) = grads.remove::<2>(*id) {
-                    grads.register(*id, g.mul_scalar(scale));
-                }
+        for id in ids {
+            if let Some(g) = grads.remove::<2>(*id) {
+                grads.register(*id, g.mul_scalar(scale));
             }
         }
     }
     norm
 }
 
-/// Runs (or resumes) training of `model`'s adapters on `train`.
+/// Runs (or resumes) training of `model`'s LoRA adapters on `train`: [`train_with`] without a
+/// rank allocator.
+///
+/// # Errors
+/// As [`train_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    model: Llama,
+    train: &[Encoded],
+    pad_id: u32,
+    cfg: &TrainConfig,
+    resume: Option<TrainerState>,
+    checkpoint: &Checkpoint,
+    observer: &mut dyn Observer,
+    evaluate: &mut dyn FnMut(&Llama) -> Result<EvalReport, TrainError>,
+) -> Result<(Llama, Outcome), TrainError> {
+    train_with(
+        model, train, pad_id, cfg, resume, checkpoint, observer, evaluate, None,
+    )
+}
+
+/// Runs (or resumes) training of `model`'s adapters on `train`; with `adalora`, the model's
+/// AdaLoRA adapters are trained and pruned by that allocator (the logged loss stays the answer
+/// cross-entropy; the orthogonality penalty is added to what is differentiated).
 ///
 /// `model` must carry its adapters and live on an autodiff device. `evaluate` is called every
 /// `eval_every` steps; `checkpoint` is written every `save_every` steps, at the end, and on
@@ -124,7 +159,7 @@ fn clip_global_norm(
 /// # Errors
 /// [`TrainError`] for bad settings, a non-finite loss, or a checkpoint that cannot be written.
 #[allow(clippy::too_many_arguments)]
-pub fn train(
+pub fn train_with(
     mut model: Llama,
     train: &[Encoded],
     pad_id: u32,
@@ -133,13 +168,14 @@ pub fn train(
     checkpoint: &Checkpoint,
     observer: &mut dyn Observer,
     evaluate: &mut dyn FnMut(&Llama) -> Result<EvalReport, TrainError>,
+    mut adalora: Option<&mut RankAllocator>,
 ) -> Result<(Llama, Outcome), TrainError> {
     cfg.validate().map_err(TrainError::Config)?;
     if train.is_empty() {
         return Err(TrainError::Config("the training set is empty".into()));
     }
     let device = model.lm_head.weight.val().device();
-    let ids = adapter_param_ids(&model);
+    let ids = trainable_param_ids(&model);
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .with_epsilon(1e-8)
@@ -179,6 +215,12 @@ pub fn train(
             let loss = answer_loss(&model, input, &pos, &device).div_scalar(cfg.grad_accum as f64);
             let value = loss.clone().into_scalar::<f32>() as f64;
             loss_sum += value;
+            // AdaLoRA: PEFT adds the orthogonality penalty to every forward's loss.
+            let penalty = adalora.as_deref().and_then(|a| a.orth_penalty(&model));
+            let loss = match penalty {
+                Some(p) => loss + p.div_scalar(cfg.grad_accum as f64),
+                None => loss,
+            };
             accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
         if !loss_sum.is_finite() {
@@ -189,9 +231,15 @@ pub fn train(
         }
         let mut grads = accum.grads();
         let grad_norm = clip_global_norm(&mut grads, &ids, cfg.max_grad_norm);
+        // AdaLoRA: the importance scores use the clipped gradients (PEFT reads `p.grad`).
+        let importance_grads = adalora.as_deref().map(|a| a.gradients(&model, &grads));
         let lr = schedule.step();
         let lr_value = lr.base();
         model = optim.step(lr, model, grads);
+        // AdaLoRA: update the scores from the new weights, prune λ to this step's budget.
+        if let (Some(allocator), Some(g)) = (adalora.as_deref_mut(), importance_grads) {
+            allocator.update_and_allocate(&mut model, step, g)?;
+        }
 
         let secs = t_step.elapsed().as_secs_f64();
         observer.on_step(&StepMetrics {
