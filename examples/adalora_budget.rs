@@ -181,8 +181,8 @@ fn main() -> Result<()> {
         "\n== 1. the rank budget b(t) (0-based step t; '#' = 4 triplets; 'prune' = this step masked λ)"
     );
     println!(
-        "{:>4} {:>7} {:>8} {:>6} {:>5}  {}",
-        "t", "budget", "formula", "prune", "kept", "budget bar"
+        "{:>4} {:>7} {:>8} {:>6} {:>5}  budget bar",
+        "t", "budget", "formula", "prune", "kept"
     );
     let history = allocator.history();
     let mut kept_now = schedule.init_budget;
