@@ -17,9 +17,9 @@
 //! Look for:
 //!
 //! 1. **The budget schedule.** `b(t)` for each 0-based step `t` (PEFT's `global_step`): 14 × 12
-//!    = 168 triplets for the first `tinit` = 10 steps, then PEFT's cubic fall
-//!    `b(t) = ⌊(b₀ − b_T)·(1 − (t − tinit)/(T − tfinal − tinit))³ + b_T⌋` down to 14 × 4 = 56 at
-//!    `t = T − tfinal` = 50, then flat for the last `tfinal` = 10 steps. The allocator prunes
+//!    = 168 triplets up to `t = tinit` = 10, then PEFT's cubic fall
+//!    `b(t) = ⌊(b₀ − b_T)·(1 − (t − tinit)/(T − tfinal − tinit))³ + b_T⌋` (`T` = `total_step` =
+//!    60) down to 14 × 4 = 56 at `t = T − tfinal` = 50, then flat for the last `tfinal` steps. The allocator prunes
 //!    every `deltaT` = 5 steps up to `t` = 50 (`prune`), keeping exactly `b(t)` triplets; the
 //!    `kept` column is what the last pruning left. From `t` = 51 on, the pattern fixed at 50 is
 //!    re-applied every step (between prunings the optimizer may move a pruned `λ` off zero
