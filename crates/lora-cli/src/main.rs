@@ -7,6 +7,7 @@ mod eval;
 mod fetch;
 mod generate;
 mod logits;
+mod malloc;
 mod merge;
 mod task;
 mod train;
@@ -42,6 +43,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    malloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate::run(args),
