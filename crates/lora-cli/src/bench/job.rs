@@ -209,9 +209,7 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
         } => {
             let device = device.autodiff();
             let t0 = std::time::Instant::now();
-            let base = lora_models::load(&spec.model, &device)
-                .with_context(|| format!("loading {}", spec.model.display()))?
-                .model;
+            let base = load_model(&spec.model, &device)?;
             let load_s = t0.elapsed().as_secs_f64();
             device.seed(settings.seed);
             let model = adapt(base, *implementation, *targets, settings, &device)?;
@@ -258,9 +256,7 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
             rounds,
             seed,
         } => {
-            let base = lora_models::load(&spec.model, &device)
-                .with_context(|| format!("loading {}", spec.model.display()))?
-                .model;
+            let base = load_model(&spec.model, &device)?;
             let result = run_inference(
                 base,
                 *targets,
@@ -275,6 +271,17 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
     };
     println!("{line}");
     Ok(())
+}
+
+/// The model alone (a Hugging Face directory needs no tokenizer here, so the tiny test fixtures
+/// work too).
+fn load_model(path: &std::path::Path, device: &burn::tensor::Device) -> Result<Llama> {
+    let model = if path.is_dir() {
+        lora_models::pretrained::load_hf_model(path, device)
+    } else {
+        lora_models::load(path, device).map(|p| p.model)
+    };
+    model.with_context(|| format!("loading {}", path.display()))
 }
 
 /// Puts trainable adapters on `base` with `implementation`'s mechanism.

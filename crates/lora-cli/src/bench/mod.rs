@@ -84,6 +84,16 @@ pub struct Args {
     /// Target set of the rank sweep (qv or all); lora_alpha is 2·r there.
     #[arg(long, default_value = "all")]
     pub sweep_targets: String,
+    /// With --sweep-rank: also fine-tune each rank on TREC (`burn-lora train`, its defaults
+    /// otherwise) and record the held-out accuracy.
+    #[arg(long)]
+    pub eval: bool,
+    /// Optimizer steps of each --eval run.
+    #[arg(long, default_value_t = 60)]
+    pub eval_steps: usize,
+    /// Held-out TREC examples each --eval run is scored on.
+    #[arg(long, default_value_t = 200)]
+    pub eval_limit: usize,
     /// Directory for bench.json (and rank_sweep.png); default runs/bench-<unix time>.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -276,12 +286,20 @@ pub fn run(mut args: Args) -> Result<()> {
                 Ok(raw) => {
                     let row = TrainRow::from_raw(Implementation::Ours, targets, &s, raw);
                     let m = row.summary.as_ref().expect("from_raw has a summary");
+                    let accuracy = if args.eval {
+                        trec_accuracy(&args, &model, targets, rank, &dir)
+                            .inspect_err(|e| eprintln!("  rank {rank}: TREC run failed: {e:#}"))
+                            .ok()
+                            .flatten()
+                    } else {
+                        None
+                    };
                     sweep.push(SweepRow {
                         rank,
                         trainable_params: m.trainable_params,
                         peak_rss_gib: m.peak_rss_gib,
                         tokens_per_s: m.tokens_per_s.median,
-                        accuracy: None,
+                        accuracy,
                     });
                 }
                 Err(e) => eprintln!("  rank {rank}: {e:#}"),
@@ -371,6 +389,48 @@ pub fn run(mut args: Args) -> Result<()> {
         println!("\n{tables}{footer}");
     }
     Ok(())
+}
+
+/// Fine-tunes rank `rank` on TREC with `burn-lora train` (a child process, its own defaults
+/// except rank, alpha = 2·r, targets and steps) and returns the held-out accuracy after it.
+fn trec_accuracy(
+    args: &Args,
+    model: &Path,
+    targets: TargetSet,
+    rank: usize,
+    dir: &Path,
+) -> Result<Option<f64>> {
+    let run = dir.join(format!("trec-rank-{rank}"));
+    let exe = std::env::current_exe().context("finding this binary")?;
+    eprintln!(
+        "  TREC: {} steps at rank {rank}, accuracy on {} held-out questions ...",
+        args.eval_steps, args.eval_limit
+    );
+    let status = Command::new(exe)
+        .arg("train")
+        .arg("--model")
+        .arg(model)
+        .args(["--rank", &rank.to_string()])
+        .args(["--alpha", &(2 * rank).to_string()])
+        .args(["--targets", targets.modules()])
+        .args(["--steps", &args.eval_steps.to_string()])
+        .args(["--eval-limit", &args.eval_limit.to_string()])
+        .args(["--backend", &args.backend])
+        .arg("--out")
+        .arg(&run)
+        .arg("--json")
+        .env("RAYON_NUM_THREADS", args.threads.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .context("starting burn-lora train")?;
+    if !status.success() {
+        bail!("burn-lora train exited with {status}");
+    }
+    let path = run.join("summary.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let summary: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(summary["after"]["accuracy"].as_f64())
 }
 
 /// The training rows: every target set × implementation, each in a fresh process.

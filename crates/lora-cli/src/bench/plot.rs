@@ -39,10 +39,18 @@ fn panel(
         .build_cartesian_2d(x0..x1, 0f64..ymax)
         .map_err(|e| err(&e))?;
     if text {
+        // Ticks at whole powers of two only: the axis is log₂ r.
         chart
             .configure_mesh()
             .x_desc("LoRA rank r")
-            .x_label_formatter(&|x| format!("{}", 2f64.powf(*x).round()))
+            .x_labels((x1 - x0).ceil() as usize + 1)
+            .x_label_formatter(&|x| {
+                if (x - x.round()).abs() < 1e-6 {
+                    format!("{}", 2f64.powf(x.round()))
+                } else {
+                    String::new()
+                }
+            })
             .draw()
             .map_err(|e| err(&e))?;
     }
@@ -94,7 +102,7 @@ pub fn plot_sweep(path: &Path, rows: &[SweepRow], title: &str) -> Result<()> {
     panel(
         &areas[3],
         rows,
-        "TREC accuracy (%)",
+        "TREC accuracy after fine-tuning (%)",
         |r| r.accuracy.map(|a| 100.0 * a),
         text,
     )?;
