@@ -98,6 +98,10 @@ pub struct TrainSettings {
     pub weight_decay: f64,
     /// Seed of the token ids and the adapter initialisation.
     pub seed: u64,
+    /// burn's gradient checkpointing (recompute memory-bound activations in the backward pass)
+    /// for the burn rows (ours and `apply_lora`).
+    #[serde(default)]
+    pub checkpointing: bool,
 }
 
 /// What a child process does.
@@ -207,7 +211,11 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
             targets,
             settings,
         } => {
-            let device = device.autodiff();
+            let device = if settings.checkpointing {
+                device.autodiff().gradient_checkpointing()
+            } else {
+                device.autodiff()
+            };
             let t0 = std::time::Instant::now();
             let base = load_model(&spec.model, &device)?;
             let load_s = t0.elapsed().as_secs_f64();

@@ -63,6 +63,10 @@ pub struct Args {
     /// What to measure, comma-separated: training, inference.
     #[arg(long, default_value = "training,inference")]
     pub parts: String,
+    /// Gradient checkpointing (burn's balanced strategy) for the burn rows: less memory, more
+    /// compute.
+    #[arg(long)]
+    pub checkpointing: bool,
     /// Threads for every implementation (rayon for burn, intra-op threads for PyTorch).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -231,6 +235,7 @@ pub fn run(mut args: Args) -> Result<()> {
         lr: 2e-4,
         weight_decay: 0.01,
         seed: 20240607,
+        checkpointing: args.checkpointing,
     };
     let mut meta = Meta {
         started_unix_s: std::time::SystemTime::now()
