@@ -304,13 +304,14 @@ fn adapt(
     match implementation {
         Implementation::Ours => Ok(apply_lora(base, &config, device)?.0),
         Implementation::Burn => {
-            // The same weights as ours: the `.weight` parameter of every selected linear layer.
+            // The same weights as ours: the `.weight.Dense` parameter of every selected linear layer.
             let matcher = TargetMatcher::new(&config)?;
             let paths: Vec<String> = base
                 .linear_paths()
                 .into_iter()
                 .filter(|p| matcher.matches(p))
-                .map(|p| format!("{p}.weight"))
+                // `BaseWeight` is an enum module: its dense variant adds a path segment.
+                .map(|p| format!("{p}.weight.Dense"))
                 .collect();
             let n = paths.len();
             let model = base.apply_lora(
