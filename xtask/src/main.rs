@@ -5,7 +5,8 @@
 //! profile, so tests and runs reuse a single optimized build of burn. `--backend wgpu|ndarray`
 //! also switches on that backend's cargo feature, so the default build compiles only `flex`.
 //!
-//! Commands: `train`, `eval`, `generate`, `logits`, `merge`, `fetch` (forwarded to `burn-lora`),
+//! Commands: `train`, `eval`, `generate`, `logits`, `merge`, `fetch`, `bench` (forwarded to
+//! `burn-lora`),
 //! `test` (the whole test suite; extra arguments go to `cargo test`) and `example` (the teaching
 //! programs in `examples/`: list them, run one, or run them all).
 
@@ -14,10 +15,12 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 const USAGE: &str =
-    "usage: cargo xtask <train|eval|generate|logits|merge|fetch|test|example> [args...]
+    "usage: cargo xtask <train|eval|generate|logits|merge|fetch|bench|test|example> [args...]
   cargo xtask train                       fine-tune SmolLM2 on TREC with LoRA (defaults)
   cargo xtask generate --chat --prompt \"What is the capital of France?\"
   cargo xtask logits --prompt \"The capital of France is\" --json
+  cargo xtask bench                       speed and memory vs burn's apply_lora and PyTorch + PEFT
+  cargo xtask bench --quick               the same, 3 timed steps (a few minutes)
   cargo xtask test                        run the whole test suite
   cargo xtask example [NAME|--all]        list the examples, run one, or run them all
   add --backend flex|ndarray|wgpu to pick the backend (flex, the CPU backend, is the default)";
@@ -227,7 +230,7 @@ fn main() -> ExitCode {
             }
             cmd.args(rest.iter().filter(|a| !a.starts_with("--backend")));
         }
-        "train" | "eval" | "generate" | "logits" | "merge" | "fetch" => {
+        "train" | "eval" | "generate" | "logits" | "merge" | "fetch" | "bench" => {
             cmd.args(["run", "-p", "lora-cli", "--bin", "burn-lora"]);
             if let Some(f) = &features {
                 cmd.args(["--features", f]);

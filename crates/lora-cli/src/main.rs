@@ -1,11 +1,13 @@
 //! `burn-lora`: the command line behind `cargo xtask`. It parses arguments, picks the backend
 //! and calls the libraries; all the work happens in `lora-core`, `lora-models` and `lora-train`.
 
+mod bench;
 mod common;
 mod eval;
 mod fetch;
 mod generate;
 mod logits;
+mod malloc;
 mod merge;
 mod task;
 mod train;
@@ -35,9 +37,13 @@ enum Command {
     Eval(eval::Args),
     /// Fetch the default model and dataset into the cache now.
     Fetch(fetch::Args),
+    /// Training and inference speed and memory, side by side with burn's apply_lora and
+    /// PyTorch + PEFT; `--sweep-rank` for the rank trade-off.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
+    malloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate::run(args),
@@ -46,5 +52,6 @@ fn main() -> Result<()> {
         Command::Fetch(args) => fetch::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

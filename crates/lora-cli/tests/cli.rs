@@ -227,3 +227,73 @@ fn a_short_adalora_run_ends_at_the_target_budget_and_writes_a_pruned_peft_adapte
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_on_the_tiny_model_fills_every_row_and_marks_peft_missing_without_python() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
+    let dir = scratch("bench");
+    let out = bin()
+        .args(["bench", "--model"])
+        .arg(&model)
+        .args([
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch",
+            "2",
+            "--seq-len",
+            "8",
+        ])
+        .args([
+            "--rank",
+            "4",
+            "--prompt-len",
+            "6",
+            "--decode-tokens",
+            "2",
+            "--rounds",
+            "1",
+        ])
+        .args(["--python", "/nonexistent/python", "--json", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(dir.join("bench.json").exists());
+    let rows = json["training"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "2 target sets × 3 implementations");
+    for row in rows {
+        let implementation = row["implementation"].as_str().unwrap();
+        if implementation == "peft" {
+            assert!(
+                row["missing"].as_str().unwrap().contains("nonexistent"),
+                "{row}"
+            );
+        } else {
+            let s = &row["summary"];
+            assert!(s["tokens_per_s"]["median"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(s["peak_rss_gib"].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+    // Ours and burn's apply_lora adapt the same weights at the same rank.
+    let trainable = |i: &str, t: &str| {
+        rows.iter()
+            .find(|r| r["implementation"] == i && r["targets"] == t)
+            .unwrap()["summary"]["trainable_params"]
+            .as_u64()
+            .unwrap()
+    };
+    for t in ["qv", "all-linear"] {
+        assert_eq!(trainable("ours", t), trainable("burn", t), "{t}");
+    }
+    let inference = &json["inference"];
+    assert_eq!(inference["rows"].as_array().unwrap().len(), 3);
+    assert!(inference["merged_max_abs_logit_diff"].as_f64().unwrap() < 1e-4);
+    let _ = std::fs::remove_dir_all(&dir);
+}

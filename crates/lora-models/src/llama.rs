@@ -129,16 +129,22 @@ impl Attention {
     /// `softmax(Q·Kᵀ/√E + causal mask)·V`, then the output projection. With a cache, the new
     /// keys/values are appended and the new queries attend to everything cached.
     ///
+    /// `mask` is [`causal_mask`] for this call's `T`, `S` and cache offset, built once per forward
+    /// by [`LlamaModel::forward`] and shared by every layer (`None` when nothing is masked).
+    ///
     /// # Shapes
-    /// `x`: `[B, T, D]` → `[B, T, D]`
+    /// - `x`: `[B, T, D]` → `[B, T, D]`
+    /// - `mask`: `[G·T, S]` with `G = H/K`, `true` where a query may not look
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
+        mask: Option<&Tensor<2, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, k, e) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let g = h / k; // query heads per key/value head
         let offset = cache.as_ref().map_or(0, |c| c.len());
 
         // Project and split into heads: [B, T, heads·E] → [B, heads, T, E].
@@ -154,8 +160,10 @@ impl Attention {
             .swap_dims(1, 2);
         let value = self.v_proj.forward(x).reshape([b, t, k, e]).swap_dims(1, 2);
 
-        // Positions enter through the rotation of queries and keys only.
-        let q = rope.apply(q, offset);
+        // Positions enter through the rotation of queries and keys only. The 1/√E scale goes on
+        // the queries ([B, H, T, E]) rather than the scores ([B, H, T, S]): a smaller tensor, the
+        // same product.
+        let q = rope.apply(q, offset).div_scalar((e as f64).sqrt());
         let key = rope.apply(key, offset);
 
         // The cache holds every earlier key/value: [B, K, S, E] with S = offset + T.
@@ -163,34 +171,51 @@ impl Attention {
             Some(c) => c.append(key, value),
             None => (key, value),
         };
-        let s = key.dims()[2];
 
-        // Each group of H/K query heads reads the same key/value head.
-        let key = repeat_kv(key, h / k); // [B, H, S, E]
-        let value = repeat_kv(value, h / k);
-
-        let scores = q.matmul(key.swap_dims(2, 3)).div_scalar((e as f64).sqrt()); // [B, H, T, S]
-        // Query i sits at position offset + i and may see keys 0..=offset + i.
-        let future: Tensor<2, Bool> = Tensor::tril_mask([t, s], offset as i64, &scores.device());
-        let scores = scores.mask_fill(future.unsqueeze::<4>(), f32::NEG_INFINITY);
+        // Grouped-query attention without copying keys/values: query heads k·G … k·G + G − 1
+        // all read key/value head k, so they are stacked as G·T rows against that one head
+        // (transformers' `repeat_kv` would materialize each key/value head G times).
+        let q = q.reshape([b, k, g * t, e]); // [B, K, G·T, E], row j·T + i = head k·G + j, query i
+        let scores = q.matmul(key.swap_dims(2, 3)); // [B, K, G·T, S]
+        let scores = match mask {
+            Some(m) => scores.mask_fill(m.clone().unsqueeze::<4>(), f32::NEG_INFINITY),
+            None => scores,
+        };
         let probs = softmax(scores, 3);
-        let out = probs.matmul(value); // [B, H, T, E]
+        let out = probs.matmul(value); // [B, K, G·T, E]
 
-        let out = out.swap_dims(1, 2).reshape([b, t, h * e]); // [B, T, H·E]
+        let out = out
+            .reshape([b, h, t, e])
+            .swap_dims(1, 2)
+            .reshape([b, t, h * e]); // [B, T, H·E]
         self.o_proj.forward(out)
     }
 }
 
-/// `[B, K, S, E]` → `[B, K·n_rep, S, E]`, head `j` of the output reading head `j / n_rep`
-/// (transformers' `repeat_kv`).
-fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
-    if n_rep == 1 {
-        return x;
+/// The causal mask of [`Attention::forward`]'s grouped layout: query `i` sits at position
+/// `offset + i` and may see keys `0..=offset + i`; the `[T, S]` pattern repeats for each of the
+/// `G` query heads that share a key/value head. `None` when nothing is masked (one new token:
+/// decoding with a cache).
+///
+/// # Shapes
+/// returns `[G·T, S]`, `true` = masked
+pub fn causal_mask(
+    t: usize,
+    s: usize,
+    offset: usize,
+    groups: usize,
+    device: &Device,
+) -> Option<Tensor<2, Bool>> {
+    if t == 1 && s == offset + 1 {
+        return None;
     }
-    let [b, k, s, e] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, k, n_rep, s, e])
-        .reshape([b, k * n_rep, s, e])
+    let future: Tensor<2, Bool> = Tensor::tril_mask([t, s], offset as i64, device); // [T, S]
+    Some(
+        future
+            .unsqueeze::<3>()
+            .repeat_dim(0, groups)
+            .reshape([groups * t, s]),
+    )
 }
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) ⊙ up(x))`.
@@ -233,12 +258,13 @@ impl DecoderLayer {
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
+        mask: Option<&Tensor<2, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let x = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache);
+                .forward(self.input_layernorm.forward(x), rope, mask, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -277,10 +303,17 @@ impl LlamaModel {
     /// # Shapes
     /// `tokens`: `[B, T]` → `[B, T, D]`
     pub fn forward(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let offset = cache.as_ref().map_or(0, |c| c.len());
         let mut x = self.embed_tokens.forward(tokens);
+        // One mask for all layers (they share T, S and the grouping of query heads).
+        let mask = self.layers.first().and_then(|l| {
+            let a = &l.self_attn;
+            causal_mask(t, offset + t, offset, a.n_heads / a.n_kv_heads, &x.device())
+        });
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
-            x = layer.forward(x, &self.rotary_emb, layer_cache);
+            x = layer.forward(x, &self.rotary_emb, mask.as_ref(), layer_cache);
         }
         self.norm.forward(x)
     }

@@ -7,9 +7,11 @@
 //! - [`checkpoint`]: atomic, bit-exact resumable checkpoints;
 //! - [`eval`]: held-out loss, perplexity and accuracy;
 //! - [`report`]: `metrics.jsonl`, `summary.json` and the `loss.png` picture;
+//! - [`bench`]: timed training steps and inference for `burn-lora bench`;
 //! - [`rank_report`]: an AdaLoRA run's final ranks as a table and the `ranks.png` heat map;
 //! - [`config`]: [`config::TrainConfig`], TOML in and out.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -69,7 +69,7 @@ pub fn read_metrics(path: &Path, upto: usize) -> Result<Vec<StepMetrics>, TrainE
 
 /// Registers a TrueType font for chart text, searching the usual system folders; returns
 /// whether one was found (without one the chart is drawn without text).
-pub(crate) fn register_any_font() -> bool {
+pub fn register_any_font() -> bool {
     const CANDIDATES: &[&str] = &[
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/TTF/DejaVuSans.ttf",

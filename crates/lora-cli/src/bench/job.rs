@@ -1,0 +1,398 @@
+//! One benchmark configuration, run in its own process (`burn-lora bench --one JOB`) so that the
+//! peak resident memory the OS reports belongs to that configuration alone. The parent passes the
+//! job as JSON and reads the result back as the last line of the child's stdout.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::module::{Lora, Module, ParamGroup};
+use burn::tensor::{Distribution, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use lora_core::targets::TargetMatcher;
+use lora_core::{BackendKind, LoraConfig, LoraModel, TargetModules, apply_lora, select_device};
+use lora_models::Llama;
+use lora_train::bench::{
+    bench_token_ids, rss_now_bytes, time_generation, time_training, trainable_params,
+};
+use lora_train::trainer::peak_rss_bytes;
+use serde::{Deserialize, Serialize};
+
+/// Which LoRA implementation a training row measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Implementation {
+    /// Ours: `LoraLinear`'s low-rank path on the activations.
+    Ours,
+    /// burn 0.22's `Module::apply_lora` (dense `W + s·A·B` composed at every forward).
+    Burn,
+    /// PyTorch + PEFT through `scripts/bench_peft.py`.
+    Peft,
+}
+
+impl Implementation {
+    /// How the table names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Implementation::Ours => "burn-lora (ours)",
+            Implementation::Burn => "burn apply_lora",
+            Implementation::Peft => "PyTorch + PEFT",
+        }
+    }
+}
+
+/// The layers that get adapters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSet {
+    /// `q_proj, v_proj` (PEFT's default for Llama).
+    Qv,
+    /// Every linear layer but the output head (PEFT's `all-linear`).
+    AllLinear,
+}
+
+impl TargetSet {
+    /// Short name for the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            TargetSet::Qv => "q,v",
+            TargetSet::AllLinear => "all-linear",
+        }
+    }
+
+    /// The `target_modules` value, as PEFT and our CLI both spell it.
+    pub fn modules(self) -> &'static str {
+        match self {
+            TargetSet::Qv => "q_proj,v_proj",
+            TargetSet::AllLinear => "all-linear",
+        }
+    }
+
+    /// Parses `qv` / `q,v` / `q_proj,v_proj` and `all` / `all-linear`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "qv" | "q,v" | "q_proj,v_proj" => Ok(TargetSet::Qv),
+            "all" | "all-linear" => Ok(TargetSet::AllLinear),
+            other => bail!("unknown target set {other:?}; use qv or all"),
+        }
+    }
+}
+
+/// The shared settings of every training row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    /// Sequences per step `B`.
+    pub batch: usize,
+    /// Tokens per sequence `T`.
+    pub seq_len: usize,
+    /// LoRA rank `r`.
+    pub rank: usize,
+    /// `lora_alpha`.
+    pub alpha: f64,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW weight decay (PyTorch's default, 0.01, on both sides).
+    pub weight_decay: f64,
+    /// Seed of the token ids and the adapter initialisation.
+    pub seed: u64,
+    /// burn's gradient checkpointing (recompute memory-bound activations in the backward pass)
+    /// for the burn rows (ours and `apply_lora`).
+    #[serde(default)]
+    pub checkpointing: bool,
+}
+
+/// What a child process does.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "job", rename_all = "lowercase")]
+pub enum Job {
+    /// Time training steps of one implementation on one target set.
+    Train {
+        /// Ours or burn's (PEFT runs in Python, not here).
+        implementation: Implementation,
+        /// The adapted layers.
+        targets: TargetSet,
+        /// Shapes and optimizer.
+        settings: TrainSettings,
+    },
+    /// Time prefill and decode of the base, base + unmerged adapter, and merged models.
+    Inference {
+        /// The adapted layers of the unmerged/merged variants.
+        targets: TargetSet,
+        /// LoRA rank of the adapter.
+        rank: usize,
+        /// Prompt length (prefill tokens).
+        prompt_len: usize,
+        /// Decoded tokens per round.
+        decode_tokens: usize,
+        /// Timed rounds (each runs every variant once, interleaved).
+        rounds: usize,
+        /// Seed of the prompt ids and the adapter.
+        seed: u64,
+    },
+}
+
+/// A job plus where it runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The work.
+    pub job: Job,
+    /// `flex`, `ndarray` or `wgpu`.
+    pub backend: String,
+    /// GGUF file or Hugging Face directory.
+    pub model: PathBuf,
+}
+
+/// The raw result of a training job; `scripts/bench_peft.py` prints the same fields.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RawTrain {
+    /// Wall seconds per timed step.
+    pub step_s: Vec<f64>,
+    /// Forward + loss.
+    pub forward_s: Vec<f64>,
+    /// Backward (+ collecting gradients).
+    pub backward_s: Vec<f64>,
+    /// Optimizer step.
+    pub optimizer_s: Vec<f64>,
+    /// CPU seconds per step (all threads).
+    #[serde(default)]
+    pub cpu_s: Vec<f64>,
+    /// Loss per timed step.
+    pub losses: Vec<f64>,
+    /// Trainable values.
+    pub trainable_params: usize,
+    /// Peak resident memory of the whole process (loading included), bytes.
+    pub peak_rss_bytes: u64,
+    /// Resident memory after loading the model, before the first step, bytes.
+    pub rss_after_load_bytes: u64,
+    /// Seconds to load the model.
+    #[serde(default)]
+    pub load_s: f64,
+}
+
+/// The result of an inference job: per variant, prefill tokens/s and decode tokens/s.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RawInference {
+    /// `(variant, prefill seconds per round, decode seconds per token per round)`.
+    pub variants: Vec<(String, Vec<f64>, Vec<f64>)>,
+    /// Largest |logit difference| between the unmerged and merged models on the prompt's last
+    /// position (a check that the merged model is the same function).
+    pub merged_max_abs_diff: f64,
+    /// Prompt length.
+    pub prompt_len: usize,
+    /// Decoded tokens per round.
+    pub decode_tokens: usize,
+}
+
+fn lora_config(targets: TargetSet, rank: usize, alpha: f64) -> LoraConfig {
+    LoraConfig::new(rank, alpha, TargetModules::parse_cli(targets.modules()))
+}
+
+fn progress(label: &str, n: usize) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} steps {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Runs `spec` in this process and prints the result as one JSON line on stdout.
+pub fn run_one(spec: &JobSpec) -> Result<()> {
+    let kind: BackendKind = spec.backend.parse()?;
+    let device = select_device(kind)?;
+    let line = match &spec.job {
+        Job::Train {
+            implementation,
+            targets,
+            settings,
+        } => {
+            let device = if settings.checkpointing {
+                device.autodiff().gradient_checkpointing()
+            } else {
+                device.autodiff()
+            };
+            let t0 = std::time::Instant::now();
+            let base = load_model(&spec.model, &device)?;
+            let load_s = t0.elapsed().as_secs_f64();
+            device.seed(settings.seed);
+            let model = adapt(base, *implementation, *targets, settings, &device)?;
+            let vocab = model.config.vocab_size;
+            let ids = bench_token_ids(settings.batch, settings.seq_len, vocab, settings.seed);
+            let rss_after_load = rss_now_bytes().unwrap_or(0);
+            let trainable = trainable_params(&model);
+            let n = settings.warmup + settings.steps;
+            let bar = progress(
+                &format!("{} {}", implementation.label(), targets.label()),
+                n,
+            );
+            let (_, t) = time_training(
+                model,
+                &ids,
+                settings.warmup,
+                settings.steps,
+                settings.lr,
+                settings.weight_decay,
+                &mut |i, _, secs, loss| {
+                    bar.set_position(i as u64);
+                    bar.set_message(format!("last {secs:.2}s, loss {loss:.3}"));
+                },
+            )?;
+            bar.finish_and_clear();
+            serde_json::to_string(&RawTrain {
+                step_s: t.step_s,
+                forward_s: t.forward_s,
+                backward_s: t.backward_s,
+                optimizer_s: t.optimizer_s,
+                cpu_s: t.cpu_s,
+                losses: t.losses,
+                trainable_params: trainable,
+                peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+                rss_after_load_bytes: rss_after_load,
+                load_s,
+            })?
+        }
+        Job::Inference {
+            targets,
+            rank,
+            prompt_len,
+            decode_tokens,
+            rounds,
+            seed,
+        } => {
+            let base = load_model(&spec.model, &device)?;
+            let result = run_inference(
+                base,
+                *targets,
+                *rank,
+                *prompt_len,
+                *decode_tokens,
+                *rounds,
+                *seed,
+            )?;
+            serde_json::to_string(&result)?
+        }
+    };
+    println!("{line}");
+    Ok(())
+}
+
+/// The model alone (a Hugging Face directory needs no tokenizer here, so the tiny test fixtures
+/// work too).
+fn load_model(path: &std::path::Path, device: &burn::tensor::Device) -> Result<Llama> {
+    let model = if path.is_dir() {
+        lora_models::pretrained::load_hf_model(path, device)
+    } else {
+        lora_models::load(path, device).map(|p| p.model)
+    };
+    model.with_context(|| format!("loading {}", path.display()))
+}
+
+/// Puts trainable adapters on `base` with `implementation`'s mechanism.
+fn adapt(
+    base: Llama,
+    implementation: Implementation,
+    targets: TargetSet,
+    s: &TrainSettings,
+    device: &burn::tensor::Device,
+) -> Result<Llama> {
+    let config = lora_config(targets, s.rank, s.alpha);
+    match implementation {
+        Implementation::Ours => Ok(apply_lora(base, &config, device)?.0),
+        Implementation::Burn => {
+            // The same weights as ours: the `.weight.Dense` parameter of every selected linear layer.
+            let matcher = TargetMatcher::new(&config)?;
+            let paths: Vec<String> = base
+                .linear_paths()
+                .into_iter()
+                .filter(|p| matcher.matches(p))
+                // `BaseWeight` is an enum module: its dense variant adds a path segment.
+                .map(|p| format!("{p}.weight.Dense"))
+                .collect();
+            let n = paths.len();
+            let model = base.apply_lora(
+                Lora::new(s.rank, s.alpha).set_param_group(ParamGroup::from_paths(paths)),
+            );
+            let adapted = trainable_params(&model);
+            if adapted == 0 || n == 0 {
+                bail!("burn's apply_lora adapted no parameter (paths did not match)");
+            }
+            Ok(model)
+        }
+        Implementation::Peft => bail!("PEFT runs in Python (scripts/bench_peft.py), not here"),
+    }
+}
+
+/// Times the base model, the base with an unmerged adapter (random, non-zero `B` so the LoRA
+/// path does real work), and the merged model, interleaved round by round so that a change of
+/// machine load hits all three alike.
+fn run_inference(
+    base: Llama,
+    targets: TargetSet,
+    rank: usize,
+    prompt_len: usize,
+    decode_tokens: usize,
+    rounds: usize,
+    seed: u64,
+) -> Result<RawInference> {
+    let device = base.lm_head.weight.val().device();
+    device.seed(seed);
+    let (mut unmerged, _) = apply_lora(base.clone(), &lora_config(targets, rank, 16.0), &device)?;
+    unmerged.visit_linears_mut(&mut |_, lin| {
+        if let Some(a) = lin.adapter.as_mut() {
+            let dims = a.lora_b.shape().dims::<2>();
+            let b = Tensor::<2>::random(dims, Distribution::Normal(0.0, 0.02), &device);
+            a.lora_b = a.lora_b.clone().map(|_| b);
+        }
+        Ok(())
+    })?;
+    let mut merged = unmerged.clone();
+    lora_core::merge_and_unload(&mut merged)?;
+    let prompt = bench_token_ids(1, prompt_len, base.config.vocab_size, seed).remove(0);
+
+    let diff = {
+        let last = |m: &Llama| -> Result<Vec<f32>> {
+            let mut cache = m.new_cache();
+            Ok(lora_models::generate::step(m, &prompt, &mut cache)?)
+        };
+        let (a, b) = (last(&unmerged)?, last(&merged)?);
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() as f64)
+            .fold(0.0, f64::max)
+    };
+
+    let variants: [(&str, &Llama); 3] = [
+        ("base", &base),
+        ("base + adapter (unmerged)", &unmerged),
+        ("merged", &merged),
+    ];
+    let mut out: Vec<(String, Vec<f64>, Vec<f64>)> = variants
+        .iter()
+        .map(|(name, _)| (name.to_string(), Vec::new(), Vec::new()))
+        .collect();
+    let bar = progress("inference", (rounds + 1) * variants.len());
+    // Round 0 warms up (first allocations, caches) and is not recorded.
+    for round in 0..=rounds {
+        for (i, (name, model)) in variants.iter().enumerate() {
+            bar.set_message(format!("round {round}: {name}"));
+            let (prefill, decode) = time_generation(model, &prompt, decode_tokens)?;
+            if round > 0 {
+                out[i].1.push(prefill);
+                out[i].2.push(decode);
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(RawInference {
+        variants: out,
+        merged_max_abs_diff: diff,
+        prompt_len,
+        decode_tokens,
+    })
+}

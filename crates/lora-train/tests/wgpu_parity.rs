@@ -1,0 +1,92 @@
+//! The same model on wgpu and on flex: equal logits, and one LoRA training step (loss,
+//! gradients through the whole model, AdamW update) that lands on the same adapter weights.
+//! Built only with the `wgpu` feature (`cargo xtask test --backend wgpu --test wgpu_parity`);
+//! in CI it runs on Mesa's software Vulkan device, so the shapes are the tiny fixture's.
+#![cfg(feature = "wgpu")]
+
+#[path = "../../lora-models/tests/common/mod.rs"]
+mod common;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::Device;
+use common::*;
+use lora_core::{BackendKind, LoraModel, peft, select_device};
+use lora_models::Llama;
+use lora_models::pretrained::load_hf_model;
+use lora_train::loss::causal_lm_loss;
+
+/// Both absolute: the tiny model's logits and adapter weights are O(1).
+const TOL: f32 = 1e-4;
+
+fn wgpu() -> Device {
+    select_device(BackendKind::Wgpu).expect("built with the wgpu feature")
+}
+
+/// The tiny Llama with PEFT's fixture adapter (non-zero `B`, so the LoRA path matters).
+fn tiny_with_adapter(device: &Device) -> Llama {
+    let dir = fixtures().join("tiny-llama");
+    let model = load_hf_model(&dir, device).unwrap();
+    peft::load_adapter(model, &dir.join("peft-adapter"), device)
+        .unwrap()
+        .0
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Every adapter factor of `model`, flattened in module order.
+fn adapter_values(model: &Llama) -> Vec<f32> {
+    let mut out = Vec::new();
+    model.visit_linears(&mut |_, lin| {
+        if let Some(a) = &lin.adapter {
+            out.extend(host(a.lora_a.val()));
+            out.extend(host(a.lora_b.val()));
+        }
+    });
+    out
+}
+
+#[test]
+fn logits_on_wgpu_equal_flex() {
+    let r = reference("tiny-llama/peft-reference.safetensors");
+    let (cpu, gpu) = (device(), wgpu());
+    let on_cpu = host(tiny_with_adapter(&cpu).forward(ids(&r["input_ids"], &cpu), None));
+    let on_gpu = host(tiny_with_adapter(&gpu).forward(ids(&r["input_ids"], &gpu), None));
+    let diff = max_abs_diff(&on_gpu, &on_cpu);
+    assert!(diff < TOL, "logits differ by {diff}");
+}
+
+/// One step: forward, loss, backward, AdamW; returns the loss and the adapter afterwards.
+fn one_step(device: Device) -> (f32, Vec<f32>) {
+    let r = reference("tiny-llama/peft-reference.safetensors");
+    let device = device.autodiff();
+    let model = tiny_with_adapter(&device);
+    let logits = model.forward(ids(&r["input_ids"], &device), None);
+    let loss = causal_lm_loss(logits, ids(&r["labels"], &device));
+    let value = host(loss.clone())[0];
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
+    let model = optim.step(1e-2, model, grads);
+    (value, adapter_values(&model.valid()))
+}
+
+#[test]
+fn a_training_step_on_wgpu_equals_flex() {
+    let (loss_cpu, after_cpu) = one_step(device());
+    let (loss_gpu, after_gpu) = one_step(wgpu());
+    assert!(
+        (loss_gpu - loss_cpu).abs() < TOL,
+        "loss {loss_gpu} vs {loss_cpu}"
+    );
+    let diff = max_abs_diff(&after_gpu, &after_cpu);
+    assert!(
+        diff < TOL,
+        "adapter weights after the step differ by {diff}"
+    );
+    // The step really moved the adapter (lr 1e-2: AdamW moves every value by about lr).
+    let before = adapter_values(&tiny_with_adapter(&device()));
+    assert!(max_abs_diff(&after_cpu, &before) > 1e-3);
+}

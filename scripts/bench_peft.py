@@ -1,0 +1,156 @@
+"""PyTorch + PEFT side of `cargo xtask bench`: time LoRA training steps on the same model and shapes.
+
+One configuration per process, so the peak resident memory the OS reports belongs to it alone.
+Prints progress on stderr and one JSON object (the result) as the last line on stdout; the Rust
+bench (`crates/lora-cli/src/bench/`) parses it.
+
+Fairness with the Rust side: the same GGUF, dequantized to f32 by transformers; the same token ids
+(the same 64-bit LCG, `bench_token_ids` below and in `lora_train::bench`); the same loss (causal LM
+cross-entropy over every position, labels = inputs shifted by one); AdamW with the same lr,
+betas, eps and weight decay; the same number of threads; eager PyTorch (no `torch.compile`).
+
+    python scripts/bench_peft.py --model ~/.cache/burn-lora/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --targets q_proj,v_proj --steps 10 --warmup 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+MASK64 = (1 << 64) - 1
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def bench_token_ids(batch: int, seq_len: int, vocab: int, seed: int) -> list[list[int]]:
+    """Deterministic pseudo-random token ids; the Rust bench draws the identical ones."""
+    state = seed & MASK64
+    rows = []
+    for _ in range(batch):
+        row = []
+        for _ in range(seq_len):
+            state = (state * 6364136223846793005 + 1442695040888963407) & MASK64
+            row.append((state >> 33) % vocab)
+        rows.append(row)
+    return rows
+
+
+def rss_now_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss_bytes() -> int:
+    # ru_maxrss is in KiB on Linux: the whole process, loading included (as VmHWM on the Rust side).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, type=Path, help="GGUF file or Hugging Face directory")
+    p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated module names or all-linear")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=20240607)
+    args = p.parse_args()
+
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import peft
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(args.seed)
+
+    t0 = time.perf_counter()
+    path = args.model
+    if path.is_file() and path.suffix == ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    load_s = time.perf_counter() - t0
+    log(f"peft: loaded {path.name} in {load_s:.1f}s")
+
+    targets = "all-linear" if args.targets == "all-linear" else args.targets.split(",")
+    cfg = peft.LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=targets,
+                          task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, cfg)
+    model.train()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                              betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
+
+    vocab = model.config.vocab_size
+    ids = torch.tensor(bench_token_ids(args.batch, args.seq_len, vocab, args.seed), dtype=torch.int64)
+    rss_after_load = rss_now_bytes()
+
+    fwd, bwd, opt, total, cpu, losses = [], [], [], [], [], []
+    n = args.warmup + args.steps
+    for i in range(n):
+        c_start = time.process_time()  # CPU seconds, all threads: steadier than wall time under load
+        t_start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        t_fwd = time.perf_counter()
+        loss.backward()
+        t_bwd = time.perf_counter()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        t_end = time.perf_counter()
+        c_end = time.process_time()
+        value = float(loss.detach())
+        phase = "warm-up" if i < args.warmup else "timed"
+        log(f"peft {args.targets}: {phase} step {i + 1}/{n}: {t_end - t_start:.2f}s loss {value:.4f}")
+        if i >= args.warmup:
+            fwd.append(t_fwd - t_start)
+            bwd.append(t_bwd - t_fwd)
+            opt.append(t_end - t_bwd)
+            total.append(t_end - t_start)
+            cpu.append(c_end - c_start)
+            losses.append(value)
+
+    print(json.dumps({
+        "implementation": "peft",
+        "targets": args.targets,
+        "rank": args.rank,
+        "tokens_per_step": args.batch * args.seq_len,
+        "step_s": total,
+        "forward_s": fwd,
+        "backward_s": bwd,
+        "optimizer_s": opt,
+        "cpu_s": cpu,
+        "losses": losses,
+        "trainable_params": trainable,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_after_load_bytes": rss_after_load,
+        "load_s": load_s,
+        "threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
