@@ -77,9 +77,15 @@ fn one_step(device: Device) -> (f32, Vec<f32>) {
 fn a_training_step_on_wgpu_equals_flex() {
     let (loss_cpu, after_cpu) = one_step(device());
     let (loss_gpu, after_gpu) = one_step(wgpu());
-    assert!((loss_gpu - loss_cpu).abs() < TOL, "loss {loss_gpu} vs {loss_cpu}");
+    assert!(
+        (loss_gpu - loss_cpu).abs() < TOL,
+        "loss {loss_gpu} vs {loss_cpu}"
+    );
     let diff = max_abs_diff(&after_gpu, &after_cpu);
-    assert!(diff < TOL, "adapter weights after the step differ by {diff}");
+    assert!(
+        diff < TOL,
+        "adapter weights after the step differ by {diff}"
+    );
     // The step really moved the adapter (lr 1e-2: AdamW moves every value by about lr).
     let before = adapter_values(&tiny_with_adapter(&device()));
     assert!(max_abs_diff(&after_cpu, &before) > 1e-3);
