@@ -56,6 +56,58 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def base_bits_per_weight(model) -> float:
+    """Storage of the frozen linear weights but lm_head, in bits per weight: 32 for f32, and for a
+    bitsandbytes Linear4bit the packed codes plus its quantization state (absmax, and with double
+    quantization the 8-bit absmax codes, their f32 absmax, code book and offset)."""
+    import torch
+
+    bits, weights = 0, 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
+            continue
+        w = module.weight
+        qs = getattr(w, "quant_state", None)
+        if qs is None:
+            bits += 8 * w.numel() * w.element_size()
+            weights += w.numel()
+            continue
+        stored = w.numel() * w.element_size() + qs.absmax.numel() * qs.absmax.element_size()
+        if qs.nested:
+            s2 = qs.state2
+            stored += s2.absmax.numel() * s2.absmax.element_size() + s2.code.numel() * 4 + 4
+        bits += 8 * stored
+        weights += qs.shape.numel()
+    return bits / max(weights, 1)
+
+
+def export_hf(gguf: Path, out: Path) -> int:
+    """Writes the GGUF model as an f32 Hugging Face directory (config.json + safetensors),
+    atomically: to a temporary directory first, then renamed."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from safetensors.torch import save_file
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # transformers refuses save_pretrained for a GGUF-loaded model: write config and tensors
+    # directly (the tied lm_head is left out, as transformers itself does).
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
+             if not (tied and k == "lm_head.weight")}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the GGUF marker: these tensors are plain f32
+    model.config.save_pretrained(str(tmp))
+    tmp.rename(out)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, type=Path, help="GGUF file or Hugging Face directory")
@@ -70,9 +122,14 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=20240607)
+    p.add_argument("--quant", choices=["none", "nf4"], default="none",
+                   help="nf4: QLoRA, a bitsandbytes NF4 base (block 64, double quantization, f32 compute)")
+    p.add_argument("--export-hf", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if args.export_hf:
+        return export_hf(args.model, args.export_hf)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -86,12 +143,33 @@ def main() -> int:
 
     t0 = time.perf_counter()
     path = args.model
-    if path.is_file() and path.suffix == ".gguf":
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    kwargs = {"dtype": torch.float32}
+    if args.quant == "nf4":
+        # QLoRA as transformers does it: every linear layer but lm_head in NF4, the same settings
+        # as `burn-lora train --quant nf4` (block size 64 is bitsandbytes' fixed default).
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32)
+        kwargs["device_map"] = "cpu"
+    if path.is_file() and path.suffix == ".gguf" and args.quant == "nf4":
+        # transformers will not quantize a model loaded from GGUF: write the f32 model once as
+        # a Hugging Face directory next to the GGUF, in a child process so that the f32 copy does
+        # not count in this process's peak memory, then load that directory quantized.
+        hf_dir = path.with_name(path.stem + ".f32-hf")
+        if not (hf_dir / "config.json").exists():
+            import subprocess
+            log(f"peft: writing {hf_dir.name} (the GGUF as f32 safetensors) for bitsandbytes")
+            subprocess.run([sys.executable, __file__, "--model", str(path), "--export-hf", str(hf_dir)],
+                           check=True)
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), **kwargs)
+    elif path.is_file() and path.suffix == ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    base_bits = base_bits_per_weight(model)
     load_s = time.perf_counter() - t0
-    log(f"peft: loaded {path.name} in {load_s:.1f}s")
+    log(f"peft: loaded {path.name} in {load_s:.1f}s; base linear weights {base_bits:.2f} bits/weight")
 
     targets = "all-linear" if args.targets == "all-linear" else args.targets.split(",")
     cfg = peft.LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=targets,
@@ -145,6 +223,7 @@ def main() -> int:
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_after_load_bytes": rss_after_load,
         "load_s": load_s,
+        "base_bits_per_weight": base_bits,
         "threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "attn_implementation": getattr(model.config, "_attn_implementation", None),

@@ -267,10 +267,10 @@ fn bench_on_the_tiny_model_fills_every_row_and_marks_peft_missing_without_python
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(dir.join("bench.json").exists());
     let rows = json["training"].as_array().unwrap();
-    assert_eq!(rows.len(), 6, "2 target sets × 3 implementations");
+    assert_eq!(rows.len(), 10, "2 target sets × 5 implementations");
     for row in rows {
         let implementation = row["implementation"].as_str().unwrap();
-        if implementation == "peft" {
+        if implementation.starts_with("peft") {
             assert!(
                 row["missing"].as_str().unwrap().contains("nonexistent"),
                 "{row}"
@@ -291,9 +291,20 @@ fn bench_on_the_tiny_model_fills_every_row_and_marks_peft_missing_without_python
     };
     for t in ["qv", "all-linear"] {
         assert_eq!(trainable("ours", t), trainable("burn", t), "{t}");
+        assert_eq!(trainable("ours", t), trainable("ours-nf4", t), "{t}");
     }
+    // The QLoRA rows' base is NF4: 4 bits per code plus block statistics (4.5 bits at most with
+    // double quantization, block 64); the f32 rows' is 32 bits.
+    let bits = |i: &str| {
+        rows.iter().find(|r| r["implementation"] == i).unwrap()["summary"]["base_bits_per_weight"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(bits("ours"), 32.0);
+    let nf4 = bits("ours-nf4");
+    assert!((4.0..4.5).contains(&nf4), "{nf4}");
     let inference = &json["inference"];
-    assert_eq!(inference["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(inference["rows"].as_array().unwrap().len(), 4);
     assert!(inference["merged_max_abs_logit_diff"].as_f64().unwrap() < 1e-4);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::{Lora, Module, ParamGroup};
 use burn::tensor::{Distribution, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use lora_core::quant::{Nf4Config, quantize_base};
 use lora_core::targets::TargetMatcher;
 use lora_core::{BackendKind, LoraConfig, LoraModel, TargetModules, apply_lora, select_device};
 use lora_models::Llama;
@@ -27,6 +28,14 @@ pub enum Implementation {
     Burn,
     /// PyTorch + PEFT through `scripts/bench_peft.py`.
     Peft,
+    /// Ours on an NF4 base (QLoRA: every linear layer but `lm_head` quantized, block size 64,
+    /// double quantization), adapters in f32.
+    #[serde(rename = "ours-nf4")]
+    OursNf4,
+    /// PyTorch + PEFT on a bitsandbytes NF4 base (`BitsAndBytesConfig(load_in_4bit=True,
+    /// bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)`, f32 compute).
+    #[serde(rename = "peft-nf4")]
+    PeftNf4,
 }
 
 impl Implementation {
@@ -36,6 +45,27 @@ impl Implementation {
             Implementation::Ours => "burn-lora (ours)",
             Implementation::Burn => "burn apply_lora",
             Implementation::Peft => "PyTorch + PEFT",
+            Implementation::OursNf4 => "ours, NF4 base",
+            Implementation::PeftNf4 => "PEFT + bnb NF4",
+        }
+    }
+
+    /// Whether the frozen base is quantized to NF4 (a QLoRA row).
+    pub fn is_nf4(self) -> bool {
+        matches!(self, Implementation::OursNf4 | Implementation::PeftNf4)
+    }
+
+    /// Whether the row runs in Python (`scripts/bench_peft.py`).
+    pub fn is_python(self) -> bool {
+        matches!(self, Implementation::Peft | Implementation::PeftNf4)
+    }
+
+    /// The PyTorch row this one is compared with: PEFT on the same kind of base.
+    pub fn reference(self) -> Implementation {
+        if self.is_nf4() {
+            Implementation::PeftNf4
+        } else {
+            Implementation::Peft
         }
     }
 }
@@ -170,6 +200,10 @@ pub struct RawTrain {
     /// Seconds to load the model.
     #[serde(default)]
     pub load_s: f64,
+    /// Storage of the frozen linear weights (all but `lm_head`) in bits per weight: 32 for an
+    /// f32 base, ≈ 4.13 for NF4 with double quantization.
+    #[serde(default)]
+    pub base_bits_per_weight: Option<f64>,
 }
 
 /// The result of an inference job: per variant, prefill tokens/s and decode tokens/s.
@@ -220,7 +254,7 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
             let base = load_model(&spec.model, &device)?;
             let load_s = t0.elapsed().as_secs_f64();
             device.seed(settings.seed);
-            let model = adapt(base, *implementation, *targets, settings, &device)?;
+            let (model, base_bits) = adapt(base, *implementation, *targets, settings, &device)?;
             let vocab = model.config.vocab_size;
             let ids = bench_token_ids(settings.batch, settings.seq_len, vocab, settings.seed);
             let rss_after_load = rss_now_bytes().unwrap_or(0);
@@ -254,6 +288,7 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
                 peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
                 rss_after_load_bytes: rss_after_load,
                 load_s,
+                base_bits_per_weight: Some(base_bits),
             })?
         }
         Job::Inference {
@@ -292,17 +327,26 @@ fn load_model(path: &std::path::Path, device: &burn::tensor::Device) -> Result<L
     model.with_context(|| format!("loading {}", path.display()))
 }
 
-/// Puts trainable adapters on `base` with `implementation`'s mechanism.
+/// Puts trainable adapters on `base` with `implementation`'s mechanism; returns the model and
+/// the storage of its frozen linear weights in bits per weight.
 fn adapt(
-    base: Llama,
+    mut base: Llama,
     implementation: Implementation,
     targets: TargetSet,
     s: &TrainSettings,
     device: &burn::tensor::Device,
-) -> Result<Llama> {
+) -> Result<(Llama, f64)> {
     let config = lora_config(targets, s.rank, s.alpha);
     match implementation {
-        Implementation::Ours => Ok(apply_lora(base, &config, device)?.0),
+        Implementation::Ours => Ok((apply_lora(base, &config, device)?.0, 32.0)),
+        Implementation::OursNf4 => {
+            // As `burn-lora train --quant nf4`: quantize first, then put the f32 adapters on.
+            let report = quantize_base(&mut base, &Nf4Config::default(), &["lm_head"])?;
+            Ok((
+                apply_lora(base, &config, device)?.0,
+                report.bits_per_weight(),
+            ))
+        }
         Implementation::Burn => {
             // The same weights as ours: the `.weight.Dense` parameter of every selected linear layer.
             let matcher = TargetMatcher::new(&config)?;
@@ -321,15 +365,29 @@ fn adapt(
             if adapted == 0 || n == 0 {
                 bail!("burn's apply_lora adapted no parameter (paths did not match)");
             }
-            Ok(model)
+            Ok((model, 32.0))
         }
-        Implementation::Peft => bail!("PEFT runs in Python (scripts/bench_peft.py), not here"),
+        Implementation::Peft | Implementation::PeftNf4 => {
+            bail!("PEFT runs in Python (scripts/bench_peft.py), not here")
+        }
     }
 }
 
+/// `model` with every linear weight (the output head included) copied into a new buffer.
+fn fresh_weights(mut model: Llama) -> Result<Llama> {
+    model.visit_linears_mut(&mut |_, lin| {
+        lin.weight = lin.weight.clone().map(|w| {
+            // `to_data` of a tensor that is still referenced always copies.
+            Tensor::from_data(w.to_data(), &w.device())
+        });
+        Ok(())
+    })?;
+    Ok(model)
+}
+
 /// Times the base model, the base with an unmerged adapter (random, non-zero `B` so the LoRA
-/// path does real work), and the merged model, interleaved round by round so that a change of
-/// machine load hits all three alike.
+/// path does real work), the merged model, and the base with its weights where loading put them,
+/// interleaved round by round so that a change of machine load hits all alike.
 fn run_inference(
     base: Llama,
     targets: TargetSet,
@@ -352,6 +410,12 @@ fn run_inference(
     })?;
     let mut merged = unmerged.clone();
     lora_core::merge_and_unload(&mut merged)?;
+    // Decode streams every weight once per token, so its speed depends on where the weights sit
+    // in memory: on the 2-core VMs here, the same weights decoded up to 20 % faster or slower
+    // depending only on the buffers they were copied into (merging allocates fresh buffers, so
+    // a single measurement compares placements, not models). Each round therefore times every
+    // variant on fresh copies of its weights, and the median over rounds averages placement out;
+    // the base with its weights where loading put them is timed too, for the record.
     let prompt = bench_token_ids(1, prompt_len, base.config.vocab_size, seed).remove(0);
 
     let diff = {
@@ -366,20 +430,27 @@ fn run_inference(
             .fold(0.0, f64::max)
     };
 
-    let variants: [(&str, &Llama); 3] = [
-        ("base", &base),
-        ("base + adapter (unmerged)", &unmerged),
-        ("merged", &merged),
+    let variants: [(&str, &Llama, bool); 4] = [
+        ("base", &base, true),
+        ("base + adapter (unmerged)", &unmerged, true),
+        ("merged", &merged, true),
+        ("base, weights as loaded", &base, false),
     ];
     let mut out: Vec<(String, Vec<f64>, Vec<f64>)> = variants
         .iter()
-        .map(|(name, _)| (name.to_string(), Vec::new(), Vec::new()))
+        .map(|(name, _, _)| (name.to_string(), Vec::new(), Vec::new()))
         .collect();
     let bar = progress("inference", (rounds + 1) * variants.len());
     // Round 0 warms up (first allocations, caches) and is not recorded.
     for round in 0..=rounds {
-        for (i, (name, model)) in variants.iter().enumerate() {
+        for (i, (name, model, copy)) in variants.iter().enumerate() {
             bar.set_message(format!("round {round}: {name}"));
+            let fresh = if *copy {
+                Some(fresh_weights((*model).clone())?)
+            } else {
+                None
+            };
+            let model = fresh.as_ref().unwrap_or(model);
             let (prefill, decode) = time_generation(model, &prompt, decode_tokens)?;
             if round > 0 {
                 out[i].1.push(prefill);

@@ -57,8 +57,9 @@ pub struct Args {
     /// Target sets, comma-separated: qv (q_proj, v_proj) and/or all (all-linear).
     #[arg(long, default_value = "qv,all")]
     pub targets: String,
-    /// Implementations, comma-separated: ours, burn (burn's apply_lora), peft.
-    #[arg(long, default_value = "ours,burn,peft")]
+    /// Implementations, comma-separated: ours, burn (burn's apply_lora), peft, and the QLoRA
+    /// rows ours-nf4 and peft-nf4 (PEFT on a bitsandbytes NF4 base).
+    #[arg(long, default_value = "ours,burn,peft,ours-nf4,peft-nf4")]
     pub impls: String,
     /// What to measure, comma-separated: training, inference.
     #[arg(long, default_value = "training,inference")]
@@ -79,8 +80,8 @@ pub struct Args {
     /// Decoded tokens per inference round.
     #[arg(long, default_value_t = 32)]
     pub decode_tokens: usize,
-    /// Timed inference rounds (each runs base, unmerged and merged once).
-    #[arg(long, default_value_t = 3)]
+    /// Timed inference rounds (each runs every variant once, on fresh copies of its weights).
+    #[arg(long, default_value_t = 7)]
     pub rounds: usize,
     /// Instead of the tables: sweep these LoRA ranks (ours), e.g. 4,8,16,32,64.
     #[arg(long, value_delimiter = ',')]
@@ -204,7 +205,11 @@ fn parse_impl(s: &str) -> Result<Implementation> {
         "ours" | "burn-lora" => Ok(Implementation::Ours),
         "burn" => Ok(Implementation::Burn),
         "peft" | "pytorch" => Ok(Implementation::Peft),
-        other => bail!("unknown implementation {other:?}; use ours, burn or peft"),
+        "ours-nf4" | "qlora" => Ok(Implementation::OursNf4),
+        "peft-nf4" | "qlora-peft" => Ok(Implementation::PeftNf4),
+        other => {
+            bail!("unknown implementation {other:?}; use ours, burn, peft, ours-nf4 or peft-nf4")
+        }
     }
 }
 
@@ -450,7 +455,8 @@ fn run_training(
     let python = args.python.clone().unwrap_or_else(peft::default_python);
     let script = peft::default_script();
     let peft_missing = impls
-        .contains(&Implementation::Peft)
+        .iter()
+        .any(|i| i.is_python())
         .then(|| peft::unavailable(&python, &script))
         .flatten();
     let total = targets.len() * impls.len();
@@ -460,9 +466,17 @@ fn run_training(
             k += 1;
             eprintln!("[{k}/{total}] {} {}", i.label(), t.label());
             let result = match i {
-                Implementation::Peft => match &peft_missing {
+                Implementation::Peft | Implementation::PeftNf4 => match &peft_missing {
                     Some(why) => Err(why.clone()),
-                    None => peft::run(&python, &script, model, t, settings, args.threads),
+                    None => peft::run(
+                        &python,
+                        &script,
+                        model,
+                        t,
+                        settings,
+                        args.threads,
+                        i.is_nf4(),
+                    ),
                 },
                 _ => {
                     let spec = JobSpec {

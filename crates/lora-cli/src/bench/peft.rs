@@ -48,7 +48,7 @@ pub fn unavailable(python: &Path, script: &Path) -> Option<String> {
     }
 }
 
-/// Runs one PEFT configuration; progress lines go to stderr as they come. Returns the raw
+/// Runs one PEFT configuration (on a bitsandbytes NF4 base when `nf4`); progress lines go to stderr as they come. Returns the raw
 /// result, or a one-line reason it failed.
 pub fn run(
     python: &Path,
@@ -57,6 +57,7 @@ pub fn run(
     targets: TargetSet,
     s: &TrainSettings,
     threads: usize,
+    nf4: bool,
 ) -> Result<RawTrain, String> {
     let mut child = Command::new(python)
         .arg(script)
@@ -73,6 +74,7 @@ pub fn run(
         .args(["--lr", &s.lr.to_string()])
         .args(["--weight-decay", &s.weight_decay.to_string()])
         .args(["--seed", &s.seed.to_string()])
+        .args(if nf4 { &["--quant", "nf4"][..] } else { &[] })
         // The thread pools PyTorch may use besides its intra-op pool.
         .env("OMP_NUM_THREADS", threads.to_string())
         .env("MKL_NUM_THREADS", threads.to_string())

@@ -52,6 +52,8 @@ pub struct TrainSummary {
     pub trainable_params: usize,
     /// Loss of the first and last timed step.
     pub loss_first_last: (f64, f64),
+    /// Storage of the frozen linear weights (all but `lm_head`), bits per weight.
+    pub base_bits_per_weight: Option<f64>,
 }
 
 /// Tokens per second from seconds per step: the median of the rates is the rate of the median
@@ -77,7 +79,13 @@ impl TrainRow {
         let tokens = s.batch * s.seq_len;
         let summary = TrainSummary {
             tokens_per_s: rate(tokens, &raw.step_s),
-            tokens_per_cpu_s: (!raw.cpu_s.is_empty()).then(|| rate(tokens, &raw.cpu_s)),
+            // CPU time is counted in 10 ms ticks: a step shorter than one reads as 0.
+            tokens_per_cpu_s: raw
+                .cpu_s
+                .iter()
+                .all(|&c| c > 0.0)
+                .then(|| rate(tokens, &raw.cpu_s))
+                .filter(|_| !raw.cpu_s.is_empty()),
             step_s: Stats::of(&raw.step_s),
             forward_s: Stats::of(&raw.forward_s),
             backward_s: Stats::of(&raw.backward_s),
@@ -89,6 +97,7 @@ impl TrainRow {
                 raw.losses.first().copied().unwrap_or(f64::NAN),
                 raw.losses.last().copied().unwrap_or(f64::NAN),
             ),
+            base_bits_per_weight: raw.base_bits_per_weight,
         };
         TrainRow {
             implementation,
@@ -203,7 +212,8 @@ fn ratio(ours: f64, theirs: Option<f64>) -> String {
     }
 }
 
-/// The training table: one line per configuration, ratios to PEFT on the same target set.
+/// The training table: one line per configuration, ratios to PEFT on the same target set and
+/// the same kind of base (f32 rows to PEFT, NF4 rows to PEFT on a bitsandbytes NF4 base).
 pub fn training_table(rows: &[TrainRow], s: &TrainSettings, header: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{header}");
@@ -214,11 +224,11 @@ pub fn training_table(rows: &[TrainRow], s: &TrainSettings, header: &str) -> Str
     );
     let _ = writeln!(
         out,
-        "×PEFT: ratio to PyTorch + PEFT on the same targets (tokens/s: higher is better; memory: lower is better)\n"
+        "×PEFT: ratio to PyTorch + PEFT on the same targets and base (NF4 rows: to PEFT + bitsandbytes NF4); tokens/s: higher is better; memory: lower is better\n"
     );
     let _ = writeln!(
         out,
-        "{:<10} {:<17} {:>22} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>9} {:>6} {:>10}",
+        "{:<10} {:<17} {:>22} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>9} {:>6} {:>10} {:>6}",
         "targets",
         "implementation",
         "tokens/s (min–max)",
@@ -230,12 +240,15 @@ pub fn training_table(rows: &[TrainRow], s: &TrainSettings, header: &str) -> Str
         "opt s",
         "peak RSS",
         "×PEFT",
-        "trainable"
+        "trainable",
+        "bits/w"
     );
     for row in rows {
         let peft = rows
             .iter()
-            .find(|r| r.targets == row.targets && r.implementation == Implementation::Peft)
+            .find(|r| {
+                r.targets == row.targets && r.implementation == row.implementation.reference()
+            })
             .and_then(|r| r.summary.as_ref());
         let Some(m) = &row.summary else {
             let _ = writeln!(
@@ -250,7 +263,7 @@ pub fn training_table(rows: &[TrainRow], s: &TrainSettings, header: &str) -> Str
         let cpu = m.tokens_per_cpu_s.map(|c| c.median);
         let _ = writeln!(
             out,
-            "{:<10} {:<17} {:>22} {:>6} {:>9} {:>6} {:>6.2} {:>6.2} {:>6.2} {:>5.2} GiB {:>6} {:>10}",
+            "{:<10} {:<17} {:>22} {:>6} {:>9} {:>6} {:>6.2} {:>6.2} {:>6.2} {:>5.2} GiB {:>6} {:>10} {:>6}",
             row.targets.label(),
             row.implementation.label(),
             format!(
@@ -268,7 +281,9 @@ pub fn training_table(rows: &[TrainRow], s: &TrainSettings, header: &str) -> Str
             m.optimizer_s.median,
             m.peak_rss_gib,
             ratio(m.peak_rss_gib, peft.map(|p| p.peak_rss_gib)),
-            m.trainable_params
+            m.trainable_params,
+            m.base_bits_per_weight
+                .map_or("–".into(), |b| format!("{b:.2}"))
         );
     }
     out
