@@ -23,9 +23,15 @@ use crate::error::LoraError;
 use crate::quant::dynamic_map::{QuantizedBlockwise8, dynamic_map};
 use crate::quant::nf4::{Absmax, NESTED_BLOCK_SIZE, NF4_CODE, Nf4Config, Nf4Tensor, quantize_nf4};
 
-/// Bit offsets of the 8 nibbles of a little-endian word of 4 bnb bytes, in element order
-/// (byte k holds element 2k in its high nibble).
-const NIBBLE_SHIFTS: [i32; 8] = [4, 0, 12, 8, 20, 16, 28, 24];
+/// Bit offsets of the 4 bytes of a little-endian word of bnb bytes, in element order (byte k
+/// holds elements 2k and 2k + 1).
+const BYTE_SHIFTS: [i32; 4] = [0, 8, 16, 24];
+
+/// For every byte value `b`, the NF4 code indices of its two elements in element order:
+/// `[b >> 4, b & 0xF]` (bitsandbytes puts the first element in the high nibble).
+fn byte_to_nibbles() -> Vec<i32> {
+    (0..256).flat_map(|b| [b >> 4, b & 0xF]).collect()
+}
 
 /// The per-block `absmax` values as stored on the device.
 #[derive(Module, Debug)]
@@ -247,21 +253,31 @@ impl Nf4Weight {
     pub fn dequantize(&self) -> Tensor<2> {
         let words = self.packed.val();
         let [n_words] = words.dims();
-        let parts: Vec<Tensor<1, Int>> = NIBBLE_SHIFTS
+        // One lookup per byte, not per nibble: a `[256, 2]` table holds both elements of every
+        // byte value, so unpacking takes 4 shift-and-mask passes instead of 8 and gathers two
+        // values per index (bit-identical: the same NF4 values, only fetched in pairs).
+        let device = words.device();
+        let pairs = self
+            .nf4_code
+            .val()
+            .select(
+                0,
+                Tensor::<1, Int>::from_data(TensorData::new(byte_to_nibbles(), [512]), &device),
+            )
+            .reshape([256, 2]);
+        let parts: Vec<Tensor<1, Int>> = BYTE_SHIFTS
             .iter()
             .map(|&s| {
                 words
                     .clone()
                     .bitwise_right_shift_scalar(s)
-                    .bitwise_and_scalar(0xF)
+                    .bitwise_and_scalar(0xFF)
             })
             .collect();
-        let idx = Tensor::stack::<2>(parts, 1).reshape([n_words * 8]); // [blocks · block]
+        let bytes = Tensor::stack::<2>(parts, 1).reshape([n_words * 4]); // [blocks · block / 2]
         let blocks = self.blocks();
-        let values = self
-            .nf4_code
-            .val()
-            .select(0, idx)
+        let values = pairs
+            .select(0, bytes) // [blocks · block / 2, 2]
             .reshape([blocks, self.block_size])
             .mul(self.absmax_values().reshape([blocks, 1]))
             .reshape([blocks * self.block_size])
