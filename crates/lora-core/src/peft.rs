@@ -30,11 +30,12 @@ pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// Prefix PEFT puts in front of module paths (`PeftModel.base_model.model`).
 pub const KEY_PREFIX: &str = "base_model.model.";
 
-/// `adapter_config.json` for a LoRA adapter: the [`LoraConfig`] fields plus PEFT's bookkeeping.
-/// Unknown keys are ignored on read, as PEFT does.
+/// The `adapter_config.json` keys every PEFT adapter type shares (PEFT's `PeftConfig` and the
+/// common part of `LoraConfig` / `AdaLoraConfig` in `peft/tuners/*/config.py`). Unknown keys are
+/// ignored on read, as PEFT does.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeftLoraConfig {
-    /// `"LORA"`.
+pub struct PeftCommon {
+    /// `"LORA"` or `"ADALORA"`.
     pub peft_type: String,
     /// `"CAUSAL_LM"` for language models.
     #[serde(default)]
@@ -48,15 +49,68 @@ pub struct PeftLoraConfig {
     /// `true` only for GPT-2-style Conv1D weights; Llama layers are `false`.
     #[serde(default)]
     pub fan_in_fan_out: bool,
-    /// DoRA (weight-decomposed LoRA); not supported yet.
-    #[serde(default)]
-    pub use_dora: bool,
     /// Extra fully-trained modules; not supported.
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
     /// PEFT writes `true` when saving.
     #[serde(default)]
     pub inference_mode: bool,
+}
+
+fn none_str() -> String {
+    "none".into()
+}
+
+impl PeftCommon {
+    /// What PEFT writes for an adapter of `peft_type` trained on `base_model`.
+    pub fn new(peft_type: &str, base_model: &str) -> Self {
+        PeftCommon {
+            peft_type: peft_type.into(),
+            task_type: Some("CAUSAL_LM".into()),
+            base_model_name_or_path: Some(base_model.into()),
+            bias: none_str(),
+            fan_in_fan_out: false,
+            modules_to_save: None,
+            inference_mode: true,
+        }
+    }
+
+    /// Why an adapter with these shared settings cannot be loaded as `expected` (a PEFT type
+    /// name), or `None` when it can: another `peft_type`, trained biases, Conv1D layouts or
+    /// `modules_to_save`.
+    pub fn unsupported(&self, expected: &str) -> Option<String> {
+        if self.peft_type != expected {
+            return Some(format!(
+                "peft_type {:?} (this loader reads {expected:?}; LoRA adapters load with \
+                 peft::load_adapter, AdaLoRA ones with adalora::load_adapter)",
+                self.peft_type
+            ));
+        }
+        if self.bias != "none" {
+            return Some(format!("bias {:?} (only \"none\" is supported)", self.bias));
+        }
+        if self.fan_in_fan_out {
+            return Some(
+                "fan_in_fan_out: true (Conv1D layouts do not occur in Llama models)".into(),
+            );
+        }
+        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+            return Some("modules_to_save is not supported".into());
+        }
+        None
+    }
+}
+
+/// `adapter_config.json` for a LoRA adapter: the [`LoraConfig`] fields plus PEFT's bookkeeping.
+/// Unknown keys are ignored on read, as PEFT does.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeftLoraConfig {
+    /// The keys every PEFT adapter has (`peft_type` is `"LORA"`).
+    #[serde(flatten)]
+    pub common: PeftCommon,
+    /// DoRA (weight-decomposed LoRA); not supported yet.
+    #[serde(default)]
+    pub use_dora: bool,
     /// LoRA on biases (PEFT ≥ 0.14); must be `false`.
     #[serde(default)]
     pub lora_bias: bool,
@@ -74,22 +128,12 @@ pub struct PeftLoraConfig {
     pub lora: LoraConfig,
 }
 
-fn none_str() -> String {
-    "none".into()
-}
-
 impl PeftLoraConfig {
     /// The config PEFT would write for `lora` on `base_model`.
     pub fn new(lora: LoraConfig, base_model: &str) -> Self {
         PeftLoraConfig {
-            peft_type: "LORA".into(),
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: Some(base_model.into()),
-            bias: none_str(),
-            fan_in_fan_out: false,
+            common: PeftCommon::new("LORA", base_model),
             use_dora: false,
-            modules_to_save: None,
-            inference_mode: true,
             lora_bias: false,
             exclude_modules: None,
             target_parameters: None,
@@ -122,22 +166,11 @@ pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
             message: m,
         })
     };
-    if cfg.peft_type != "LORA" {
-        return unsupported(format!(
-            "peft_type {:?} (this loader reads \"LORA\")",
-            cfg.peft_type
-        ));
+    if let Some(why) = cfg.common.unsupported("LORA") {
+        return unsupported(why);
     }
     if cfg.use_dora {
         return unsupported("use_dora: true (DoRA adapters are not supported yet)".into());
-    }
-    if cfg.bias != "none" {
-        return unsupported(format!("bias {:?} (only \"none\" is supported)", cfg.bias));
-    }
-    if cfg.fan_in_fan_out {
-        return unsupported(
-            "fan_in_fan_out: true (Conv1D layouts do not occur in Llama models)".into(),
-        );
     }
     if cfg.lora_bias {
         return unsupported("lora_bias: true is not supported".into());
@@ -152,9 +185,6 @@ pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
     }
     if non_empty(&cfg.target_parameters) {
         return unsupported("target_parameters (LoRA on raw parameters) is not supported".into());
-    }
-    if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-        return unsupported("modules_to_save is not supported".into());
     }
     cfg.lora.validate().map_err(|e| LoraError::AdapterConfig {
         path: path.clone(),

@@ -24,36 +24,19 @@ use crate::adalora::config::{AdaLoraConfig, RankPattern};
 use crate::adalora::layer::AdaLoraAdapter;
 use crate::error::LoraError;
 use crate::inject::{AdaptReport, LoraModel};
-use crate::peft::{CONFIG_FILE, KEY_PREFIX, WEIGHTS_FILE};
+use crate::peft::{CONFIG_FILE, KEY_PREFIX, PeftCommon, WEIGHTS_FILE};
 use crate::targets::TargetMatcher;
 use crate::tensor_io::{DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors};
 
 /// `adapter_config.json` of an AdaLoRA adapter. Unknown keys are ignored on read, as PEFT does.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeftAdaLoraConfig {
-    /// `"ADALORA"`.
-    pub peft_type: String,
-    /// `"CAUSAL_LM"` for language models.
-    #[serde(default)]
-    pub task_type: Option<String>,
-    /// Name or path of the base model.
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    /// Only `"none"` is supported.
-    #[serde(default = "none_str")]
-    pub bias: String,
-    /// `false` for Llama's linear layers.
-    #[serde(default)]
-    pub fan_in_fan_out: bool,
-    /// PEFT writes `true` when saving.
-    #[serde(default)]
-    pub inference_mode: bool,
+    /// The keys every PEFT adapter has (`peft_type` is `"ADALORA"`).
+    #[serde(flatten)]
+    pub common: PeftCommon,
     /// LoRA's `r`, which AdaLoRA ignores; PEFT writes its default 8.
     #[serde(default = "lora_r")]
     pub r: usize,
-    /// Extra fully-trained modules; not supported.
-    #[serde(default)]
-    pub modules_to_save: Option<Vec<String>>,
     /// `"<module>.lora_E"` → kept triplets; `null` before any pruning.
     #[serde(default)]
     pub rank_pattern: Option<BTreeMap<String, Vec<bool>>>,
@@ -62,9 +45,6 @@ pub struct PeftAdaLoraConfig {
     pub adalora: AdaLoraConfig,
 }
 
-fn none_str() -> String {
-    "none".into()
-}
 fn lora_r() -> usize {
     8
 }
@@ -98,19 +78,8 @@ pub fn read_config(dir: &Path) -> Result<AdaLoraConfig, LoraError> {
         path: path.clone(),
         message,
     };
-    if file.peft_type != "ADALORA" {
-        return Err(unsupported(format!(
-            "peft_type {:?} (this loader reads \"ADALORA\"; LoRA adapters load with peft::load_adapter)",
-            file.peft_type
-        )));
-    }
-    if file.bias != "none" || file.fan_in_fan_out {
-        return Err(unsupported(
-            "bias other than \"none\" or fan_in_fan_out: true".into(),
-        ));
-    }
-    if file.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(unsupported("modules_to_save is not supported".into()));
+    if let Some(why) = file.common.unsupported("ADALORA") {
+        return Err(unsupported(why));
     }
     let mut cfg = file.adalora;
     cfg.rank_pattern = file.rank_pattern.map(|p| {
@@ -233,14 +202,8 @@ pub fn save_adapter<M: LoraModel>(
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, DiskDtype::F32, meta)?;
     let file = PeftAdaLoraConfig {
-        peft_type: "ADALORA".into(),
-        task_type: Some("CAUSAL_LM".into()),
-        base_model_name_or_path: Some(base_model.into()),
-        bias: none_str(),
-        fan_in_fan_out: false,
-        inference_mode: true,
+        common: PeftCommon::new("ADALORA", base_model),
         r: lora_r(),
-        modules_to_save: None,
         rank_pattern: config.rank_pattern.as_ref().map(|p| {
             p.iter()
                 .map(|(k, v)| (format!("{k}.lora_E"), v.clone()))
