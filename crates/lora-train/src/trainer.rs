@@ -186,8 +186,7 @@ pub fn train_with(
     let mut start = 0;
     if let Some(state) = resume {
         optim = checkpoint.load_optimizer(optim)?;
-        sampler =
-            BatchSampler::from_state(train.len(), cfg.batch_size, cfg.seed, state.sampler.clone())?;
+        sampler = BatchSampler::from_state(train.len(), cfg.batch_size, cfg.seed, state.sampler)?;
         for _ in 0..state.step {
             schedule.step(); // the schedule is a pure function of the step
         }

@@ -176,7 +176,7 @@ pub fn quantize_nf4(values: &[f32], config: &Nf4Config) -> Result<Nf4Tensor, Lor
             let scaled = if full { v * inv } else { v / guarded }.clamp(-1.0, 1.0);
             let idx = nf4_index(scaled);
             let i = b * bs + j;
-            packed[i / 2] |= if i % 2 == 0 { idx << 4 } else { idx };
+            packed[i / 2] |= if i.is_multiple_of(2) { idx << 4 } else { idx };
         }
     }
     if values.len() % 2 == 1 {
@@ -208,7 +208,11 @@ impl Nf4Tensor {
     /// The code index of element `i`.
     pub fn index(&self, i: usize) -> u8 {
         let byte = self.packed[i / 2];
-        if i % 2 == 0 { byte >> 4 } else { byte & 0x0F }
+        if i.is_multiple_of(2) {
+            byte >> 4
+        } else {
+            byte & 0x0F
+        }
     }
 
     /// Dequantizes on the host: `NF4[idx] · absmax[block]` in f32 (bitsandbytes
