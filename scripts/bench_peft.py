@@ -199,7 +199,8 @@ def main() -> int:
         c_end = time.process_time()
         value = float(loss.detach())
         phase = "warm-up" if i < args.warmup else "timed"
-        log(f"peft {args.targets}: {phase} step {i + 1}/{n}: {t_end - t_start:.2f}s loss {value:.4f}")
+        label = "peft-nf4" if args.quant == "nf4" else "peft"
+        log(f"{label} {args.targets}: {phase} step {i + 1}/{n}: {t_end - t_start:.2f}s loss {value:.4f}")
         if i >= args.warmup:
             fwd.append(t_fwd - t_start)
             bwd.append(t_bwd - t_fwd)

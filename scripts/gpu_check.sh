@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with a GPU (Vulkan, Metal or DX12): build with wgpu, check wgpu against flex on
-# the tiny model (logits and one training step within 1e-4), then benchmark training and
-# inference on the GPU (ours and burn's apply_lora; PyTorch + PEFT is CPU-only here) and print
-# the table. Results: runs/gpu-check/bench.json.
+# the tiny model (logits with an f32 and an NF4 base, and one training step, within 1e-4), then
+# benchmark training and inference on the GPU (ours, burn's apply_lora and ours on an NF4 base;
+# PyTorch + PEFT is CPU-only here) and print the table. Results: runs/gpu-check/bench.json.
 #
 #   scripts/gpu_check.sh            # the default bench (3 warm-up + 10 timed steps per row)
 #   scripts/gpu_check.sh --quick    # extra arguments go to `cargo xtask bench`
@@ -22,4 +22,4 @@ echo "== wgpu vs flex on the tiny model"
 cargo xtask test --backend wgpu --test wgpu_parity
 
 echo "== bench on wgpu"
-cargo xtask bench --backend wgpu --impls ours,burn --out runs/gpu-check "$@"
+cargo xtask bench --backend wgpu --impls ours,burn,ours-nf4 --out runs/gpu-check "$@"

@@ -254,10 +254,22 @@ impl Observer for Console {
             );
         } else if let Some(bar) = &self.bar {
             bar.set_position(m.step as u64);
-            bar.set_message(format!(
+            let status = format!(
                 "loss {:.4} · {:.0} tok/s · lr {:.2e} · |g| {:.2}",
                 m.loss, m.tokens_per_s, m.lr, m.grad_norm
-            ));
+            );
+            // With stderr piped or redirected indicatif draws nothing: a plain line every 10
+            // steps (and at the last) keeps the progress, rate and ETA visible in a log.
+            let last = bar.length() == Some(m.step as u64);
+            if bar.is_hidden() && (m.step % 10 == 0 || last) {
+                eprintln!(
+                    "step {}/{} · {status} · ETA {}s",
+                    m.step,
+                    bar.length().unwrap_or(0),
+                    bar.eta().as_secs()
+                );
+            }
+            bar.set_message(status);
         }
     }
 
@@ -275,8 +287,9 @@ impl Observer for Console {
                 "{}",
                 serde_json::json!({"event": "eval", "step": step, "loss": e.loss, "accuracy": e.accuracy})
             ),
-            (Some(bar), _) => bar.println(line),
-            (None, _) => eprintln!("{line}"),
+            // `println` on a hidden bar (stderr not a terminal) prints nothing.
+            (Some(bar), _) if !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
         }
     }
 

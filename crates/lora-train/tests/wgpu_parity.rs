@@ -1,5 +1,6 @@
-//! The same model on wgpu and on flex: equal logits, and one LoRA training step (loss,
-//! gradients through the whole model, AdamW update) that lands on the same adapter weights.
+//! The same model on wgpu and on flex: equal logits (with an f32 and with an NF4 base), and one
+//! LoRA training step (loss, gradients through the whole model, AdamW update) that lands on the
+//! same adapter weights.
 //! Built only with the `wgpu` feature (`cargo xtask test --backend wgpu --test wgpu_parity`);
 //! in CI it runs on Mesa's software Vulkan device, so the shapes are the tiny fixture's.
 #![cfg(feature = "wgpu")]
@@ -11,6 +12,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Device;
 use common::*;
+use lora_core::quant::{Nf4Config, quantize_base};
 use lora_core::{BackendKind, LoraModel, peft, select_device};
 use lora_models::Llama;
 use lora_models::pretrained::load_hf_model;
@@ -57,6 +59,25 @@ fn logits_on_wgpu_equal_flex() {
     let on_gpu = host(tiny_with_adapter(&gpu).forward(ids(&r["input_ids"], &gpu), None));
     let diff = max_abs_diff(&on_gpu, &on_cpu);
     assert!(diff < TOL, "logits differ by {diff}");
+}
+
+/// QLoRA's base on wgpu: NF4 dequantization uses only Int shifts and masks, a table `select` and
+/// a broadcast multiply, so the dequantized weights — and the logits — equal flex's.
+#[test]
+fn nf4_logits_on_wgpu_equal_flex() {
+    let r = reference("tiny-llama/peft-reference.safetensors");
+    let logits = |device: Device| {
+        let mut model = tiny_with_adapter(&device);
+        quantize_base(&mut model, &Nf4Config::default(), &["lm_head"]).unwrap();
+        host(model.forward(ids(&r["input_ids"], &device), None))
+    };
+    let (on_cpu, on_gpu) = (logits(device()), logits(wgpu()));
+    let diff = max_abs_diff(&on_gpu, &on_cpu);
+    assert!(diff < TOL, "NF4-base logits differ by {diff}");
+    // The NF4 base is a different function from the f32 one (the check is not vacuous).
+    let f32_logits =
+        host(tiny_with_adapter(&device()).forward(ids(&r["input_ids"], &device()), None));
+    assert!(max_abs_diff(&on_cpu, &f32_logits) > 1e-3);
 }
 
 /// One step: forward, loss, backward, AdamW; returns the loss and the adapter afterwards.
