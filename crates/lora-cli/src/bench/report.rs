@@ -317,7 +317,7 @@ pub fn inference_table(r: &InferenceReport, adapter: &str) -> String {
     let (pb, db) = r.merged_over_base_best;
     let _ = writeln!(
         out,
-        "merged / base: prefill {p:.2}, decode {d:.2} (medians); {pb:.2}, {db:.2} (fastest rounds); expected 1.00 ± 0.02\nmax |logit difference| merged vs unmerged: {:.1e}",
+        "merged / base: prefill {p:.2}, decode {d:.2} (medians); {pb:.2}, {db:.2} (fastest rounds); expected 1.00 ± 0.02 (over the default 7 rounds; fewer are noisier)\nmax |logit difference| merged vs unmerged: {:.1e}",
         r.merged_max_abs_logit_diff
     );
     out
