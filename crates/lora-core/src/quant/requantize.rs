@@ -308,7 +308,9 @@ mod tests {
         let delta = layer.adapter.as_ref().unwrap().delta_weight();
         let delta = delta.transpose().into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(got, requantize_report(&host, &delta, &cfg).unwrap());
-        assert!(got.survival > 0.0 && got.survival < 1.0, "{got:?}");
+        // Survival can exceed 1 (rounding may overshoot ΔW, as in the hand-made 0.7 / 0.58 case
+        // above); W here is random, so only its sign and finiteness are fixed.
+        assert!(got.survival > 0.0 && got.survival.is_finite(), "{got:?}");
         assert!(
             got.codes_changed > 0.0 && got.codes_changed < 1.0,
             "{got:?}"
