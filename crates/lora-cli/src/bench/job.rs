@@ -386,7 +386,8 @@ fn fresh_weights(mut model: Llama) -> Result<Llama> {
 }
 
 /// Times the base model, the base with an unmerged adapter (random, non-zero `B` so the LoRA
-/// path does real work), the merged model, and the base with its weights where loading put them,
+/// path does real work), the merged model, the base with its weights where loading put them, and
+/// the base in NF4 (QLoRA's, block 64 with double quantization),
 /// interleaved round by round so that a change of machine load hits all alike.
 fn run_inference(
     base: Llama,
@@ -440,7 +441,8 @@ fn run_inference(
         .iter()
         .map(|(name, _, _)| (name.to_string(), Vec::new(), Vec::new()))
         .collect();
-    let bar = progress("inference", (rounds + 1) * variants.len());
+    const NF4_ROUNDS: usize = 2;
+    let bar = progress("inference", (rounds + 1) * variants.len() + NF4_ROUNDS + 1);
     // Round 0 warms up (first allocations, caches) and is not recorded.
     for round in 0..=rounds {
         for (i, (name, model, copy)) in variants.iter().enumerate() {
@@ -459,6 +461,22 @@ fn run_inference(
             bar.inc(1);
         }
     }
+    // QLoRA's base (NF4, all but lm_head) dequantizes every layer in every forward, a decode
+    // step included: timed after the others (its large temporaries would disturb their rounds),
+    // with fewer rounds (it is ~25× slower to decode).
+    let mut nf4 = base.clone();
+    quantize_base(&mut nf4, &Nf4Config::default(), &["lm_head"])?;
+    let mut nf4_row = ("base in NF4".to_string(), Vec::new(), Vec::new());
+    for round in 0..=NF4_ROUNDS {
+        bar.set_message(format!("round {round}: base in NF4"));
+        let (prefill, decode) = time_generation(&nf4, &prompt, decode_tokens)?;
+        if round > 0 {
+            nf4_row.1.push(prefill);
+            nf4_row.2.push(decode);
+        }
+        bar.inc(1);
+    }
+    out.push(nf4_row);
     bar.finish_and_clear();
     Ok(RawInference {
         variants: out,
