@@ -124,3 +124,11 @@ pub fn encode_prompt(tok: &TextTokenizer, prompt: &str, chat: bool) -> Result<Ve
         Ok(tok.encode(prompt, true)?)
     }
 }
+
+/// `runs/<prefix>-<unix seconds>`: the default output directory of a run (not created here).
+pub fn timestamped_run_dir(prefix: &str) -> std::path::PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    std::path::PathBuf::from("runs").join(format!("{prefix}-{secs}"))
+}

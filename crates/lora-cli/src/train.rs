@@ -209,12 +209,7 @@ fn run_dir(args: &Args) -> Result<PathBuf> {
     }
     let dir = match &args.out {
         Some(d) => d.clone(),
-        None => {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            PathBuf::from("runs").join(format!("run-{secs}"))
-        }
+        None => crate::common::timestamped_run_dir("run"),
     };
     if dir.exists()
         && std::fs::read_dir(&dir)

@@ -143,6 +143,27 @@ impl PeftLoraConfig {
     }
 }
 
+/// Reads `dir/adapter_config.json` as `T` (a LoRA or AdaLoRA config); returns the file's path
+/// too, for the caller's own error messages.
+///
+/// # Errors
+/// [`LoraError::Io`] if the file cannot be read, [`LoraError::AdapterConfig`] for bad JSON or
+/// missing fields.
+pub(crate) fn read_config_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> Result<(std::path::PathBuf, T), LoraError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| LoraError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let value = serde_json::from_str(&text).map_err(|e| LoraError::AdapterConfig {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok((path, value))
+}
+
 /// Reads `dir/adapter_config.json` as a LoRA adapter config.
 ///
 /// # Errors
@@ -150,16 +171,7 @@ impl PeftLoraConfig {
 /// [`LoraError::UnsupportedAdapter`] for another `peft_type`, DoRA, biases, Conv1D layouts or
 /// `modules_to_save`.
 pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| LoraError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let cfg: PeftLoraConfig =
-        serde_json::from_str(&text).map_err(|e| LoraError::AdapterConfig {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+    let (path, cfg): (_, PeftLoraConfig) = read_config_json(dir)?;
     let unsupported = |m: String| {
         Err(LoraError::UnsupportedAdapter {
             path: path.clone(),

@@ -159,12 +159,7 @@ fn git_commit() -> Option<String> {
 fn out_dir(args: &Args) -> Result<PathBuf> {
     let dir = match &args.out {
         Some(d) => d.clone(),
-        None => {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            PathBuf::from("runs").join(format!("bench-{secs}"))
-        }
+        None => crate::common::timestamped_run_dir("bench"),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)

@@ -64,16 +64,7 @@ fn pattern_key_to_path(key: &str) -> &str {
 /// [`LoraError::UnsupportedAdapter`] for another `peft_type`, biases, Conv1D layouts or
 /// `modules_to_save`.
 pub fn read_config(dir: &Path) -> Result<AdaLoraConfig, LoraError> {
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| LoraError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let file: PeftAdaLoraConfig =
-        serde_json::from_str(&text).map_err(|e| LoraError::AdapterConfig {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+    let (path, file): (_, PeftAdaLoraConfig) = crate::peft::read_config_json(dir)?;
     let unsupported = |message: String| LoraError::UnsupportedAdapter {
         path: path.clone(),
         message,

@@ -27,10 +27,13 @@ use crate::quant::nf4::{Absmax, NESTED_BLOCK_SIZE, NF4_CODE, Nf4Config, Nf4Tenso
 /// holds elements 2k and 2k + 1).
 const BYTE_SHIFTS: [i32; 4] = [0, 8, 16, 24];
 
-/// For every byte value `b`, the NF4 code indices of its two elements in element order:
-/// `[b >> 4, b & 0xF]` (bitsandbytes puts the first element in the high nibble).
-fn byte_to_nibbles() -> Vec<i32> {
-    (0..256).flat_map(|b| [b >> 4, b & 0xF]).collect()
+/// For every byte value `b`, the NF4 values of its two elements in element order,
+/// `[NF4[b >> 4], NF4[b & 0xF]]` (bitsandbytes puts the first element in the high nibble):
+/// `[256 · 2]`, row-major `[256, 2]`.
+fn byte_to_nf4_pairs() -> Vec<f32> {
+    (0..256)
+        .flat_map(|b| [NF4_CODE[b >> 4], NF4_CODE[b & 0xF]])
+        .collect()
 }
 
 /// The per-block `absmax` values as stored on the device.
@@ -61,8 +64,9 @@ pub struct Nf4Weight {
     pub packed: Param<Tensor<1, Int>>,
     /// Per-block scales.
     pub scales: BlockScales,
-    /// The 16 NF4 values, `[16]`.
-    pub nf4_code: Param<Tensor<1>>,
+    /// The NF4 values of both elements of every byte value, `[256, 2]` (built once, so
+    /// dequantizing looks up a byte at a time).
+    pub nf4_pairs: Param<Tensor<2>>,
     /// The 256 dynamic-map values, `[256]` (used with double quantization).
     pub dynamic_code: Param<Tensor<1>>,
     /// `[d_out, d_in]`: the PyTorch-layout shape whose row-major data was quantized.
@@ -163,7 +167,11 @@ impl Nf4Weight {
         Nf4Weight {
             packed,
             scales,
-            nf4_code: float_param(NF4_CODE.to_vec(), device),
+            nf4_pairs: Param::from_tensor(Tensor::<2>::from_data(
+                TensorData::new(byte_to_nf4_pairs(), [256, 2]),
+                device,
+            ))
+            .set_require_grad(false),
             dynamic_code: float_param(dynamic_map().to_vec(), device),
             shape_out_in,
             block_size: q.block_size,
@@ -256,15 +264,6 @@ impl Nf4Weight {
         // One lookup per byte, not per nibble: a `[256, 2]` table holds both elements of every
         // byte value, so unpacking takes 4 shift-and-mask passes instead of 8 and gathers two
         // values per index (bit-identical: the same NF4 values, only fetched in pairs).
-        let device = words.device();
-        let pairs = self
-            .nf4_code
-            .val()
-            .select(
-                0,
-                Tensor::<1, Int>::from_data(TensorData::new(byte_to_nibbles(), [512]), &device),
-            )
-            .reshape([256, 2]);
         let parts: Vec<Tensor<1, Int>> = BYTE_SHIFTS
             .iter()
             .map(|&s| {
@@ -276,7 +275,9 @@ impl Nf4Weight {
             .collect();
         let bytes = Tensor::stack::<2>(parts, 1).reshape([n_words * 4]); // [blocks · block / 2]
         let blocks = self.blocks();
-        let values = pairs
+        let values = self
+            .nf4_pairs
+            .val()
             .select(0, bytes) // [blocks · block / 2, 2]
             .reshape([blocks, self.block_size])
             .mul(self.absmax_values().reshape([blocks, 1]))
