@@ -154,10 +154,12 @@ pub struct LoraConfig {
 fn default_r() -> usize {
     8
 }
-fn default_alpha() -> f64 {
+/// PEFT's default `lora_alpha` (8), for LoRA and AdaLoRA.
+pub(crate) fn default_alpha() -> f64 {
     8.0
 }
-fn default_targets() -> TargetModules {
+/// PEFT's default targets for Llama models: `q_proj`, `v_proj`.
+pub(crate) fn default_targets() -> TargetModules {
     TargetModules::names(&["q_proj", "v_proj"])
 }
 

@@ -147,21 +147,25 @@ pub enum Job {
         /// Shapes and optimizer.
         settings: TrainSettings,
     },
-    /// Time prefill and decode of the base, base + unmerged adapter, and merged models.
-    Inference {
-        /// The adapted layers of the unmerged/merged variants.
-        targets: TargetSet,
-        /// LoRA rank of the adapter.
-        rank: usize,
-        /// Prompt length (prefill tokens).
-        prompt_len: usize,
-        /// Decoded tokens per round.
-        decode_tokens: usize,
-        /// Timed rounds (each runs every variant once, interleaved).
-        rounds: usize,
-        /// Seed of the prompt ids and the adapter.
-        seed: u64,
-    },
+    /// Time prefill and decode of the base, base + unmerged adapter, merged and NF4 models.
+    Inference(InferenceSettings),
+}
+
+/// What an inference job measures.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InferenceSettings {
+    /// The adapted layers of the unmerged/merged variants.
+    pub targets: TargetSet,
+    /// LoRA rank of the adapter.
+    pub rank: usize,
+    /// Prompt length (prefill tokens).
+    pub prompt_len: usize,
+    /// Decoded tokens per round.
+    pub decode_tokens: usize,
+    /// Timed rounds (each runs every variant once, interleaved).
+    pub rounds: usize,
+    /// Seed of the prompt ids and the adapter.
+    pub seed: u64,
 }
 
 /// A job plus where it runs.
@@ -291,24 +295,9 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
                 base_bits_per_weight: Some(base_bits),
             })?
         }
-        Job::Inference {
-            targets,
-            rank,
-            prompt_len,
-            decode_tokens,
-            rounds,
-            seed,
-        } => {
+        Job::Inference(settings) => {
             let base = load_model(&spec.model, &device)?;
-            let result = run_inference(
-                base,
-                *targets,
-                *rank,
-                *prompt_len,
-                *decode_tokens,
-                *rounds,
-                *seed,
-            )?;
+            let result = run_inference(base, settings)?;
             serde_json::to_string(&result)?
         }
     };
@@ -391,12 +380,14 @@ fn fresh_weights(mut model: Llama) -> Result<Llama> {
 /// interleaved round by round so that a change of machine load hits all alike.
 fn run_inference(
     base: Llama,
-    targets: TargetSet,
-    rank: usize,
-    prompt_len: usize,
-    decode_tokens: usize,
-    rounds: usize,
-    seed: u64,
+    &InferenceSettings {
+        targets,
+        rank,
+        prompt_len,
+        decode_tokens,
+        rounds,
+        seed,
+    }: &InferenceSettings,
 ) -> Result<RawInference> {
     let device = base.lm_head.weight.val().device();
     device.seed(seed);

@@ -18,7 +18,10 @@ use clap::Args as ClapArgs;
 use lora_models::cache;
 use serde::Serialize;
 
-use job::{Implementation, Job, JobSpec, RawInference, RawTrain, TargetSet, TrainSettings};
+use job::{
+    Implementation, InferenceSettings, Job, JobSpec, RawInference, RawTrain, TargetSet,
+    TrainSettings,
+};
 use report::{InferenceReport, SweepRow, TrainRow};
 
 /// Arguments of `bench`.
@@ -347,14 +350,14 @@ pub fn run(mut args: Args) -> Result<()> {
                 "[inference] base, base + adapter ({}), merged",
                 targets.label()
             );
-            let job = Job::Inference {
+            let job = Job::Inference(InferenceSettings {
                 targets,
                 rank: args.rank,
                 prompt_len: args.prompt_len,
                 decode_tokens: args.decode_tokens,
                 rounds: args.rounds,
                 seed: settings.seed,
-            };
+            });
             match run_child::<RawInference>(&spec(job), args.threads) {
                 Ok(raw) => {
                     let r = InferenceReport::from_raw(&raw);

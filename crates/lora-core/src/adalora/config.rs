@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{LoraConfig, TargetModules};
+// AdaLoraConfig inherits lora_alpha and target_modules' defaults from PEFT's LoraConfig.
+use crate::config::{LoraConfig, TargetModules, default_alpha, default_targets};
 use crate::error::LoraError;
 
 /// Kept singular triplets per adapted module: module path (`model.layers.0.self_attn.q_proj`) →
@@ -85,12 +86,6 @@ fn default_beta() -> f64 {
 }
 fn default_orth() -> f64 {
     0.5
-}
-fn default_alpha() -> f64 {
-    8.0
-}
-fn default_targets() -> TargetModules {
-    TargetModules::names(&["q_proj", "v_proj"])
 }
 
 impl Default for AdaLoraConfig {
