@@ -344,9 +344,31 @@ impl Llama {
         self.lm_head.forward(self.model.forward(tokens, cache))
     }
 
+    /// Next-token logits at chosen positions only: the decoder runs over every token, the
+    /// output head only over the rows asked for. A loss needs the head at the answer positions
+    /// and an accuracy check at the last prompt position; the head (`D × V`, about a fifth of
+    /// SmolLM2's forward cost) is wasted on the others.
+    ///
+    /// `rows` are flat positions `b·T + t` into the `[B, T]` input.
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, T]` (ids), `rows`: `[N]` → `[N, V]`
+    pub fn logits_at(&self, tokens: Tensor<2, Int>, rows: Tensor<1, Int>) -> Tensor<2> {
+        let hidden = self.model.forward(tokens, None); // [B, T, D]
+        let [b, t, d] = hidden.dims();
+        let picked = hidden.reshape([b * t, d]).select(0, rows); // [N, D]
+        self.lm_head.forward(picked)
+    }
+
     /// A new, empty KV cache (one slot per layer).
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.config.n_layers)
+    }
+
+    /// The device the model's weights live on (read from the token embedding, which is never
+    /// quantized, so asking costs nothing).
+    pub fn device(&self) -> Device {
+        self.model.embed_tokens.weight.val().device()
     }
 }
 

@@ -17,14 +17,14 @@ use crate::llama::{
 
 /// Weights by Hugging Face name, in PyTorch layout (a linear weight is `[out, in]`).
 #[derive(Debug)]
-pub struct Checkpoint {
+pub struct NamedWeights {
     /// The file (or directory) the weights came from, for error messages.
     pub source: PathBuf,
     /// Tensors by name.
     pub tensors: BTreeMap<String, HostTensor>,
 }
 
-impl Checkpoint {
+impl NamedWeights {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
         let t = self
             .tensors
@@ -99,7 +99,7 @@ pub struct BuildOptions {
 /// [`ModelError::Tensor`] for a missing or misshaped tensor, or for tensors left unused (named).
 pub fn build_llama(
     config: &LlamaConfig,
-    mut ckpt: Checkpoint,
+    mut ckpt: NamedWeights,
     opts: BuildOptions,
     device: &Device,
 ) -> Result<Llama, ModelError> {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use lora_core::tensor_io::HostTensor;
 
-use crate::checkpoint::build::Checkpoint;
+use crate::checkpoint::build::NamedWeights;
 use crate::checkpoint::names::{Fixup, gguf_to_hf};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
@@ -77,7 +77,7 @@ pub fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
 /// # Errors
 /// [`ModelError::Tensor`] for a tensor no rule covers (named), and the GGUF errors of
 /// dequantization (which name the tensor and its type).
-pub fn read_weights(file: &GgufFile, config: &LlamaConfig) -> Result<Checkpoint, ModelError> {
+pub fn read_weights(file: &GgufFile, config: &LlamaConfig) -> Result<NamedWeights, ModelError> {
     let path = file.path().to_path_buf();
     let mut tensors = BTreeMap::new();
     for info in file.tensors() {
@@ -97,7 +97,7 @@ pub fn read_weights(file: &GgufFile, config: &LlamaConfig) -> Result<Checkpoint,
         }
         tensors.insert(hf, HostTensor { shape, data });
     }
-    Ok(Checkpoint {
+    Ok(NamedWeights {
         source: path,
         tensors,
     })

@@ -11,7 +11,7 @@ use lora_core::tensor_io::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::build::{BuildOptions, Checkpoint};
+use crate::checkpoint::build::{BuildOptions, NamedWeights};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::llama::Llama;
@@ -217,7 +217,7 @@ pub fn read_config(dir: &Path) -> Result<(LlamaConfig, BuildOptions), ModelError
 /// # Errors
 /// [`ModelError::Io`] / [`ModelError::Config`] for a missing or bad index, and the safetensors
 /// errors of `lora_core::tensor_io::read_safetensors` (which name the file).
-pub fn read_weights(dir: &Path) -> Result<Checkpoint, ModelError> {
+pub fn read_weights(dir: &Path) -> Result<NamedWeights, ModelError> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let mut tensors = BTreeMap::new();
@@ -249,7 +249,7 @@ pub fn read_weights(dir: &Path) -> Result<Checkpoint, ModelError> {
             ),
         });
     }
-    Ok(Checkpoint {
+    Ok(NamedWeights {
         source: dir.to_path_buf(),
         tensors,
     })

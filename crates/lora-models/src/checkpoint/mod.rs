@@ -6,4 +6,4 @@ pub mod gguf;
 pub mod hf;
 pub mod names;
 
-pub use build::{BuildOptions, Checkpoint, build_llama};
+pub use build::{BuildOptions, NamedWeights, build_llama};
