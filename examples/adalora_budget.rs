@@ -13,7 +13,7 @@
 //! weights), gives it a small synthetic task — memorise the answers to 96 random prompts — and
 //! trains AdaLoRA on all 14 projection matrices (q/k/v/o, gate/up/down of both layers) with
 //! `init_r` 12 → `target_r` 4 over 60 steps, through the project's own training loop
-//! (`lora_train::trainer::train_with`) and rank allocator (`lora_core::adalora::RankAllocator`).
+//! (`lora_train::trainer::train`) and rank allocator (`lora_core::adalora::RankAllocator`).
 //! Look for:
 //!
 //! 1. **The budget schedule.** `b(t)` for each 0-based step `t` (PEFT's `global_step`): 14 × 12
@@ -44,18 +44,18 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use lora_core::LoraModel;
-use lora_core::adalora::{RankAllocator, apply_adalora, peft_io};
+use lora_core::adalora::{AdaLoraConfig, RankAllocator, apply_adalora, final_ranks};
 use lora_core::tensor_io::read_safetensors;
+use lora_core::{AdapterConfig, LoraModel, TargetModules, peft};
 use lora_examples::{SplitMix64, check, device_from_args, fixtures, scratch_dir};
 use lora_models::pretrained::load_hf_model;
 use lora_train::TrainConfig;
-use lora_train::checkpoint::Checkpoint;
-use lora_train::config::{AdaLoraSection, LoraSection, Method};
+use lora_train::checkpoint::RunCheckpoint;
+use lora_train::config::Method;
 use lora_train::data::Encoded;
-use lora_train::eval::mean_answer_loss;
+use lora_train::eval::{EvalReport, mean_answer_loss};
 use lora_train::rank_report::RankGrid;
-use lora_train::trainer::{EvalReport, Observer, StepMetrics, train_with};
+use lora_train::trainer::{Observer, StepMetrics, TrainLoop, train};
 
 const EXAMPLES: usize = 96;
 const PROMPT_LEN: usize = 6;
@@ -115,19 +115,16 @@ fn main() -> Result<()> {
         warmup_steps: 5,
         save_every: 0,
         seed: 1,
-        lora: LoraSection {
-            alpha: ALPHA,
-            dropout: 0.0,
-            targets: "re:.*_proj".into(),
-            ..LoraSection::default()
-        },
-        adalora: AdaLoraSection {
+        adalora: AdaLoraConfig {
             init_r: INIT_R,
             target_r: TARGET_R,
             tinit: TINIT,
             tfinal: TFINAL,
             delta_t: DELTA_T,
-            ..AdaLoraSection::default()
+            lora_alpha: ALPHA,
+            lora_dropout: 0.0,
+            target_modules: TargetModules::Regex(".*_proj".into()),
+            ..AdaLoraConfig::default()
         },
         ..TrainConfig::default()
     };
@@ -157,23 +154,24 @@ fn main() -> Result<()> {
         format!("{schedule:?}"),
     )?;
 
-    let loss_before = mean_answer_loss(&model.valid(), &data, 32, 0, &device).0;
+    let loss_before = mean_answer_loss(&model.valid(), &data, 32, 0)?.0;
     let run_dir = scratch_dir("adalora-budget")?;
-    let checkpoint = Checkpoint::new(&run_dir, cfg.lora.to_lora_config(), "tiny-llama")
-        .with_adalora(ada_cfg.clone());
+    let checkpoint = RunCheckpoint::new(
+        &run_dir,
+        AdapterConfig::AdaLora(ada_cfg.clone()),
+        "tiny-llama",
+    );
     let mut losses = Losses::default();
     let started = Instant::now();
-    let (model, _) = train_with(
-        model,
-        &data,
-        0,
-        &cfg,
-        None,
-        &checkpoint,
-        &mut losses,
-        &mut |_| Ok(EvalReport::default()),
-        Some(&mut allocator),
-    )?;
+    let job = TrainLoop {
+        data: &data,
+        pad_id: 0,
+        config: &cfg,
+        checkpoint: &checkpoint,
+        resume: None,
+        allocator: Some(&mut allocator),
+    };
+    let (model, _) = train(model, job, &mut losses, &mut |_| Ok(EvalReport::default()))?;
     let seconds = started.elapsed().as_secs_f64();
 
     // == 1. the budget schedule, step by step, from the allocator's record.
@@ -242,7 +240,7 @@ fn main() -> Result<()> {
         .rank_pattern()
         .context("the allocator never pruned")?
         .clone();
-    let ranks = peft_io::final_ranks(&model, Some(&pattern));
+    let ranks = final_ranks(&model, Some(&pattern));
     let grid = RankGrid::new(&ranks, INIT_R);
     println!(
         "\n== 2. final rank per layer (columns) and module kind (rows), from init_r {INIT_R}:"
@@ -277,8 +275,8 @@ fn main() -> Result<()> {
         grid.total(),
     )?;
     let mut nonzero_lambda = 0;
-    model.visit_linears(&mut |_, lin| {
-        if let Some(a) = &lin.adalora {
+    model.visit_adapters(&mut |_, adapter| {
+        if let Some(a) = adapter.as_adalora() {
             nonzero_lambda += a.active_rank();
         }
     });
@@ -294,7 +292,7 @@ fn main() -> Result<()> {
     )?;
 
     // == 3. the loss.
-    let loss_after = mean_answer_loss(&model.valid(), &data, 32, 0, &device).0;
+    let loss_after = mean_answer_loss(&model.valid(), &data, 32, 0)?.0;
     println!("\n== 3. training loss (mean answer-token cross-entropy, nats)");
     for (t, l) in losses.0.iter().enumerate() {
         if t % 10 == 0 || t + 1 == STEPS {
@@ -320,20 +318,20 @@ fn main() -> Result<()> {
 
     // == 4. the pruned PEFT adapter.
     let adapter_dir = run_dir.join("adapter");
-    peft_io::save_adapter(&model, &allocator.config(), "tiny-llama", &adapter_dir)?;
-    let tensors = read_safetensors(&adapter_dir.join(lora_core::peft::WEIGHTS_FILE))?;
+    peft::adalora::save_adapter(&model, &allocator.config(), "tiny-llama", &adapter_dir)?;
+    let tensors = read_safetensors(&adapter_dir.join(peft::WEIGHTS_FILE))?;
     let saved_rank: usize = tensors
         .iter()
         .filter(|(k, _)| k.ends_with(".lora_E"))
         .map(|(_, t)| t.shape[0])
         .sum();
     let (reloaded, _, reloaded_report) =
-        peft_io::load_adapter(load_hf_model(&model_dir, &device)?, &adapter_dir, &device)?;
-    let loss_reloaded = mean_answer_loss(&reloaded, &data, 32, 0, &device).0;
+        peft::adalora::load_adapter(load_hf_model(&model_dir, &device)?, &adapter_dir, &device)?;
+    let loss_reloaded = mean_answer_loss(&reloaded, &data, 32, 0)?.0;
     let scales_kept = reloaded_report
         .modules
         .iter()
-        .all(|m| m.4 == ada_cfg.scaling());
+        .all(|m| m.scaling == ada_cfg.scaling());
     println!(
         "\n== 4. the pruned adapter as PEFT saves it: {saved_rank} triplets in the file (of {}), reloaded loss {loss_reloaded:.4}",
         schedule.init_budget

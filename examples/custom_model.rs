@@ -11,7 +11,7 @@
 //!    (`"encoder.fc1"`), the name `target_modules` matches against and PEFT files are keyed by.
 //!
 //! Then the whole PEFT flow works on it: `apply_lora` (freeze + attach), training with burn's
-//! optimizer, `peft::save_adapter` / `peft::load_adapter`, and `merge_and_unload`.
+//! optimizer, `peft::lora::save_adapter` / `peft::lora::load_adapter`, and `merge_and_unload`.
 //!
 //! The model here is a two-layer MLP, `y = fc2(gelu(fc1(x)))`, under an `encoder.` prefix.
 //! Look for, in order: its layer paths; a `target_modules` entry that matches nothing being an
@@ -134,8 +134,11 @@ fn main() -> Result<()> {
     // Names match a whole path or its last components: "fc1" selects "encoder.fc1".
     let lora = LoraConfig::new(4, 8.0, TargetModules::names(&["fc1", "fc2"]));
     let (mut model, report) = apply_lora(base.clone(), &lora, &ad)?;
-    for (path, d_in, d_out, r, scaling) in &report.modules {
-        println!("adapted {path}: [{d_in}, {d_out}], r = {r}, scaling α/r = {scaling}");
+    for m in &report.modules {
+        println!(
+            "adapted {}: [{}, {}], r = {}, scaling α/r = {}",
+            m.path, m.d_in, m.d_out, m.r, m.scaling
+        );
     }
     println!(
         "trainable values: {} (the base has {})",
@@ -184,7 +187,7 @@ fn main() -> Result<()> {
     // 4. Save in PEFT's format and look inside.
     println!("\n== 4. the PEFT adapter files");
     let dir = scratch_dir("custom-model")?;
-    let n = peft::save_adapter(&model, &lora, "two-layer-mlp", &dir)?;
+    let n = peft::lora::save_adapter(&model, &lora, "two-layer-mlp", &dir)?;
     let file = dir.join(peft::WEIGHTS_FILE);
     let tensors = read_safetensors(&file)?;
     for (key, t) in &tensors {
@@ -199,7 +202,7 @@ fn main() -> Result<()> {
 
     // 5. Load it onto a fresh copy of the base model: the same function of x.
     println!("\n== 5. loading the adapter onto a fresh base model");
-    let (reloaded, loaded_cfg, _) = peft::load_adapter(base.clone(), &dir, &ad)?;
+    let (reloaded, loaded_cfg, _) = peft::lora::load_adapter(base.clone(), &dir, &ad)?;
     std::fs::remove_dir_all(&dir).ok();
     let x = Tensor::<2>::random([32, D_IN], Distribution::Normal(0.0, 1.0), &device);
     let (trained, reloaded) = (model.valid(), reloaded.valid());

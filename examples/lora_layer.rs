@@ -120,8 +120,8 @@ fn b_zero_means_no_change(w: Tensor<2>, device: &Device) -> Result<()> {
         LoraAdapter::init(D_IN, D_OUT, R, ALPHA, &cfg, device)?,
         "layer",
     )?;
-    let Some(adapter) = layer.adapter.as_ref() else {
-        anyhow::bail!("attach() left no adapter");
+    let Some(adapter) = layer.adapter.as_ref().and_then(|a| a.as_lora()) else {
+        anyhow::bail!("attach() left no LoRA adapter");
     };
     let (a, b) = (host(adapter.lora_a.val())?, host(adapter.lora_b.val())?);
     println!(

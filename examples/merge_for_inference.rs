@@ -26,16 +26,19 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
-use lora_core::{AdaptReport, LoraModel, apply_lora, merge_all, merge_and_unload, unmerge_all};
+use lora_core::{
+    AdaptReport, AdapterConfig, LoraConfig, LoraModel, TargetModules, apply_lora, merge_all,
+    merge_and_unload, unmerge_all,
+};
 use lora_examples::{
     SplitMix64, check, device_from_args, host, max_abs, max_abs_diff, median_ms, scratch_dir,
 };
 use lora_models::{Llama, LlamaConfig};
 use lora_train::TrainConfig;
-use lora_train::checkpoint::Checkpoint;
-use lora_train::config::LoraSection;
+use lora_train::checkpoint::RunCheckpoint;
 use lora_train::data::Encoded;
-use lora_train::trainer::{EvalReport, Observer, StepMetrics, train};
+use lora_train::eval::EvalReport;
+use lora_train::trainer::{Observer, StepMetrics, TrainLoop, train};
 
 /// A small Llama: big enough that a forward pass takes measurable time, small enough to train
 /// in seconds on two cores.
@@ -104,16 +107,13 @@ fn main() -> Result<()> {
         lr: 3e-3,
         warmup_steps: 3,
         save_every: 0,
-        lora: LoraSection {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.05,
-            targets: "all-linear".into(),
-            rslora: false,
+        lora: LoraConfig {
+            lora_dropout: 0.05,
+            ..LoraConfig::new(8, 16.0, TargetModules::AllLinear)
         },
         ..TrainConfig::default()
     };
-    let lora = train_cfg.lora.to_lora_config();
+    let lora = train_cfg.lora.clone();
     let (model, report) = apply_lora(base.clone(), &lora, &ad)?;
     println!(
         "adapters on {} layers ({} trainable values)",
@@ -132,18 +132,19 @@ fn main() -> Result<()> {
         })
         .collect();
     let run_dir = scratch_dir("merge")?;
-    let checkpoint = Checkpoint::new(&run_dir, lora.clone(), "random-small-llama");
+    let checkpoint = RunCheckpoint::new(&run_dir, AdapterConfig::Lora(lora), "random-small-llama");
     println!("\n== 1. training the adapters ({} steps)", train_cfg.steps);
-    let (model, _) = train(
-        model,
-        &data,
-        0,
-        &train_cfg,
-        None,
-        &checkpoint,
-        &mut PrintLoss,
-        &mut |_| Ok(EvalReport::default()),
-    )?;
+    let job = TrainLoop {
+        data: &data,
+        pad_id: 0,
+        config: &train_cfg,
+        checkpoint: &checkpoint,
+        resume: None,
+        allocator: None,
+    };
+    let (model, _) = train(model, job, &mut PrintLoss, &mut |_| {
+        Ok(EvalReport::default())
+    })?;
     std::fs::remove_dir_all(&run_dir).ok();
 
     // Inference views: no autodiff, dropout off.

@@ -35,9 +35,7 @@
 use anyhow::{Result, bail};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
-use lora_core::quant::{
-    NF4_CODE, Nf4Config, Nf4Weight, requantize_report, requantize_report_layer,
-};
+use lora_core::quant::{NF4_CODE, Nf4Config, Nf4Weight, requantize_report};
 use lora_core::{BaseWeight, LoraAdapter, LoraConfig, LoraLinear, TargetModules};
 use lora_examples::{check, device_from_args, frobenius, host};
 
@@ -242,7 +240,7 @@ fn merge_two_ways(
     let w_hat = host(layer.weight.val())?;
 
     // Re-quantizing: measured first (changes nothing), then done, to see the loss it costs.
-    let requant = requantize_report_layer(&layer, cfg, "mlp.up_proj")?;
+    let requant = layer.requantize_report(cfg, "mlp.up_proj")?;
     layer.merge("mlp.up_proj")?;
     check(
         !layer.weight.is_quantized(),

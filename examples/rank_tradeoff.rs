@@ -29,15 +29,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use lora_core::{apply_lora, peft};
+use lora_core::{AdapterConfig, LoraConfig, TargetModules, apply_lora, peft};
 use lora_examples::{SplitMix64, check, device_from_args, fixtures, scratch_dir};
 use lora_models::pretrained::load_hf_model;
 use lora_train::TrainConfig;
-use lora_train::checkpoint::Checkpoint;
-use lora_train::config::LoraSection;
+use lora_train::checkpoint::RunCheckpoint;
 use lora_train::data::Encoded;
-use lora_train::eval::mean_answer_loss;
-use lora_train::trainer::{EvalReport, Observer, train};
+use lora_train::eval::{EvalReport, mean_answer_loss};
+use lora_train::trainer::{Observer, TrainLoop, train};
 
 const RANKS: [usize; 6] = [1, 2, 4, 8, 16, 32];
 const EXAMPLES: usize = 96;
@@ -92,39 +91,39 @@ fn main() -> Result<()> {
             warmup_steps: 5,
             save_every: 0,
             seed: 1,
-            lora: LoraSection {
+            // Every projection and the output head: a random frozen head would otherwise
+            // bound how confident any adapter can make the model.
+            lora: LoraConfig::new(
                 r,
-                alpha: 2.0 * r as f64,
-                dropout: 0.0,
-                // Every projection and the output head: a random frozen head would otherwise
-                // bound how confident any adapter can make the model.
-                targets: "re:.*_proj|lm_head".into(),
-                rslora: false,
-            },
+                2.0 * r as f64,
+                TargetModules::Regex(".*_proj|lm_head".into()),
+            ),
             ..TrainConfig::default()
         };
         // Same starting point for every rank: same weights, same seed for A's initialisation.
         ad.seed(cfg.seed);
         let base = load_hf_model(&model_dir, &ad)?;
-        let lora = cfg.lora.to_lora_config();
-        let (model, report) = apply_lora(base, &lora, &ad)?;
-        let loss_before = mean_answer_loss(&model.valid(), &data, 32, 0, &device).0;
+        let (model, report) = apply_lora(base, &cfg.lora, &ad)?;
+        let loss_before = mean_answer_loss(&model.valid(), &data, 32, 0)?.0;
 
         let run_dir = scratch_dir(&format!("rank-{r}"))?;
-        let checkpoint = Checkpoint::new(&run_dir, lora, "tiny-llama");
+        let checkpoint = RunCheckpoint::new(
+            &run_dir,
+            AdapterConfig::Lora(cfg.lora.clone()),
+            "tiny-llama",
+        );
         let started = Instant::now();
-        let (trained, _) = train(
-            model,
-            &data,
-            0,
-            &cfg,
-            None,
-            &checkpoint,
-            &mut Quiet,
-            &mut |_| Ok(EvalReport::default()),
-        )?;
+        let job = TrainLoop {
+            data: &data,
+            pad_id: 0,
+            config: &cfg,
+            checkpoint: &checkpoint,
+            resume: None,
+            allocator: None,
+        };
+        let (trained, _) = train(model, job, &mut Quiet, &mut |_| Ok(EvalReport::default()))?;
         let seconds = started.elapsed().as_secs_f64();
-        let loss_after = mean_answer_loss(&trained.valid(), &data, 32, 0, &device).0;
+        let loss_after = mean_answer_loss(&trained.valid(), &data, 32, 0)?.0;
         let adapter_file = checkpoint.adapter_dir()?.join(peft::WEIGHTS_FILE);
         let file_bytes = std::fs::metadata(&adapter_file)
             .with_context(|| format!("reading {}", adapter_file.display()))?

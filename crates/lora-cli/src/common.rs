@@ -1,17 +1,81 @@
-//! Options shared by several commands: which model, which adapter, which backend.
+//! Options shared by several commands: which model, which adapter, which backend, and the NF4
+//! flags — parsed here, loaded by the library.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::tensor::Device;
 use clap::Args as ClapArgs;
-use lora_core::{BackendKind, select_device};
+use lora_core::{BackendKind, Nf4Config, select_device};
 use lora_models::tokenizer::{ChatMessage, TextTokenizer};
-use lora_models::{Pretrained, cache};
-use lora_train::config::QuantSection;
+use lora_models::{LoadOptions, Pretrained, cache};
+use lora_train::config::{QuantMethod, QuantSection};
 
-/// `--model`, `--adapter`, `--backend`.
+/// `--quant`, `--quant-block-size`, `--no-double-quant`.
+#[derive(ClapArgs, Debug, Clone, Default)]
+pub struct QuantArgs {
+    /// Base-weight quantization: `none` (default) or `nf4` (QLoRA's 4-bit NormalFloat, every
+    /// linear layer except lm_head; dequantized in each forward).
+    #[arg(long, value_enum, ignore_case = true)]
+    pub quant: Option<QuantFlag>,
+    /// NF4 block size (default 64).
+    #[arg(long)]
+    pub quant_block_size: Option<usize>,
+    /// Keep the NF4 block scales in f32 (no double quantization).
+    #[arg(long)]
+    pub no_double_quant: bool,
+}
+
+/// The values of `--quant`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantFlag {
+    /// The base as loaded (f32).
+    #[value(alias = "f32")]
+    None,
+    /// 4-bit NormalFloat (QLoRA).
+    Nf4,
+}
+
+impl QuantArgs {
+    /// The flags as `[quant]` config keys (only those given).
+    pub fn table(&self) -> toml::Table {
+        let mut t = toml::Table::new();
+        if let Some(q) = self.quant {
+            let name = match q {
+                QuantFlag::None => "none",
+                QuantFlag::Nf4 => "nf4",
+            };
+            t.insert("method".into(), name.into());
+        }
+        if let Some(b) = self.quant_block_size {
+            t.insert("block_size".into(), (b as i64).into());
+        }
+        if self.no_double_quant {
+            t.insert("double_quant".into(), false.into());
+        }
+        t
+    }
+
+    /// The NF4 settings, or `None` for `--quant none` (the default).
+    ///
+    /// # Errors
+    /// A bad block size.
+    pub fn nf4(&self) -> Result<Option<Nf4Config>> {
+        let defaults = QuantSection::default();
+        let section = QuantSection {
+            method: match self.quant {
+                Some(QuantFlag::Nf4) => QuantMethod::Nf4,
+                _ => QuantMethod::None,
+            },
+            block_size: self.quant_block_size.unwrap_or(defaults.block_size),
+            double_quant: !self.no_double_quant,
+        };
+        section.to_nf4().map_err(anyhow::Error::msg)
+    }
+}
+
+/// `--model`, `--adapter`, `--backend` and the NF4 flags.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct ModelArgs {
     /// A GGUF file or a Hugging Face directory (default: SmolLM2-135M-Instruct, fetched from
@@ -24,16 +88,8 @@ pub struct ModelArgs {
     /// Backend: flex (CPU, default), ndarray (CPU) or wgpu (Vulkan/Metal/DX12).
     #[arg(long, default_value = "flex")]
     pub backend: String,
-    /// Base-weight quantization at load: `none` (default) or `nf4` (QLoRA's 4-bit NormalFloat,
-    /// every linear layer except lm_head; dequantized in each forward).
-    #[arg(long, default_value = "none")]
-    pub quant: String,
-    /// NF4 block size.
-    #[arg(long, default_value_t = 64)]
-    pub quant_block_size: usize,
-    /// Keep the NF4 block scales in f32 (no double quantization).
-    #[arg(long)]
-    pub no_double_quant: bool,
+    #[command(flatten)]
+    pub quant: QuantArgs,
 }
 
 impl ModelArgs {
@@ -41,20 +97,6 @@ impl ModelArgs {
     pub fn device(&self) -> Result<Device> {
         let kind: BackendKind = self.backend.parse()?;
         Ok(select_device(kind)?)
-    }
-
-    /// The NF4 settings from `--quant`, `--quant-block-size` and `--no-double-quant`, or `None`
-    /// for `--quant none`.
-    ///
-    /// # Errors
-    /// An unknown `--quant` method or a bad block size.
-    pub fn nf4_config(&self) -> Result<Option<lora_core::Nf4Config>> {
-        let quant = QuantSection {
-            method: self.quant.clone(),
-            block_size: self.quant_block_size,
-            double_quant: !self.no_double_quant,
-        };
-        quant.to_nf4().map_err(|e| anyhow::anyhow!(e))
     }
 
     /// The model path: `--model`, or the default model (fetched if needed).
@@ -65,70 +107,64 @@ impl ModelArgs {
         }
     }
 
-    /// Loads the model (and the adapter, if given) on `device`.
+    /// Loads the model (in NF4 and with the adapter, if asked) on `device`, saying what was
+    /// loaded on stderr.
     pub fn load(&self, device: &Device) -> Result<Pretrained> {
         let path = self.model_path()?;
         let t0 = Instant::now();
-        let mut pretrained = lora_models::load(&path, device)
-            .with_context(|| format!("loading {}", path.display()))?;
+        let options = LoadOptions {
+            nf4: self.quant.nf4()?,
+            adapter: self.adapter.clone(),
+        };
+        let loaded = lora_models::load_with(&path, &options, device)?;
         eprintln!(
             "loaded {} in {:.1}s",
             path.display(),
             t0.elapsed().as_secs_f64()
         );
-        if let Some(nf4) = self.nf4_config()? {
-            let r = lora_core::quant::quantize_base(&mut pretrained.model, &nf4, &["lm_head"])?;
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        if let Some(r) = &loaded.quant {
             eprintln!(
                 "NF4 base: {} linear layers, {:.3} bits/weight ({:.1} MiB on the device instead of {:.1} MiB)",
                 r.modules.len(),
                 r.bits_per_weight(),
-                r.storage_bytes as f64 / (1u64 << 20) as f64,
-                r.dense_bytes as f64 / (1u64 << 20) as f64
+                mib(r.storage_bytes),
+                mib(r.dense_bytes)
             );
         }
-        if let Some(dir) = &self.adapter {
-            let context = || format!("loading adapter {}", dir.display());
-            let (model, what, report) = if lora_core::adalora::peft_io::is_adalora_adapter(dir) {
-                let (model, cfg, report) =
-                    lora_core::adalora::peft_io::load_adapter(pretrained.model, dir, device)
-                        .with_context(context)?;
-                let what = format!("AdaLoRA init_r = {}", cfg.init_r);
-                (model, (what, cfg.lora_alpha), report)
-            } else {
-                let (model, cfg, report) =
-                    lora_core::peft::load_adapter(pretrained.model, dir, device)
-                        .with_context(context)?;
-                (model, (format!("r = {}", cfg.r), cfg.lora_alpha), report)
-            };
+        if let (Some((config, report)), Some(dir)) = (&loaded.adapter, &self.adapter) {
             eprintln!(
-                "adapter {}: {} modules, {}, lora_alpha = {}, {} trainable parameters",
+                "adapter {}: {} on {} modules, {} trainable parameters",
                 dir.display(),
+                config.describe(),
                 report.modules.len(),
-                what.0,
-                what.1,
                 report.trainable_params
             );
-            pretrained.model = model;
         }
-        Ok(pretrained)
+        Ok(loaded.pretrained)
     }
 }
 
-/// Token ids of a prompt: as a user turn through the chat template (with the generation
-/// prompt) when `chat`, else the raw text with the tokenizer's own special tokens.
-pub fn encode_prompt(tok: &TextTokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-    if chat {
-        let text = tok.apply_chat_template(&[ChatMessage::new("user", prompt)], true)?;
-        Ok(tok.encode(&text, false)?)
-    } else {
-        Ok(tok.encode(prompt, true)?)
-    }
+/// `--prompt TEXT [--chat]`.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct PromptArgs {
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user turn in the model's chat template (with the generation prompt).
+    #[arg(long)]
+    pub chat: bool,
 }
 
-/// `runs/<prefix>-<unix seconds>`: the default output directory of a run (not created here).
-pub fn timestamped_run_dir(prefix: &str) -> std::path::PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    std::path::PathBuf::from("runs").join(format!("{prefix}-{secs}"))
+impl PromptArgs {
+    /// Token ids of the prompt: as a user turn through the chat template (with the generation
+    /// prompt) when `--chat`, else the raw text with the tokenizer's own special tokens.
+    pub fn ids(&self, tok: &TextTokenizer) -> Result<Vec<u32>> {
+        if self.chat {
+            let text = tok.apply_chat_template(&[ChatMessage::new("user", &self.prompt)], true)?;
+            Ok(tok.encode(&text, false)?)
+        } else {
+            Ok(tok.encode(&self.prompt, true)?)
+        }
+    }
 }

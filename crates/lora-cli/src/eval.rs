@@ -4,9 +4,9 @@
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use lora_train::eval::evaluate;
+use lora_train::task::load_task;
 
 use crate::common::ModelArgs;
-use crate::task::load_task;
 
 /// Arguments of `eval`.
 #[derive(ClapArgs, Debug)]
@@ -38,11 +38,7 @@ pub fn run(args: Args) -> Result<()> {
         args.seq_len.min(p.model.config.max_seq_len),
         args.eval_limit,
     )?;
-    let choices = task
-        .choices
-        .as_ref()
-        .map(|(items, cands)| (&items[..], &cands[..]));
-    let report = evaluate(&p.model, &task.test, choices, 32, pad, &device);
+    let report = evaluate(&p.model, &task.test, task.choices(), 32, pad)?;
     if args.json {
         println!(
             "{}",

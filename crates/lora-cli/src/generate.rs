@@ -5,19 +5,15 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args as ClapArgs;
-use lora_models::generate::{Sampler, SamplingConfig, step};
+use lora_models::generate::{SamplingConfig, generate};
 
-use crate::common::{ModelArgs, encode_prompt};
+use crate::common::{ModelArgs, PromptArgs};
 
 /// Arguments of `generate`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// The prompt text.
-    #[arg(long)]
-    pub prompt: String,
-    /// Wrap the prompt as a user turn in the model's chat template.
-    #[arg(long)]
-    pub chat: bool,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
@@ -42,50 +38,58 @@ pub fn run(args: Args) -> Result<()> {
     let device = args.model.device()?;
     let pretrained = args.model.load(&device)?;
     let tok = &pretrained.tokenizer;
-    let ids = encode_prompt(tok, &args.prompt, args.chat)?;
+    let ids = args.prompt.ids(tok)?;
     // Stop at end-of-sequence, and at the end of the assistant's turn in chat templates.
     let stop: Vec<u32> = tok
         .eos_id()
         .into_iter()
         .chain(tok.token_id("<|im_end|>"))
         .collect();
-    let mut sampler = Sampler::new(SamplingConfig {
+    let sampling = SamplingConfig {
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
         seed: args.seed,
-    })?;
-
-    let model = &pretrained.model;
-    let mut cache = model.new_cache();
-    let t0 = Instant::now();
-    let mut logits = step(model, &ids, &mut cache)?;
-    let prefill = t0.elapsed().as_secs_f64();
+    };
 
     // Stream: decode everything generated so far and print only the new suffix, so multi-byte
     // characters split across tokens come out whole.
-    let mut out_ids: Vec<u32> = Vec::new();
-    let mut printed = String::new();
-    let stdout = std::io::stdout();
-    let t1 = Instant::now();
-    for _ in 0..args.max_new_tokens {
-        let next = sampler.sample(&logits);
-        if stop.contains(&next) {
-            break;
+    let (mut so_far, mut printed) = (Vec::new(), String::new());
+    let mut failure: Option<anyhow::Error> = None;
+    let mut first_token_at = None;
+    let t0 = Instant::now();
+    let mut show = |next: u32| {
+        first_token_at.get_or_insert_with(Instant::now);
+        so_far.push(next);
+        let shown = tok
+            .decode(&so_far)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| {
+                if let Some(new) = text.strip_prefix(printed.as_str()) {
+                    let mut lock = std::io::stdout().lock();
+                    write!(lock, "{new}")?;
+                    lock.flush()?;
+                }
+                printed = text;
+                Ok(())
+            });
+        if let Err(e) = shown {
+            failure.get_or_insert(e);
         }
-        out_ids.push(next);
-        let text = tok.decode(&out_ids)?;
-        if let Some(new) = text.strip_prefix(printed.as_str()) {
-            let mut lock = stdout.lock();
-            write!(lock, "{new}")?;
-            lock.flush()?;
-        }
-        printed = text;
-        if out_ids.len() == args.max_new_tokens {
-            break;
-        }
-        logits = step(model, &[next], &mut cache)?;
+    };
+    let generated = generate(
+        &pretrained.model,
+        &ids,
+        args.max_new_tokens,
+        sampling,
+        &stop,
+        &mut show,
+    )?;
+    if let Some(e) = failure {
+        return Err(e);
     }
+    let t1 = first_token_at.unwrap_or_else(Instant::now);
+    let prefill = (t1 - t0).as_secs_f64();
     println!();
     let decode = t1.elapsed().as_secs_f64();
     eprintln!(
@@ -93,9 +97,9 @@ pub fn run(args: Args) -> Result<()> {
         ids.len(),
         prefill,
         ids.len() as f64 / prefill.max(1e-9),
-        out_ids.len(),
+        generated.len(),
         decode,
-        out_ids.len() as f64 / decode.max(1e-9),
+        generated.len() as f64 / decode.max(1e-9),
         args.model.backend
     );
     Ok(())

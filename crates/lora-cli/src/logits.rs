@@ -6,17 +6,13 @@ use clap::Args as ClapArgs;
 use lora_models::generate::step;
 use serde::Serialize;
 
-use crate::common::{ModelArgs, encode_prompt};
+use crate::common::{ModelArgs, PromptArgs};
 
 /// Arguments of `logits`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// The prompt text.
-    #[arg(long)]
-    pub prompt: String,
-    /// Wrap the prompt as a user turn in the model's chat template (with the generation prompt).
-    #[arg(long)]
-    pub chat: bool,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     /// How many of the most likely next tokens to show.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
@@ -45,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
     let device = args.model.device()?;
     let pretrained = args.model.load(&device)?;
     let tok = &pretrained.tokenizer;
-    let ids = encode_prompt(tok, &args.prompt, args.chat)?;
+    let ids = args.prompt.ids(tok)?;
     let mut cache = pretrained.model.new_cache();
     let logits = step(&pretrained.model, &ids, &mut cache)?;
     let mut order: Vec<usize> = (0..logits.len()).collect();

@@ -9,7 +9,6 @@ mod generate;
 mod logits;
 mod malloc;
 mod merge;
-mod task;
 mod train;
 
 use anyhow::Result;

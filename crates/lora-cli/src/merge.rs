@@ -9,9 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
-use lora_core::quant::{RequantizeReport, requantize_report_layer};
+use lora_core::quant::{RequantizeSummary, requantize_summary};
 use lora_core::tensor_io::DiskDtype;
-use lora_core::{LoraModel, Nf4Config};
 
 use crate::common::ModelArgs;
 
@@ -31,54 +30,6 @@ pub struct Args {
     pub requantize_report: bool,
     #[command(flatten)]
     pub model: ModelArgs,
-}
-
-/// What re-quantizing each adapted NF4 layer after merging would keep of its update.
-#[derive(Debug)]
-pub struct RequantizeSummary {
-    /// Module path and report of every measured layer, in model order.
-    pub layers: Vec<(String, RequantizeReport)>,
-    /// Module path and reason of every adapted NF4 layer that could not be measured (e.g. an
-    /// all-zero ΔW from an untrained adapter).
-    pub skipped: Vec<(String, String)>,
-}
-
-impl RequantizeSummary {
-    /// Mean of the layers' `survival` (each layer counts once), or `None` if none was measured.
-    pub fn mean_survival(&self) -> Option<f64> {
-        let n = self.layers.len();
-        (n > 0).then(|| self.layers.iter().map(|(_, r)| r.survival).sum::<f64>() / n as f64)
-    }
-
-    /// Mean of the layers' `relative_error`, or `None` if none was measured.
-    pub fn mean_relative_error(&self) -> Option<f64> {
-        let n = self.layers.len();
-        (n > 0).then(|| {
-            self.layers
-                .iter()
-                .map(|(_, r)| r.relative_error)
-                .sum::<f64>()
-                / n as f64
-        })
-    }
-}
-
-/// Measures every layer with an NF4 base and an unmerged adapter; changes nothing.
-pub fn requantize_summary<M: LoraModel>(model: &M, nf4: &Nf4Config) -> RequantizeSummary {
-    let mut summary = RequantizeSummary {
-        layers: Vec::new(),
-        skipped: Vec::new(),
-    };
-    model.visit_linears(&mut |path, lin| {
-        if lin.adapter.is_none() || !lin.weight.is_quantized() {
-            return;
-        }
-        match requantize_report_layer(lin, nf4, path) {
-            Ok(r) => summary.layers.push((path.to_string(), r)),
-            Err(e) => summary.skipped.push((path.to_string(), e.to_string())),
-        }
-    });
-    summary
 }
 
 fn print_summary(s: &RequantizeSummary) {
@@ -119,7 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         "bf16" | "bfloat16" => DiskDtype::BF16,
         other => bail!("--dtype {other:?}: choose f32 or bf16"),
     };
-    let nf4 = args.model.nf4_config()?;
+    let nf4 = args.model.quant.nf4()?;
     if args.requantize_report && nf4.is_none() {
         bail!(
             "--requantize-report measures re-quantizing to NF4 after merging; it needs --quant nf4"
@@ -146,56 +97,4 @@ pub fn run(args: Args) -> Result<()> {
     pretrained.tokenizer.save_hf(&args.out)?;
     eprintln!("merged {n} adapted modules; wrote {}", args.out.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lora_core::quant::quantize_base;
-    use lora_core::{BackendKind, select_device};
-
-    fn fixtures() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-    }
-
-    #[test]
-    fn requantize_summary_measures_every_adapted_nf4_layer_and_changes_nothing() {
-        let d = select_device(BackendKind::Flex).unwrap();
-        let mut m =
-            lora_models::pretrained::load_hf_model(&fixtures().join("tiny-llama"), &d).unwrap();
-        let nf4 = Nf4Config::default();
-        quantize_base(&mut m, &nf4, &["lm_head"]).unwrap();
-        let (m, _, report) =
-            lora_core::peft::load_adapter(m, &fixtures().join("tiny-llama/peft-adapter"), &d)
-                .unwrap();
-        let s = requantize_summary(&m, &nf4);
-        assert_eq!(s.layers.len(), report.modules.len(), "{:?}", s.skipped);
-        assert!(s.skipped.is_empty());
-        for (path, r) in &s.layers {
-            assert!(
-                r.relative_error.is_finite() && r.delta_norm > 0.0,
-                "{path}: {r:?}"
-            );
-            assert!((0.0..=1.0).contains(&r.codes_changed), "{path}: {r:?}");
-        }
-        let mean = s.mean_survival().unwrap();
-        let by_hand = s.layers.iter().map(|(_, r)| r.survival).sum::<f64>() / s.layers.len() as f64;
-        assert_eq!(mean, by_hand);
-        // Measuring left every base in NF4 and every adapter unmerged.
-        m.visit_linears(&mut |p, lin| {
-            if p != "lm_head" {
-                assert!(lin.weight.is_quantized() && !lin.merged, "{p}");
-            }
-        });
-    }
-
-    #[test]
-    fn an_empty_summary_has_no_mean() {
-        let s = RequantizeSummary {
-            layers: Vec::new(),
-            skipped: Vec::new(),
-        };
-        assert_eq!(s.mean_survival(), None);
-        assert_eq!(s.mean_relative_error(), None);
-    }
 }

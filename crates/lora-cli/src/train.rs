@@ -1,117 +1,105 @@
-//! `burn-lora train`: fine-tune the model's LoRA adapters on a task, evaluate before and after,
-//! and leave a run directory: `adapter/` (PEFT), `metrics.jsonl`, `summary.json`, `loss.png`,
-//! `config.toml`, `checkpoint/`; with `--method adalora` also `ranks.png`.
+//! `burn-lora train`: flags (and `--config FILE.toml`) → [`TrainConfig`], then
+//! [`lora_train::run_training`] with a console observer (progress bar, Ctrl-C), then the
+//! before/after table.
 
-mod adalora;
-mod quant;
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use burn::module::Module;
+use anyhow::Result;
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
-use lora_core::{BackendKind, peft, select_device};
-use lora_models::{Llama, cache};
-use lora_train::checkpoint::Checkpoint;
-use lora_train::config::Method;
-use lora_train::eval::evaluate;
-use lora_train::report::{MetricsLog, plot_loss, read_metrics};
-use lora_train::trainer::{EvalReport, Observer, Outcome, StepMetrics, peak_rss_bytes, train_with};
-use lora_train::{TrainConfig, TrainError};
-use serde::Serialize;
+use lora_core::TargetModules;
+use lora_train::eval::EvalReport;
+use lora_train::run::Summary;
+use lora_train::trainer::{EvalPoint, Observer, StepMetrics};
+use lora_train::{RunDir, TrainConfig, run_training};
 
-use crate::task::{Task, load_task};
+use crate::common::QuantArgs;
 
-/// Arguments of `train`; flags override `--config`.
+/// Arguments of `train`; flags override `--config`. Each flag sets one config key (in
+/// brackets); `--config` files use the same keys.
 #[derive(ClapArgs, Debug, Default)]
 pub struct Args {
-    /// A TOML file with any `TrainConfig` fields (flags given here override it).
-    #[arg(long)]
+    /// A TOML file with any `TrainConfig` keys (flags given here override it).
+    #[arg(long, conflicts_with = "resume")]
     pub config: Option<PathBuf>,
-    /// GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct).
+    /// GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct) [model].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// `trec` (default) or a JSONL file (`messages`, `prompt`/`completion` or `text` lines).
+    /// `trec` (default) or a JSONL file (`messages`, `prompt`/`completion` or `text` lines) [data].
     #[arg(long)]
     pub data: Option<String>,
-    /// Optimizer steps.
+    /// Optimizer steps [steps].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// LoRA rank r.
+    /// LoRA rank r [lora.r].
     #[arg(long)]
     pub rank: Option<usize>,
-    /// lora_alpha.
+    /// lora_alpha [lora.lora_alpha, adalora.lora_alpha].
     #[arg(long)]
     pub alpha: Option<f64>,
-    /// LoRA dropout.
+    /// LoRA dropout [lora.lora_dropout, adalora.lora_dropout].
     #[arg(long)]
     pub dropout: Option<f64>,
-    /// Target modules: `q_proj,v_proj`, `all-linear` or `re:<regex>`.
+    /// Target modules: `q_proj,v_proj`, `all-linear` or `re:<regex>` [lora.target_modules,
+    /// adalora.target_modules].
     #[arg(long)]
     pub targets: Option<String>,
-    /// Peak learning rate.
+    /// Peak learning rate [lr].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Sequences per micro-batch.
+    /// Sequences per micro-batch [batch_size].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
+    /// Micro-batches per optimizer step [grad_accum].
     #[arg(long)]
     pub grad_accum: Option<usize>,
-    /// Longest sequence in tokens.
+    /// Longest sequence in tokens [seq_len].
     #[arg(long)]
     pub seq_len: Option<usize>,
-    /// Evaluate every N steps (0 = before and after only).
+    /// Evaluate every N steps (0 = before and after only) [eval_every].
     #[arg(long)]
     pub eval_every: Option<usize>,
-    /// Use at most N held-out examples (0 = all).
+    /// Use at most N held-out examples (0 = all) [eval_limit].
     #[arg(long)]
     pub eval_limit: Option<usize>,
-    /// Checkpoint every N steps.
+    /// Checkpoint every N steps [save_every].
     #[arg(long)]
     pub save_every: Option<usize>,
-    /// flex (default), ndarray or wgpu.
+    /// flex (default), ndarray or wgpu [backend].
     #[arg(long)]
     pub backend: Option<String>,
-    /// Base-weight quantization: `none` (default) or `nf4` (QLoRA: 4-bit NormalFloat base).
-    #[arg(long)]
-    pub quant: Option<String>,
-    /// NF4 block size (default 64).
-    #[arg(long)]
-    pub quant_block_size: Option<usize>,
-    /// Keep the NF4 block scales in f32 (no double quantization).
-    #[arg(long)]
-    pub no_double_quant: bool,
-    /// Seed.
+    #[command(flatten)]
+    pub quant: QuantArgs,
+    /// Seed [seed].
     #[arg(long)]
     pub seed: Option<u64>,
     /// Run directory (default runs/run-<unix time>); must be new or empty.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// `lora` (default) or `adalora` (PEFT's AdaLoRA: every layer starts at --init-r and the
-    /// least important singular directions are pruned to --target-r per matrix on average).
+    /// least important singular directions are pruned to --target-r per matrix on average)
+    /// [method].
     #[arg(long)]
     pub method: Option<String>,
-    /// AdaLoRA: the rank every adapted matrix starts with (PEFT default 12).
+    /// AdaLoRA: the rank every adapted matrix starts with (PEFT default 12) [adalora.init_r].
     #[arg(long)]
     pub init_r: Option<usize>,
-    /// AdaLoRA: the average rank per adapted matrix at the end (PEFT default 8).
+    /// AdaLoRA: the average rank per adapted matrix at the end (PEFT default 8)
+    /// [adalora.target_r].
     #[arg(long)]
     pub target_r: Option<usize>,
-    /// AdaLoRA: steps at the full budget before pruning starts (PEFT default 0).
+    /// AdaLoRA: steps at the full budget before pruning starts (PEFT default 0) [adalora.tinit].
     #[arg(long)]
     pub tinit: Option<usize>,
-    /// AdaLoRA: final steps at the target budget, masks fixed (PEFT default 0).
+    /// AdaLoRA: final steps at the target budget, masks fixed (PEFT default 0) [adalora.tfinal].
     #[arg(long)]
     pub tfinal: Option<usize>,
-    /// AdaLoRA: steps between budget allocations (PEFT `deltaT`, default 1).
+    /// AdaLoRA: steps between budget allocations (PEFT default 1) [adalora.deltaT].
     #[arg(long)]
     pub delta_t: Option<usize>,
     /// Machine-readable output: one JSON object per line on stdout, no progress bar.
@@ -119,158 +107,142 @@ pub struct Args {
     pub json: bool,
 }
 
-impl Args {
-    fn effective_config(&self) -> Result<TrainConfig> {
-        let mut c = match (&self.resume, &self.config) {
-            (Some(dir), _) => {
-                if !dir.join("config.toml").exists() {
-                    bail!(
-                        "{} is not a run directory (no config.toml) — nothing to resume",
-                        dir.display()
-                    );
-                }
-                read_toml(&dir.join("config.toml"))?
+/// A TOML table built key by key from the flags that were given.
+#[derive(Default)]
+struct Overrides(toml::Table);
+
+impl Overrides {
+    /// Sets `section.key` (or a top-level `key` when `section` is empty) if `value` is given.
+    fn set(&mut self, section: &str, key: &str, value: Option<toml::Value>) {
+        let Some(value) = value else { return };
+        let table = if section.is_empty() {
+            &mut self.0
+        } else {
+            let entry = self
+                .0
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => t,
+                _ => return,
             }
-            (None, Some(path)) => read_toml(path)?,
-            (None, None) => TrainConfig::default(),
         };
-        macro_rules! set {
-            ($field:ident) => {
-                if let Some(v) = &self.$field {
-                    c.$field = v.clone();
-                }
-            };
-        }
-        set!(data);
-        set!(steps);
-        set!(lr);
-        set!(batch_size);
-        set!(grad_accum);
-        set!(seq_len);
-        set!(eval_every);
-        set!(eval_limit);
-        set!(save_every);
-        set!(backend);
-        set!(seed);
-        if self.model.is_some() {
-            c.model = self.model.clone();
-        }
-        if let Some(r) = self.rank {
-            c.lora.r = r;
-        }
-        if let Some(a) = self.alpha {
-            c.lora.alpha = a;
-        }
-        if let Some(p) = self.dropout {
-            c.lora.dropout = p;
-        }
-        if let Some(t) = &self.targets {
-            c.lora.targets = t.clone();
-        }
-        if let Some(m) = &self.method {
-            c.method = m.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-        }
-        let a = &mut c.adalora;
-        for (flag, field) in [
-            (self.init_r, &mut a.init_r),
-            (self.target_r, &mut a.target_r),
-            (self.tinit, &mut a.tinit),
-            (self.tfinal, &mut a.tfinal),
-            (self.delta_t, &mut a.delta_t),
-        ] {
-            if let Some(v) = flag {
-                *field = v;
-            }
-        }
-        if let Some(q) = &self.quant {
-            c.quant.method = q.clone();
-        }
-        if let Some(b) = self.quant_block_size {
-            c.quant.block_size = b;
-        }
-        if self.no_double_quant {
-            c.quant.double_quant = false;
-        }
-        c.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(c)
+        table.insert(key.to_string(), value);
     }
 }
 
-fn read_toml(path: &Path) -> Result<TrainConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
+fn int(v: Option<usize>) -> Option<toml::Value> {
+    v.map(|v| toml::Value::Integer(v as i64))
+}
+fn float(v: Option<f64>) -> Option<toml::Value> {
+    v.map(toml::Value::Float)
+}
+fn text(v: &Option<String>) -> Option<toml::Value> {
+    v.clone().map(toml::Value::String)
 }
 
-/// The run directory: `--resume`, `--out` (must be new or empty), or `runs/<timestamp>`.
-fn run_dir(args: &Args) -> Result<PathBuf> {
-    if let Some(dir) = &args.resume {
-        return Ok(dir.clone());
-    }
-    let dir = match &args.out {
-        Some(d) => d.clone(),
-        None => crate::common::timestamped_run_dir("run"),
-    };
-    if dir.exists()
-        && std::fs::read_dir(&dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        bail!(
-            "{} already holds files (another run?); nothing was overwritten. Choose a new --out, or continue it with --resume {}",
-            dir.display(),
-            dir.display()
+impl Args {
+    /// The flags that were given, as config keys.
+    fn overrides(&self) -> Result<toml::Table> {
+        let mut o = Overrides::default();
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string().into());
+        o.set("", "model", path(&self.model));
+        o.set("", "data", text(&self.data));
+        o.set("", "steps", int(self.steps));
+        o.set("", "lr", float(self.lr));
+        o.set("", "batch_size", int(self.batch_size));
+        o.set("", "grad_accum", int(self.grad_accum));
+        o.set("", "seq_len", int(self.seq_len));
+        o.set("", "eval_every", int(self.eval_every));
+        o.set("", "eval_limit", int(self.eval_limit));
+        o.set("", "save_every", int(self.save_every));
+        o.set("", "backend", text(&self.backend));
+        o.set(
+            "",
+            "seed",
+            self.seed.map(|s| toml::Value::Integer(s as i64)),
         );
+        o.set(
+            "",
+            "method",
+            text(&self.method.as_ref().map(|m| m.to_ascii_lowercase())),
+        );
+        o.set("lora", "r", int(self.rank));
+        let targets = match &self.targets {
+            Some(t) => Some(toml::Value::try_from(TargetModules::parse_cli(t))?),
+            None => None,
+        };
+        // alpha, dropout and targets are shared by both methods, as in PEFT's configs.
+        for section in ["lora", "adalora"] {
+            o.set(section, "lora_alpha", float(self.alpha));
+            o.set(section, "lora_dropout", float(self.dropout));
+            o.set(section, "target_modules", targets.clone());
+        }
+        o.set("adalora", "init_r", int(self.init_r));
+        o.set("adalora", "target_r", int(self.target_r));
+        o.set("adalora", "tinit", int(self.tinit));
+        o.set("adalora", "tfinal", int(self.tfinal));
+        o.set("adalora", "deltaT", int(self.delta_t));
+        let quant = self.quant.table();
+        if !quant.is_empty() {
+            o.0.insert("quant".into(), toml::Value::Table(quant));
+        }
+        Ok(o.0)
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
-/// Progress bar, metrics file, Ctrl-C flag.
+/// Progress bar (or plain lines when stderr is not a terminal), JSON events, Ctrl-C flag.
 struct Console {
     bar: Option<ProgressBar>,
+    spinner: Option<ProgressBar>,
     json: bool,
-    log: MetricsLog,
-    evals: Vec<(usize, EvalReport)>,
     stop: Arc<AtomicBool>,
-    last_tokens_per_s: Vec<f64>,
+}
+
+impl Console {
+    fn new(json: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let stop = stop.clone();
+            let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+        }
+        Console {
+            bar: None,
+            spinner: None,
+            json,
+            stop,
+        }
+    }
 }
 
 impl Observer for Console {
-    fn on_step(&mut self, m: &StepMetrics) {
-        if let Err(e) = self.log.write(m) {
-            eprintln!("warning: {e}");
-        }
-        self.last_tokens_per_s.push(m.tokens_per_s);
-        if self.json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "step", "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm, "tokens_per_s": m.tokens_per_s})
-            );
-        } else if let Some(bar) = &self.bar {
-            bar.set_position(m.step as u64);
-            let status = format!(
-                "loss {:.4} · {:.0} tok/s · lr {:.2e} · |g| {:.2}",
-                m.loss, m.tokens_per_s, m.lr, m.grad_norm
-            );
-            // With stderr piped or redirected indicatif draws nothing: a plain line every 10
-            // steps (and at the last) keeps the progress, rate and ETA visible in a log.
-            let last = bar.length() == Some(m.step as u64);
-            if bar.is_hidden() && (m.step % 10 == 0 || last) {
-                eprintln!(
-                    "step {}/{} · {status} · ETA {}s",
-                    m.step,
-                    bar.length().unwrap_or(0),
-                    bar.eta().as_secs()
-                );
-            }
-            bar.set_message(status);
+    fn on_message(&mut self, text: &str) {
+        if !self.json {
+            eprintln!("{text}");
         }
     }
 
-    fn on_eval(&mut self, step: usize, e: &EvalReport) {
-        self.evals.push((step, e.clone()));
-        let _ = self.log.write(&serde_json::json!({"event": "eval", "step": step, "loss": e.loss, "accuracy": e.accuracy}));
+    fn on_eval_start(&mut self, at: EvalPoint, examples: usize) {
+        let what = match at {
+            EvalPoint::Before => "the base model",
+            EvalPoint::After => "the fine-tuned model",
+            EvalPoint::Step(_) => return,
+        };
+        if !self.json {
+            let s = ProgressBar::new_spinner();
+            s.set_message(format!(
+                "evaluating {what} on {examples} held-out examples ..."
+            ));
+            s.enable_steady_tick(std::time::Duration::from_millis(200));
+            self.spinner = Some(s);
+        }
+    }
+
+    fn on_eval(&mut self, at: EvalPoint, e: &EvalReport) {
+        if let Some(s) = self.spinner.take() {
+            s.finish_and_clear();
+        }
+        let EvalPoint::Step(step) = at else { return };
         let line = format!(
             "eval @ step {step}: loss {:.4}{}",
             e.loss,
@@ -288,263 +260,80 @@ impl Observer for Console {
         }
     }
 
-    fn interrupted(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Serialize)]
-struct Summary<'a> {
-    config: &'a TrainConfig,
-    model: String,
-    task: String,
-    train_examples: usize,
-    heldout_examples: usize,
-    skipped_examples: usize,
-    trainable_params: usize,
-    adapted_modules: usize,
-    before: &'a EvalReport,
-    after: &'a EvalReport,
-    accuracy_rule: &'static str,
-    tokens_per_s: f64,
-    peak_rss_bytes: Option<u64>,
-    wall_time_s: f64,
-    backend: String,
-    outcome: &'static str,
-    /// QLoRA only: how the base weights are stored.
-    quant: Option<quant::QuantSummary>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    adalora: Option<adalora::RankSummary>,
-}
-
-fn eval_with_progress(model: &Llama, task: &Task, pad: u32, what: &str, json: bool) -> EvalReport {
-    let spinner = (!json).then(|| {
-        let s = ProgressBar::new_spinner();
-        s.set_message(format!(
-            "evaluating {what} on {} held-out examples ...",
-            task.test.len()
-        ));
-        s.enable_steady_tick(std::time::Duration::from_millis(200));
-        s
-    });
-    let view = model.valid();
-    let device = view.lm_head.weight.val().device();
-    let choices = task
-        .choices
-        .as_ref()
-        .map(|(items, cands)| (&items[..], &cands[..]));
-    let report = evaluate(&view, &task.test, choices, 32, pad, &device);
-    if let Some(s) = spinner {
-        s.finish_and_clear();
-    }
-    report
-}
-
-/// Runs `train`.
-pub fn run(args: Args) -> Result<()> {
-    let t0 = Instant::now();
-    let cfg = args.effective_config()?;
-    let dir = run_dir(&args)?;
-    let resuming = args.resume.is_some();
-    if !resuming {
-        std::fs::write(dir.join("config.toml"), toml::to_string_pretty(&cfg)?)?;
-    }
-    let kind: BackendKind = cfg.backend.parse()?;
-    let device = select_device(kind)?.autodiff();
-    let model_path = match &cfg.model {
-        Some(p) => p.clone(),
-        None => cache::ensure_default_model()?,
-    };
-    let mut pretrained = lora_models::load(&model_path, &device)
-        .with_context(|| format!("loading {}", model_path.display()))?;
-    let quant = quant::quantize_if_asked(&mut pretrained.model, &cfg, args.json)?;
-    let tok = pretrained.tokenizer.clone();
-    let base_name = pretrained.name();
-    let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
-    // Sequences never exceed the context the model's RoPE tables cover.
-    let seq_len = cfg.seq_len.min(pretrained.model.config.max_seq_len);
-    let task = load_task(&cfg.data, &tok, seq_len, cfg.eval_limit)?;
-    let lora_cfg = cfg.lora.to_lora_config();
-    let mut checkpoint = Checkpoint::new(&dir, lora_cfg.clone(), &base_name);
-    if cfg.method == Method::Adalora {
-        checkpoint = checkpoint.with_adalora(cfg.adalora_config());
-    }
-
-    let (model, resume, mut allocator) = if resuming {
-        if cfg.method == Method::Adalora {
-            bail!(
-                "resuming an AdaLoRA run is not supported yet (its importance scores are not checkpointed); start a new run"
-            );
+    fn on_train_start(&mut self, start: usize, total: usize) {
+        if self.json {
+            return;
         }
-        let state = checkpoint.load_state()?;
-        let (mut model, _, _) =
-            peft::load_adapter(pretrained.model, &checkpoint.adapter_dir()?, &device)?;
-        checkpoint.restore_param_ids(&mut model)?;
-        (model, Some(state), None)
-    } else {
-        device.seed(cfg.seed);
-        let (model, allocator) = adalora::attach(pretrained.model, &cfg, &device)?;
-        (model, None, allocator)
-    };
-    let report = lora_core::AdaptReport::of(&model);
-    if !args.json {
-        eprintln!(
-            "{} · task {} ({} train / {} held-out, {} skipped) · {} on {} modules · {} trainable parameters ({:.3}% of {})",
-            base_name,
-            task.name,
-            task.train.len(),
-            task.test.len(),
-            task.skipped,
-            adalora::describe(&cfg),
-            report.modules.len(),
-            report.trainable_params,
-            100.0 * report.trainable_params as f64 / model.config.num_params() as f64,
-            model.config.num_params()
-        );
-    }
-
-    // Before: the base model (B = 0, so the adapter changes nothing yet).
-    let before_path = dir.join("eval_before.json");
-    let before = if resuming && before_path.exists() {
-        serde_json::from_str(&std::fs::read_to_string(&before_path)?)?
-    } else {
-        let b = eval_with_progress(&model, &task, pad, "the base model", args.json);
-        std::fs::write(&before_path, serde_json::to_string_pretty(&b)?)?;
-        b
-    };
-
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
-    let start_step = resume.as_ref().map_or(0, |s| s.step);
-    let bar = (!args.json).then(|| {
-        let b = ProgressBar::new(cfg.steps as u64);
+        let b = ProgressBar::new(total as u64);
         b.set_style(
             ProgressStyle::with_template(
                 "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        b.set_position(start_step as u64);
-        b
-    });
-    let mut console = Console {
-        bar,
-        json: args.json,
-        log: MetricsLog::open(&dir)?,
-        evals: vec![(0, before.clone())],
-        stop,
-        last_tokens_per_s: Vec::new(),
-    };
-    let t_train = Instant::now();
-    let mut eval_fn = |m: &Llama| -> Result<EvalReport, TrainError> {
-        Ok(eval_with_progress(m, &task, pad, "", true))
-    };
-    let (mut model, outcome) = train_with(
-        model,
-        &task.train,
-        pad,
-        &cfg,
-        resume,
-        &checkpoint,
-        &mut console,
-        &mut eval_fn,
-        allocator.as_mut(),
-    )?;
-    let train_secs = t_train.elapsed().as_secs_f64();
-    if let Some(bar) = &console.bar {
-        bar.finish();
+        b.set_position(start as u64);
+        self.bar = Some(b);
     }
 
-    let ranks = match &allocator {
-        Some(a) => Some(adalora::finish(&mut model, a, &base_name, &dir)?),
-        None => {
-            peft::save_adapter(&model, &lora_cfg, &base_name, &dir.join("adapter"))?;
-            None
+    fn on_step(&mut self, m: &StepMetrics) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "step", "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm, "tokens_per_s": m.tokens_per_s})
+            );
+            return;
         }
-    };
-    let after = eval_with_progress(&model, &task, pad, "the fine-tuned model", args.json);
-    let done_steps = if outcome == Outcome::Finished {
-        cfg.steps
-    } else {
-        checkpoint.load_state()?.step
-    };
-    console.evals.push((done_steps, after.clone()));
-    let steps = read_metrics(&dir.join("metrics.jsonl"), done_steps)?;
-    let title = match cfg.method {
-        Method::Lora => format!("LoRA r={} on {} — {}", cfg.lora.r, base_name, task.name),
-        Method::Adalora => format!(
-            "{} on {} — {}",
-            adalora::describe(&cfg),
-            base_name,
-            task.name
-        ),
-    };
-    plot_loss(&dir.join("loss.png"), &steps, &console.evals, &title)?;
-
-    let tps = {
-        let mut v = console.last_tokens_per_s.clone();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
-    let wall = t0.elapsed().as_secs_f64();
-    let summary = Summary {
-        config: &cfg,
-        model: model_path.display().to_string(),
-        task: task.name.clone(),
-        train_examples: task.train.len(),
-        heldout_examples: task.test.len(),
-        skipped_examples: task.skipped,
-        trainable_params: report.trainable_params,
-        adapted_modules: report.modules.len(),
-        before: &before,
-        after: &after,
-        accuracy_rule: "the class whose answer tokens score highest after the prompt (first answer token when the classes' first tokens differ)",
-        tokens_per_s: tps,
-        peak_rss_bytes: peak_rss_bytes(),
-        wall_time_s: wall,
-        backend: cfg.backend.clone(),
-        outcome: if outcome == Outcome::Finished {
-            "finished"
-        } else {
-            "interrupted"
-        },
-        adalora: ranks,
-        quant,
-    };
-    let summary_json = serde_json::to_string_pretty(&summary)?;
-    lora_core::tensor_io::write_atomic(&dir.join("summary.json"), summary_json.as_bytes())?;
-
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "summary", "summary": summary, "run_dir": dir})
+        let Some(bar) = &self.bar else { return };
+        bar.set_position(m.step as u64);
+        let status = format!(
+            "loss {:.4} · {:.0} tok/s · lr {:.2e} · |g| {:.2}",
+            m.loss, m.tokens_per_s, m.lr, m.grad_norm
         );
-        return Ok(());
+        // With stderr piped or redirected indicatif draws nothing: a plain line every 10
+        // steps (and at the last) keeps the progress, rate and ETA visible in a log.
+        let last = bar.length() == Some(m.step as u64);
+        if bar.is_hidden() && (m.step % 10 == 0 || last) {
+            eprintln!(
+                "step {}/{} · {status} · ETA {}s",
+                m.step,
+                bar.length().unwrap_or(0),
+                bar.eta().as_secs()
+            );
+        }
+        bar.set_message(status);
+        if last {
+            bar.finish();
+        }
     }
+
+    fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// The before/after table and where the files are.
+fn print_summary(s: &Summary) {
     let acc = |e: &EvalReport| {
         e.accuracy
             .map_or("—".to_string(), |a| format!("{:.1}%", 100.0 * a))
     };
-    let rss = summary.peak_rss_bytes.map_or("—".into(), |b| {
+    let rss = s.peak_rss_bytes.map_or("—".into(), |b| {
         format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
     });
     println!();
     println!("                      before      after");
     println!(
         "  held-out accuracy   {:>8}   {:>8}",
-        acc(&before),
-        acc(&after)
+        acc(&s.before),
+        acc(&s.after)
     );
     println!(
         "  held-out loss       {:>8.4}   {:>8.4}",
-        before.loss, after.loss
+        s.before.loss, s.after.loss
     );
-    println!("  tokens/s (train)    {tps:>8.0}");
+    println!("  tokens/s (train)    {:>8.0}", s.tokens_per_s);
     println!("  peak memory (RSS)   {rss:>8}");
-    if let Some(q) = &summary.quant {
+    if let Some(q) = &s.quant {
         println!(
             "  base weights (NF4)  {:>8.3} bits/weight",
             q.bits_per_weight
@@ -552,26 +341,63 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!(
         "  wall time           {:>7.0}s   (training {:.0}s)",
-        wall, train_secs
+        s.wall_time_s, s.train_time_s
     );
-    if let Some(r) = &summary.adalora {
-        r.print();
+    if let Some(r) = &s.adalora {
+        println!();
+        print!("{r}");
     }
     println!();
     println!(
         "run directory: {}  (adapter/, metrics.jsonl, summary.json, loss.png{})",
-        dir.display(),
-        if summary.adalora.is_some() {
+        s.run_dir.display(),
+        if s.adalora.is_some() {
             ", ranks.png"
         } else {
             ""
         }
     );
-    if outcome == Outcome::Interrupted {
+    if s.interrupted() {
         println!(
-            "interrupted at step {done_steps}; continue with: cargo xtask train --resume {}",
-            dir.display()
+            "interrupted at step {}; continue with: cargo xtask train --resume {}",
+            s.steps_done,
+            s.run_dir.display()
         );
+    }
+}
+
+/// Runs `train`.
+pub fn run(args: Args) -> Result<()> {
+    let (run, base) = match &args.resume {
+        Some(dir) => {
+            let run = RunDir::resume(dir)?;
+            let saved = run.saved_config()?;
+            (Some(run), Some(("the run's config.toml", saved)))
+        }
+        None => (
+            None,
+            match &args.config {
+                Some(path) => Some(("--config", TrainConfig::read_table(path)?)),
+                None => None,
+            },
+        ),
+    };
+    let mut layers: Vec<(&str, toml::Table)> = base.into_iter().collect();
+    layers.push(("flags", args.overrides()?));
+    let cfg = TrainConfig::layered(&layers)?;
+    let run = match run {
+        Some(run) => run,
+        None => RunDir::create(args.out.as_deref())?,
+    };
+    let mut console = Console::new(args.json);
+    let summary = run_training(&cfg, &run, &mut console)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "summary", "summary": summary, "run_dir": summary.run_dir})
+        );
+    } else {
+        print_summary(&summary);
     }
     Ok(())
 }

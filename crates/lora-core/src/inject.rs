@@ -3,14 +3,18 @@
 //! A model opts in by implementing [`LoraModel`]: it lists its [`LoraLinear`] layers with their
 //! module paths (Hugging Face names such as `model.layers.0.self_attn.q_proj`, the keys PEFT
 //! writes). [`apply_lora`] then freezes the model, picks the layers a [`LoraConfig`] selects and
-//! gives each a fresh adapter — the PEFT flow of `get_peft_model`.
+//! gives each a fresh adapter — the PEFT flow of `get_peft_model`. [`attach_adapters`] is the
+//! same walk for any kind of [`Adapter`] (AdaLoRA's [`apply_adalora`](crate::adalora::apply_adalora)
+//! uses it); merging and unmerging a whole model are here too.
 
 use burn::module::Module;
 use burn::tensor::Device;
 
+use crate::adapter::Adapter;
 use crate::config::LoraConfig;
 use crate::error::LoraError;
-use crate::linear::{LoraAdapter, LoraLinear};
+use crate::linear::LoraLinear;
+use crate::lora::LoraAdapter;
 use crate::targets::TargetMatcher;
 
 /// A callback over `(module path, layer)` pairs; it may fail, which stops the walk.
@@ -33,14 +37,52 @@ pub trait LoraModel: Module + Sized {
         self.visit_linears(&mut |p, _| paths.push(p.to_string()));
         paths
     }
+
+    /// Calls `f` on every adapter with its module path, in layer order.
+    fn visit_adapters(&self, f: &mut dyn FnMut(&str, &Adapter)) {
+        self.visit_linears(&mut |path, lin| {
+            if let Some(a) = &lin.adapter {
+                f(path, a);
+            }
+        });
+    }
+
+    /// Calls `f` on every adapter (mutably) with its module path, in layer order.
+    ///
+    /// # Errors
+    /// Whatever `f` returns.
+    fn visit_adapters_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut Adapter) -> Result<(), LoraError>,
+    ) -> Result<(), LoraError> {
+        self.visit_linears_mut(&mut |path, lin| match lin.adapter.as_mut() {
+            Some(a) => f(path, a),
+            None => Ok(()),
+        })
+    }
+}
+
+/// One adapted layer in an [`AdaptReport`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptedModule {
+    /// Module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub path: String,
+    /// Input width of the layer.
+    pub d_in: usize,
+    /// Output width of the layer.
+    pub d_out: usize,
+    /// Rank the adapter holds.
+    pub r: usize,
+    /// The adapter's scaling factor.
+    pub scaling: f64,
 }
 
 /// What [`apply_lora`] (or loading an adapter) did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdaptReport {
-    /// Adapted module paths with their `(d_in, d_out, r, scaling)`.
-    pub modules: Vec<(String, usize, usize, usize, f64)>,
-    /// Trainable values: `Σ r · (d_in + d_out)` over adapted layers.
+    /// The adapted layers, in model order.
+    pub modules: Vec<AdaptedModule>,
+    /// Trainable values: `Σ r · (d_in + d_out)` over adapted layers (`+ r` per AdaLoRA layer).
     pub trainable_params: usize,
 }
 
@@ -49,17 +91,16 @@ impl AdaptReport {
     pub fn of<M: LoraModel>(model: &M) -> Self {
         let mut modules = Vec::new();
         let mut trainable_params = 0;
-        model.visit_linears(&mut |path, lin| {
-            if let Some(a) = &lin.adapter {
-                let (d_in, d_out) = lin.dims();
-                trainable_params += a.num_trainable();
-                modules.push((path.to_string(), d_in, d_out, a.r, a.scaling));
-            }
-            if let Some(a) = &lin.adalora {
-                let (d_in, d_out) = lin.dims();
-                trainable_params += a.num_trainable();
-                modules.push((path.to_string(), d_in, d_out, a.r, a.scaling));
-            }
+        model.visit_adapters(&mut |path, a| {
+            let (d_in, d_out) = a.dims();
+            trainable_params += a.num_trainable();
+            modules.push(AdaptedModule {
+                path: path.to_string(),
+                d_in,
+                d_out,
+                r: a.rank(),
+                scaling: a.scaling(),
+            });
         });
         AdaptReport {
             modules,
@@ -68,8 +109,59 @@ impl AdaptReport {
     }
 }
 
-/// Freezes every parameter of `model`, then attaches a new adapter to each linear layer that
-/// `config` selects (PEFT `get_peft_model`). Returns the model and what was adapted.
+/// Where [`attach_adapters`] puts an adapter: the layer's path and shape, and the rank and
+/// `lora_alpha` the config gives it (after `rank_pattern` / `alpha_pattern`).
+#[derive(Clone, Copy, Debug)]
+pub struct Slot<'a> {
+    /// Module path.
+    pub path: &'a str,
+    /// Input width.
+    pub d_in: usize,
+    /// Output width.
+    pub d_out: usize,
+    /// Rank for this layer.
+    pub r: usize,
+    /// `lora_alpha` for this layer.
+    pub lora_alpha: f64,
+}
+
+/// Freezes every parameter of `model`, then attaches `make(slot)` to each linear layer that
+/// `targets` selects: the walk behind [`apply_lora`] and AdaLoRA's `apply_adalora`.
+///
+/// # Errors
+/// [`LoraError::InvalidConfig`] / [`LoraError::BadRegex`] for a bad config,
+/// [`LoraError::TargetMatchesNothing`] when a target entry selects no layer, and whatever
+/// `make` returns.
+pub fn attach_adapters<M: LoraModel>(
+    model: M,
+    targets: &LoraConfig,
+    make: &mut dyn FnMut(Slot<'_>) -> Result<Adapter, LoraError>,
+) -> Result<(M, AdaptReport), LoraError> {
+    let matcher = TargetMatcher::new(targets)?;
+    matcher.check_all_used(&model.linear_paths())?;
+    // Freeze first: the adapters created below are the only trainable parameters.
+    let mut model = model.no_grad();
+    model.visit_linears_mut(&mut |path, lin| {
+        if matcher.matches(path) {
+            let (r, lora_alpha) = matcher.rank_and_alpha(path);
+            let (d_in, d_out) = lin.dims();
+            let slot = Slot {
+                path,
+                d_in,
+                d_out,
+                r,
+                lora_alpha,
+            };
+            lin.attach(make(slot)?, path)?;
+        }
+        Ok(())
+    })?;
+    let report = AdaptReport::of(&model);
+    Ok((model, report))
+}
+
+/// Freezes every parameter of `model`, then attaches a new LoRA adapter to each linear layer
+/// that `config` selects (PEFT `get_peft_model`). Returns the model and what was adapted.
 ///
 /// # Errors
 /// [`LoraError::InvalidConfig`] / [`LoraError::BadRegex`] for a bad config,
@@ -80,23 +172,9 @@ pub fn apply_lora<M: LoraModel>(
     device: &Device,
 ) -> Result<(M, AdaptReport), LoraError> {
     config.validate()?;
-    let matcher = TargetMatcher::new(config)?;
-    matcher.check_all_used(&model.linear_paths())?;
-    // Freeze first: the adapters created below are the only trainable parameters.
-    let mut model = model.no_grad();
-    model.visit_linears_mut(&mut |path, lin| {
-        if matcher.matches(path) {
-            let (r, alpha) = matcher.rank_and_alpha(path);
-            let (d_in, d_out) = lin.dims();
-            lin.attach(
-                LoraAdapter::init(d_in, d_out, r, alpha, config, device)?,
-                path,
-            )?;
-        }
-        Ok(())
-    })?;
-    let report = AdaptReport::of(&model);
-    Ok((model, report))
+    attach_adapters(model, config, &mut |s| {
+        LoraAdapter::init(s.d_in, s.d_out, s.r, s.lora_alpha, config, device).map(Adapter::Lora)
+    })
 }
 
 /// Applies `op` to every layer that carries an adapter; returns how many there were.
@@ -106,7 +184,7 @@ fn for_each_adapted<M: LoraModel>(
 ) -> Result<usize, LoraError> {
     let mut n = 0;
     model.visit_linears_mut(&mut |path, lin| {
-        if lin.adapter.is_some() || lin.adalora.is_some() {
+        if lin.adapter.is_some() {
             op(lin, path)?;
             n += 1;
         }

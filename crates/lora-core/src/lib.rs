@@ -18,25 +18,44 @@
 //!
 //! Every backend burn compiles in (flex, ndarray, wgpu) runs the same code: the [`backend`]
 //! module maps a cargo feature and a `--backend` name to a burn `Device`.
+//!
+//! ## The files, in the order to read them
+//! 1. [`linear`] — [`LoraLinear`]: `y = x·W + b + adapter(x)`, merge and unmerge;
+//! 2. [`lora`] — [`LoraAdapter`]: LoRA's `scaling · (dropout(x)·A)·B` and its initialisation;
+//! 3. [`adapter`] — [`Adapter`]: the kinds of update a layer can carry, dispatched in one place;
+//! 4. [`config`] and [`targets`] — [`LoraConfig`] (PEFT's names and defaults) and which module
+//!    paths it selects;
+//! 5. [`inject`] — [`LoraModel`] (a model's linear layers by path), [`apply_lora`],
+//!    [`merge_and_unload`];
+//! 6. [`peft`] — adapter files both ways ([`peft::load_adapter`], [`peft::save_adapter`]);
+//! 7. [`base_weight`] and [`quant`] — the frozen `W`: dense or NF4 (QLoRA);
+//! 8. [`adalora`] — AdaLoRA: the SVD-form adapter and its rank allocator;
+//! 9. [`tensor_io`], [`backend`], [`error`] — safetensors on the host, devices, the error type.
 
 pub mod adalora;
+pub mod adapter;
 pub mod backend;
 pub mod base_weight;
 pub mod config;
 pub mod error;
 pub mod inject;
 pub mod linear;
+pub mod lora;
 pub mod peft;
 pub mod quant;
 pub mod targets;
 pub mod tensor_io;
 
+pub use adapter::Adapter;
 pub use backend::{BackendKind, select_device};
 pub use base_weight::BaseWeight;
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
 pub use error::LoraError;
 pub use inject::{
-    AdaptReport, LinearVisitor, LoraModel, apply_lora, merge_all, merge_and_unload, unmerge_all,
+    AdaptReport, AdaptedModule, LinearVisitor, LoraModel, Slot, apply_lora, attach_adapters,
+    merge_all, merge_and_unload, unmerge_all,
 };
-pub use linear::{LoraAdapter, LoraLinear};
+pub use linear::LoraLinear;
+pub use lora::LoraAdapter;
+pub use peft::AdapterConfig;
 pub use quant::{Nf4Config, Nf4Weight};

@@ -5,8 +5,10 @@
 //! ```
 //!
 //! Source: Hu et al. 2021 (arXiv:2106.09685) §4.1; PEFT `tuners/lora/layer.py` (`Linear.forward`,
-//! `merge`, `unmerge`, `get_delta_weight`). The low-rank path runs on the activations — `x·A`
-//! then `·B`, `O(T·r·(d_in + d_out))` — and never rebuilds a dense `W + ΔW` while training.
+//! `merge`, `unmerge`, `get_delta_weight`). The base output is never scaled; the adapter's term
+//! (`scaling · (dropout(x)·A)·B`, [`crate::lora::LoraAdapter::forward`]) runs on the activations
+//! — `x·A` then `·B`, `O(T·r·(d_in + d_out))` — and never rebuilds a dense `W + ΔW` while
+//! training. Which update a layer carries (LoRA, AdaLoRA) is the [`Adapter`] enum's business.
 //!
 //! # Shapes (burn layout, the transpose of PyTorch's)
 //! - `W` (`weight`): `[d_in, d_out]`, frozen; `b` (`bias`): `[d_out]`, frozen
@@ -14,129 +16,15 @@
 //! - input `x`: `[..., d_in]` → output `[..., d_out]`
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::Tensor;
 use burn::tensor::module::linear;
-use burn::tensor::{Device, Distribution, Tensor};
 
-use crate::adalora::AdaLoraAdapter;
+use crate::adapter::Adapter;
 use crate::base_weight::BaseWeight;
-use crate::config::{InitLoraWeights, LoraConfig};
 use crate::error::LoraError;
-use crate::quant::Nf4Config;
+use crate::quant::{Nf4Config, RequantizeReport, requantize_report_weight};
 
-/// The trainable low-rank update of one linear layer: `ΔW = scaling · A·B`.
-#[derive(Module, Debug)]
-pub struct LoraAdapter {
-    /// `lora_A`, `[d_in, r]`: projects the input down to rank `r`.
-    pub lora_a: Param<Tensor<2>>,
-    /// `lora_B`, `[r, d_out]`: projects back up; zero at initialisation, so the adapter starts
-    /// as a no-op.
-    pub lora_b: Param<Tensor<2>>,
-    /// Dropout on the LoRA path's input only (PEFT's `lora_dropout`); inactive outside training.
-    pub dropout: Dropout,
-    /// Rank `r`.
-    #[module(skip)]
-    pub r: usize,
-    /// `lora_alpha` for this layer (after `alpha_pattern`).
-    #[module(skip)]
-    pub lora_alpha: f64,
-    /// `lora_alpha / r`, or `lora_alpha / √r` with rsLoRA.
-    #[module(skip)]
-    pub scaling: f64,
-}
-
-impl LoraAdapter {
-    /// Creates an adapter for a `[d_in, d_out]` layer, initialised as `config.init_lora_weights`
-    /// says (PEFT `reset_lora_parameters`).
-    ///
-    /// # Errors
-    /// [`LoraError::InvalidConfig`] for `r = 0` or a dropout outside `[0, 1)`.
-    pub fn init(
-        d_in: usize,
-        d_out: usize,
-        r: usize,
-        lora_alpha: f64,
-        config: &LoraConfig,
-        device: &Device,
-    ) -> Result<Self, LoraError> {
-        if r == 0 {
-            return Err(LoraError::InvalidConfig("r must be at least 1".into()));
-        }
-        if !(0.0..1.0).contains(&config.lora_dropout) {
-            return Err(LoraError::InvalidConfig(format!(
-                "lora_dropout must be in [0, 1), got {}",
-                config.lora_dropout
-            )));
-        }
-        // kaiming_uniform_(a = √5) on PyTorch's [r, d_in] weight: fan_in = d_in,
-        // gain = √(2 / (1 + 5)), bound = gain · √(3 / fan_in) = 1 / √d_in.
-        let kaiming =
-            Distribution::Uniform(-1.0 / (d_in as f64).sqrt(), 1.0 / (d_in as f64).sqrt());
-        let a_dist = match config.init_lora_weights {
-            InitLoraWeights::Default | InitLoraWeights::Random => kaiming,
-            InitLoraWeights::Gaussian => Distribution::Normal(0.0, 1.0 / r as f64),
-        };
-        let lora_a = Tensor::<2>::random([d_in, r], a_dist, device);
-        let lora_b = match config.init_lora_weights {
-            InitLoraWeights::Random => Tensor::<2>::random(
-                [r, d_out],
-                Distribution::Uniform(-1.0 / (r as f64).sqrt(), 1.0 / (r as f64).sqrt()),
-                device,
-            ),
-            _ => Tensor::<2>::zeros([r, d_out], device),
-        };
-        Ok(Self::from_tensors(lora_a, lora_b, lora_alpha, config))
-    }
-
-    /// Wraps given factors (`lora_a` `[d_in, r]`, `lora_b` `[r, d_out]`) as a trainable adapter
-    /// with the scaling `config` gives for rank `r` and `lora_alpha`.
-    pub fn from_tensors(
-        lora_a: Tensor<2>,
-        lora_b: Tensor<2>,
-        lora_alpha: f64,
-        config: &LoraConfig,
-    ) -> Self {
-        let r = lora_a.dims()[1];
-        LoraAdapter {
-            lora_a: Param::from_tensor(lora_a),
-            lora_b: Param::from_tensor(lora_b),
-            dropout: DropoutConfig::new(config.lora_dropout).init(),
-            r,
-            lora_alpha,
-            scaling: config.scaling(r, lora_alpha),
-        }
-    }
-
-    /// The low-rank path: `scaling · (dropout(x)·A)·B`.
-    ///
-    /// # Shapes
-    /// `x`: `[..., d_in]` → `[..., d_out]`
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let x = self.dropout.forward(x);
-        let down = linear(x, self.lora_a.val(), None); // [..., r]
-        let up = linear(down, self.lora_b.val(), None); // [..., d_out]
-        up.mul_scalar(self.scaling)
-    }
-
-    /// The dense update `ΔW = scaling · A·B`, `[d_in, d_out]`, detached from the autodiff graph.
-    /// No dropout: merging never depends on the training mode.
-    pub fn delta_weight(&self) -> Tensor<2> {
-        self.lora_a
-            .val()
-            .detach()
-            .matmul(self.lora_b.val().detach())
-            .mul_scalar(self.scaling)
-    }
-
-    /// Number of trainable values, `r · (d_in + d_out)`.
-    pub fn num_trainable(&self) -> usize {
-        let [d_in, r] = self.lora_a.shape().dims();
-        let [_, d_out] = self.lora_b.shape().dims();
-        r * (d_in + d_out)
-    }
-}
-
-/// A linear layer whose frozen base `y = x·W + b` may carry a [`LoraAdapter`].
+/// A linear layer whose frozen base `y = x·W + b` may carry an [`Adapter`].
 ///
 /// Every linear layer of the models in this workspace is a `LoraLinear`; without an adapter it
 /// is an ordinary (frozen) linear layer.
@@ -146,10 +34,8 @@ pub struct LoraLinear {
     pub weight: BaseWeight,
     /// Base bias `b`, `[d_out]`, frozen.
     pub bias: Option<Param<Tensor<1>>>,
-    /// The adapter, if this layer is a LoRA target.
-    pub adapter: Option<LoraAdapter>,
-    /// The AdaLoRA adapter (SVD form, `crate::adalora`), if this layer is an AdaLoRA target.
-    pub adalora: Option<AdaLoraAdapter>,
+    /// The adapter (LoRA or AdaLoRA), if this layer is a target.
+    pub adapter: Option<Adapter>,
     /// Whether `scaling · A·B` has been folded into `weight` (forward then skips the LoRA path).
     #[module(skip)]
     pub merged: bool,
@@ -162,7 +48,6 @@ impl LoraLinear {
             weight: BaseWeight::dense(weight),
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
             adapter: None,
-            adalora: None,
             merged: false,
         }
     }
@@ -201,31 +86,29 @@ impl LoraLinear {
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
         );
-        let out = match &self.adapter {
-            Some(adapter) if !self.merged => base + adapter.forward(x.clone()),
+        match &self.adapter {
+            Some(adapter) if !self.merged => base + adapter.forward(x),
             _ => base,
-        };
-        match &self.adalora {
-            Some(adalora) if !self.merged => out + adalora.forward(x),
-            _ => out,
         }
     }
 
-    /// Attaches `adapter`, replacing any previous one (the layer must not be merged).
+    /// Attaches `adapter` (a [`LoraAdapter`](crate::LoraAdapter), an
+    /// [`AdaLoraAdapter`](crate::adalora::AdaLoraAdapter) or an [`Adapter`]), replacing any
+    /// previous one (the layer must not be merged).
     ///
     /// # Errors
     /// [`LoraError::MergeState`] if the layer is merged, [`LoraError::InvalidConfig`] if the
     /// adapter's shapes do not fit the base weight.
-    pub fn attach(&mut self, adapter: LoraAdapter, path: &str) -> Result<(), LoraError> {
+    pub fn attach(&mut self, adapter: impl Into<Adapter>, path: &str) -> Result<(), LoraError> {
         if self.merged {
             return Err(LoraError::MergeState {
                 path: path.into(),
                 what: "cannot attach an adapter to a merged layer; unmerge first".into(),
             });
         }
+        let adapter = adapter.into();
         let (d_in, d_out) = self.dims();
-        let [a_in, _] = adapter.lora_a.shape().dims();
-        let [_, b_out] = adapter.lora_b.shape().dims();
+        let (a_in, b_out) = adapter.dims();
         if (a_in, b_out) != (d_in, d_out) {
             return Err(LoraError::InvalidConfig(format!(
                 "{path}: adapter is for a [{a_in}, {b_out}] layer, the base weight is [{d_in}, {d_out}]"
@@ -268,22 +151,48 @@ impl LoraLinear {
             self.merge(path)?;
         }
         self.adapter = None;
-        self.adalora = None;
         self.merged = false;
         Ok(())
     }
 
+    /// [`requantize_report_weight`] for this layer: what merging its adapter and re-quantizing
+    /// the NF4 base would keep of `ΔW`. A measurement only; nothing is changed.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidConfig`] if the base is not NF4 or `ΔW` is all zero;
+    /// [`LoraError::MergeState`] if the layer has no adapter or it is already merged (the base is
+    /// then dense: there is no NF4 `W` left to compare with).
+    pub fn requantize_report(
+        &self,
+        config: &Nf4Config,
+        path: &str,
+    ) -> Result<RequantizeReport, LoraError> {
+        let adapter = self.adapter.as_ref().ok_or_else(|| LoraError::MergeState {
+            path: path.into(),
+            what: "has no LoRA adapter".into(),
+        })?;
+        if self.merged {
+            return Err(LoraError::MergeState {
+                path: path.into(),
+                what: "is merged; measure re-quantization before merging".into(),
+            });
+        }
+        match &self.weight {
+            BaseWeight::Nf4(w) => requantize_report_weight(w, adapter.delta_weight(), config),
+            BaseWeight::Dense(_) => Err(LoraError::InvalidConfig(format!(
+                "{path}: the base weight is not NF4; there is nothing to re-quantize"
+            ))),
+        }
+    }
+
     fn delta_for(&self, path: &str, want_merged: bool) -> Result<Tensor<2>, LoraError> {
-        let delta = match (&self.adapter, &self.adalora) {
-            (Some(adapter), _) => adapter.delta_weight(),
-            (None, Some(adalora)) => adalora.delta_weight(),
-            (None, None) => {
-                return Err(LoraError::MergeState {
-                    path: path.into(),
-                    what: "has no LoRA adapter".into(),
-                });
-            }
+        let Some(adapter) = &self.adapter else {
+            return Err(LoraError::MergeState {
+                path: path.into(),
+                what: "has no LoRA adapter".into(),
+            });
         };
+        let delta = adapter.delta_weight();
         if self.merged != want_merged {
             let what = if want_merged {
                 "is not merged"
@@ -296,5 +205,59 @@ impl LoraLinear {
             });
         }
         Ok(delta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_a_layer_it_reads_the_device_weight_and_the_adapter() {
+        use crate::quant::requantize_report;
+        use crate::{BackendKind, LoraAdapter, LoraConfig, TargetModules, select_device};
+        use burn::tensor::{Distribution, TensorData};
+        let d = select_device(BackendKind::Flex).unwrap();
+        let (d_in, d_out, r) = (96, 40, 4);
+        let w = Tensor::<2>::random([d_in, d_out], Distribution::Normal(0.0, 0.02), &d);
+        let mut layer = LoraLinear::new(w, None);
+        let cfg = Nf4Config::default();
+        assert!(layer.requantize_report(&cfg, "l").is_err()); // no adapter
+        let lcfg = LoraConfig::new(r, 8.0, TargetModules::AllLinear);
+        let adapter = LoraAdapter::init(d_in, d_out, r, 8.0, &lcfg, &d).unwrap();
+        layer.attach(adapter, "l").unwrap();
+        let e = layer.requantize_report(&cfg, "l").unwrap_err();
+        assert!(e.to_string().contains("not NF4"), "{e}");
+        layer.quantize_nf4(&cfg, "l").unwrap();
+        // B = 0 at init: ΔW is zero, which is an error, not a NaN.
+        assert!(layer.requantize_report(&cfg, "l").is_err());
+        let b = (0..r * d_out)
+            .map(|i| ((i as f32) * 0.7).sin() * 5e-2)
+            .collect();
+        if let Some(a) = layer.adapter.as_mut().and_then(Adapter::as_lora_mut) {
+            a.lora_b = burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(b, [r, d_out]),
+                &d,
+            ));
+        }
+        let got = layer.requantize_report(&cfg, "l").unwrap();
+        // The same numbers from the host copies, in PyTorch order.
+        let crate::BaseWeight::Nf4(q) = &layer.weight else {
+            unreachable!()
+        };
+        let host = q.to_host().unwrap();
+        let delta = layer.adapter.as_ref().unwrap().delta_weight();
+        let delta = delta.transpose().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(got, requantize_report(&host, &delta, &cfg).unwrap());
+        // Survival can exceed 1 (rounding may overshoot ΔW, as in the hand-made 0.7 / 0.58 case
+        // above); W here is random, so only its sign and finiteness are fixed.
+        assert!(got.survival > 0.0 && got.survival.is_finite(), "{got:?}");
+        assert!(
+            got.codes_changed > 0.0 && got.codes_changed < 1.0,
+            "{got:?}"
+        );
+        eprintln!("{got:?}");
+        // Measuring changes nothing: still NF4, still unmerged.
+        assert!(layer.weight.is_quantized() && !layer.merged);
     }
 }

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
+use lora_core::AdaptReport;
+use lora_core::peft::{self, AdapterConfig};
+use lora_core::quant::{Nf4Config, QuantReport, quantize_base};
 
 use crate::checkpoint::{self, BuildOptions};
 use crate::error::ModelError;
@@ -72,4 +75,56 @@ pub fn load_hf_model(dir: &Path, device: &Device) -> Result<Llama, ModelError> {
     let (config, opts) = checkpoint::hf::read_config(dir)?;
     let weights = checkpoint::hf::read_weights(dir)?;
     checkpoint::build_llama(&config, weights, opts, device)
+}
+
+/// How to load a model for inference or evaluation: the base as stored or in NF4, with or
+/// without an adapter.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Store every linear layer except `lm_head` in NF4 (QLoRA's base; dequantized in each
+    /// forward). transformers keeps `lm_head` in full precision too.
+    pub nf4: Option<Nf4Config>,
+    /// A PEFT adapter directory (LoRA or AdaLoRA, ours or PEFT's) to attach.
+    pub adapter: Option<PathBuf>,
+}
+
+/// A model loaded with [`load_with`], and what was done to it.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The model and tokenizer.
+    pub pretrained: Pretrained,
+    /// What NF4 quantization did, if asked.
+    pub quant: Option<QuantReport>,
+    /// The adapter's config and what it adapted, if one was attached.
+    pub adapter: Option<(AdapterConfig, AdaptReport)>,
+}
+
+/// [`load`], then quantize the base to NF4 and attach an adapter as `options` say.
+///
+/// # Errors
+/// As [`load`]; [`ModelError::Lora`] for a bad block size or an adapter that does not fit
+/// (naming the file and key).
+pub fn load_with(
+    path: &Path,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<Loaded, ModelError> {
+    let mut pretrained = load(path, device)?;
+    let quant = match &options.nf4 {
+        Some(nf4) => Some(quantize_base(&mut pretrained.model, nf4, &["lm_head"])?),
+        None => None,
+    };
+    let adapter = match &options.adapter {
+        Some(dir) => {
+            let (model, config, report) = peft::load_adapter(pretrained.model, dir, device)?;
+            pretrained.model = model;
+            Some((config, report))
+        }
+        None => None,
+    };
+    Ok(Loaded {
+        pretrained,
+        quant,
+        adapter,
+    })
 }

@@ -1,20 +1,20 @@
-//! Checkpoints that let a run continue exactly where it stopped: the adapter (PEFT format), the
-//! adapters' parameter ids (the optimizer state is keyed by them), the AdamW moments, the step
-//! and the data position. The schedule is a pure function of the step and dropout is seeded per
-//! step, so nothing else is needed for a bit-exact resume on the CPU.
+//! [`RunCheckpoint`]: what lets a training run continue exactly where it stopped — the adapter
+//! (PEFT format), the adapters' parameter ids (the optimizer state is keyed by them), the AdamW
+//! moments, the step and the data position. The schedule is a pure function of the step and
+//! dropout is seeded per step, so nothing else is needed for a bit-exact resume on the CPU.
 //!
 //! A checkpoint is written into `checkpoint.tmp/` and then swapped in by renames, so a crash
-//! mid-write never destroys the last good one.
+//! mid-write never destroys the last good one. (Not to be confused with a model checkpoint —
+//! the pretrained weights `lora_models::checkpoint` reads.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::ParamId;
 use burn::optim::ModuleOptimizer;
-use lora_core::adalora::AdaLoraConfig;
-use lora_core::config::LoraConfig;
+use lora_core::peft::{self, AdapterConfig};
 use lora_core::tensor_io::write_atomic;
-use lora_core::{LoraModel, peft};
+use lora_core::{LoraError, LoraModel};
 use lora_models::Llama;
 use serde::{Deserialize, Serialize};
 
@@ -31,19 +31,17 @@ pub struct TrainerState {
     pub sampler: SamplerState,
 }
 
-/// The checkpoint directory of a run (`<run>/checkpoint`).
+/// The training checkpoint of a run (`<run>/checkpoint`).
 #[derive(Clone, Debug)]
-pub struct Checkpoint {
+pub struct RunCheckpoint {
     /// `<run>/checkpoint`.
     pub dir: PathBuf,
-    /// The adapter's config (written into `adapter_config.json`).
-    pub lora: LoraConfig,
+    /// The adapter's config (written into `adapter_config.json`). An AdaLoRA adapter is saved
+    /// at the full `init_r`, with no rank pattern (pruned triplets are saved with `λ = 0`), so
+    /// the checkpoint computes exactly what the model does.
+    pub adapter: AdapterConfig,
     /// `base_model_name_or_path` for the adapter.
     pub base_model: String,
-    /// For AdaLoRA runs: the adapter is saved in PEFT's AdaLoRA format at the full `init_r`
-    /// (no rank pattern; pruned triplets are saved with `λ = 0`), so the checkpoint computes
-    /// exactly what the model does.
-    pub adalora: Option<AdaLoraConfig>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
@@ -53,25 +51,37 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     }
 }
 
-impl Checkpoint {
-    /// The checkpoint of the run in `run_dir`.
-    pub fn new(run_dir: &Path, lora: LoraConfig, base_model: &str) -> Self {
-        Checkpoint {
-            dir: run_dir.join("checkpoint"),
-            lora,
-            base_model: base_model.to_string(),
-            adalora: None,
-        }
-    }
+/// Writes `value` as pretty JSON to `path`, atomically.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
 
-    /// The same checkpoint, saving the model's AdaLoRA adapters with `config`.
-    pub fn with_adalora(self, config: AdaLoraConfig) -> Self {
-        Checkpoint {
-            adalora: Some(AdaLoraConfig {
-                rank_pattern: None,
-                ..config
-            }),
-            ..self
+/// Reads `path` as JSON of type `T`.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+}
+
+impl RunCheckpoint {
+    /// The checkpoint of the run in `run_dir`, saving adapters of `adapter`'s kind.
+    pub fn new(run_dir: &Path, adapter: AdapterConfig, base_model: &str) -> Self {
+        let adapter = match adapter {
+            AdapterConfig::AdaLora(c) => {
+                AdapterConfig::AdaLora(lora_core::adalora::AdaLoraConfig {
+                    rank_pattern: None,
+                    ..c
+                })
+            }
+            lora => lora,
+        };
+        RunCheckpoint {
+            dir: run_dir.join("checkpoint"),
+            adapter,
+            base_model: base_model.to_string(),
         }
     }
 
@@ -91,26 +101,9 @@ impl Checkpoint {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        match &self.adalora {
-            Some(c) => lora_core::adalora::peft_io::save_adapter(
-                model,
-                c,
-                &self.base_model,
-                &tmp.join("adapter"),
-            )?,
-            None => peft::save_adapter(model, &self.lora, &self.base_model, &tmp.join("adapter"))?,
-        };
-        let ids: BTreeMap<String, (u64, u64)> = crate::trainer::adapter_param_ids(model)
-            .into_iter()
-            .map(|(p, a, b)| (p, (a.val(), b.val())))
-            .collect();
-        let json = |v: &dyn erased::Json, name: &str| -> Result<(), TrainError> {
-            let path = tmp.join(name);
-            write_atomic(&path, v.to_json().as_bytes())?;
-            Ok(())
-        };
-        json(&ids, "param_ids.json")?;
-        json(state, "trainer_state.json")?;
+        peft::save_adapter(model, &self.adapter, &self.base_model, &tmp.join("adapter"))?;
+        write_json(&tmp.join("param_ids.json"), &param_ids(model))?;
+        write_json(&tmp.join("trainer_state.json"), state)?;
         let text = toml::to_string_pretty(cfg)
             .map_err(|e| TrainError::Checkpoint(format!("config: {e}")))?;
         write_atomic(&tmp.join("config.toml"), text.as_bytes())?;
@@ -140,16 +133,13 @@ impl Checkpoint {
     /// # Errors
     /// [`TrainError::Checkpoint`] if there is no readable checkpoint.
     pub fn load_state(&self) -> Result<TrainerState, TrainError> {
-        let path = self.existing_dir()?.join("trainer_state.json");
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        serde_json::from_str(&text)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+        read_json(&self.existing_dir()?.join("trainer_state.json"))
     }
 
     /// The adapter directory inside the checkpoint.
     ///
     /// # Errors
-    /// As [`Checkpoint::load_state`].
+    /// As [`RunCheckpoint::load_state`].
     pub fn adapter_dir(&self) -> Result<PathBuf, TrainError> {
         Ok(self.existing_dir()?.join("adapter"))
     }
@@ -173,18 +163,22 @@ impl Checkpoint {
     /// [`TrainError::Checkpoint`] if the saved ids do not cover exactly the adapted modules.
     pub fn restore_param_ids(&self, model: &mut Llama) -> Result<(), TrainError> {
         let path = self.existing_dir()?.join("param_ids.json");
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let ids: BTreeMap<String, (u64, u64)> = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+        let ids: BTreeMap<String, Vec<u64>> = read_json(&path)?;
         let mut seen = 0;
-        model.visit_linears_mut(&mut |p, lin| {
-            if let Some(a) = lin.adapter.as_mut()
-                && let Some((ia, ib)) = ids.get(p)
-            {
-                a.lora_a.id = ParamId::from(*ia);
-                a.lora_b.id = ParamId::from(*ib);
-                seen += 1;
+        model.visit_adapters_mut(&mut |p, adapter| {
+            let Some(saved) = ids.get(p) else {
+                return Ok(());
+            };
+            let saved: Vec<ParamId> = saved.iter().copied().map(ParamId::from).collect();
+            if !adapter.set_param_ids(&saved) {
+                return Err(LoraError::InvalidConfig(format!(
+                    "{}: {p} has {} saved ids, its adapter has {} tensors",
+                    path.display(),
+                    saved.len(),
+                    adapter.param_ids().len()
+                )));
             }
+            seen += 1;
             Ok(())
         })?;
         if seen != ids.len() {
@@ -209,14 +203,14 @@ impl Checkpoint {
     }
 }
 
-mod erased {
-    /// Serialize-to-JSON through a trait object.
-    pub trait Json {
-        fn to_json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> String {
-            serde_json::to_string_pretty(self).unwrap_or_default()
-        }
-    }
+/// Every adapter's parameter ids by module path, as the checkpoint records them.
+fn param_ids(model: &Llama) -> BTreeMap<String, Vec<u64>> {
+    let mut ids = BTreeMap::new();
+    model.visit_adapters(&mut |path, a| {
+        ids.insert(
+            path.to_string(),
+            a.param_ids().into_iter().map(|id| id.val()).collect(),
+        );
+    });
+    ids
 }

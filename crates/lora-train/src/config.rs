@@ -1,120 +1,53 @@
 //! [`TrainConfig`]: everything a training run needs to know, with the defaults of the main job
-//! (`cargo xtask train` with no arguments). It round-trips through TOML: `--config FILE.toml`
-//! reads one, and the effective config is written into the run directory.
+//! (`cargo xtask train` with no arguments), under one name per setting from the TOML file to the
+//! flag to the struct. The LoRA and AdaLoRA settings are PEFT's own config structs with PEFT's
+//! field names (`[lora] r`, `lora_alpha`, `lora_dropout`, `target_modules`, `use_rslora`;
+//! `[adalora] init_r`, `target_r`, `tinit`, `tfinal`, `deltaT`, …).
+//!
+//! A config is built in one way only, by layers ([`TrainConfig::layered`]): the defaults, then
+//! each TOML table given (a `--config` file, a resumed run's saved `config.toml`, the command
+//! line's flags as a table), each overriding only the keys it names. An unknown key is an error
+//! naming it; the effective config is written into the run directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use lora_core::adalora::AdaLoraConfig;
 use lora_core::config::{LoraConfig, TargetModules};
 use lora_core::quant::Nf4Config;
 use serde::{Deserialize, Serialize};
 
-/// LoRA settings as they appear in a TOML file (`[lora]`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LoraSection {
-    /// Rank `r`.
-    pub r: usize,
-    /// `lora_alpha` (scaling = alpha / r).
-    pub alpha: f64,
-    /// Dropout on the LoRA path.
-    pub dropout: f64,
-    /// `q_proj,v_proj`-style list, `all-linear`, or `re:<regex>`.
-    pub targets: String,
-    /// rsLoRA scaling `alpha / √r`.
-    pub rslora: bool,
-}
-
-impl Default for LoraSection {
-    fn default() -> Self {
-        LoraSection {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.05,
-            targets: "q_proj,k_proj,v_proj,o_proj".into(),
-            rslora: false,
-        }
-    }
-}
-
-impl LoraSection {
-    /// The PEFT-style [`LoraConfig`] for these settings.
-    pub fn to_lora_config(&self) -> LoraConfig {
-        LoraConfig {
-            lora_dropout: self.dropout,
-            use_rslora: self.rslora,
-            ..LoraConfig::new(self.r, self.alpha, TargetModules::parse_cli(&self.targets))
-        }
-    }
-}
+use crate::error::TrainError;
 
 /// Which adapter a run trains.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// LoRA (`ΔW = B·A`, fixed rank `r`).
+    /// LoRA (`ΔW = B·A`, fixed rank `r`): the `[lora]` settings.
     #[default]
     Lora,
-    /// AdaLoRA (`ΔW = P·diag(λ)·Q`, rank pruned from `init_r` to `target_r` on average).
+    /// AdaLoRA (`ΔW = P·diag(λ)·Q`, rank pruned from `init_r` to `target_r` on average): the
+    /// `[adalora]` settings.
     Adalora,
 }
 
-impl std::str::FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "lora" => Ok(Method::Lora),
-            "adalora" => Ok(Method::Adalora),
-            other => Err(format!("unknown method {other:?}; choose lora or adalora")),
-        }
-    }
+/// How the frozen base weights are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantMethod {
+    /// As loaded (f32).
+    #[default]
+    #[serde(alias = "f32")]
+    None,
+    /// QLoRA's 4-bit NormalFloat, every linear layer except `lm_head`; adapters stay f32.
+    Nf4,
 }
 
-/// AdaLoRA settings as they appear in a TOML file (`[adalora]`); PEFT's defaults. `lora_alpha`,
-/// dropout and targets come from `[lora]`; `total_step` is the run's `steps`.
+/// Base-weight quantization (`[quant]`): QLoRA when `method = "nf4"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdaLoraSection {
-    /// Rank every layer starts with.
-    pub init_r: usize,
-    /// Average rank per adapted matrix at the end.
-    pub target_r: usize,
-    /// Steps at the full budget before pruning starts.
-    pub tinit: usize,
-    /// Steps at the target budget at the end, masks fixed.
-    pub tfinal: usize,
-    /// Steps between budget allocations (PEFT `deltaT`).
-    pub delta_t: usize,
-    /// EMA factor of the sensitivity.
-    pub beta1: f64,
-    /// EMA factor of the uncertainty.
-    pub beta2: f64,
-    /// Weight of the orthogonality penalty in the loss.
-    pub orth_reg_weight: f64,
-}
-
-impl Default for AdaLoraSection {
-    fn default() -> Self {
-        let peft = AdaLoraConfig::default();
-        AdaLoraSection {
-            init_r: peft.init_r,
-            target_r: peft.target_r,
-            tinit: peft.tinit,
-            tfinal: peft.tfinal,
-            delta_t: peft.delta_t,
-            beta1: peft.beta1,
-            beta2: peft.beta2,
-            orth_reg_weight: peft.orth_reg_weight,
-        }
-    }
-}
-
-/// Base-weight quantization as it appears in a TOML file (`[quant]`): QLoRA when `method = "nf4"`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct QuantSection {
-    /// `none` (f32 base, default) or `nf4` (QLoRA: 4-bit NormalFloat base, adapters in f32).
-    pub method: String,
+    /// `none` (default) or `nf4`.
+    pub method: QuantMethod,
     /// Weights per NF4 block (a power of two, 32–4096; bitsandbytes' default 64).
     pub block_size: usize,
     /// Quantize the per-block scales again to 8 bits (QLoRA's double quantization).
@@ -123,10 +56,11 @@ pub struct QuantSection {
 
 impl Default for QuantSection {
     fn default() -> Self {
+        let nf4 = Nf4Config::default();
         QuantSection {
-            method: "none".into(),
-            block_size: 64,
-            double_quant: true,
+            method: QuantMethod::None,
+            block_size: nf4.block_size,
+            double_quant: nf4.double_quant,
         }
     }
 }
@@ -135,11 +69,11 @@ impl QuantSection {
     /// The NF4 settings, or `None` for an unquantized base.
     ///
     /// # Errors
-    /// A message for a method other than `none`/`nf4`, or a bad block size.
+    /// A message for a bad block size.
     pub fn to_nf4(&self) -> Result<Option<Nf4Config>, String> {
-        match self.method.to_ascii_lowercase().as_str() {
-            "none" | "" | "f32" => Ok(None),
-            "nf4" => {
+        match self.method {
+            QuantMethod::None => Ok(None),
+            QuantMethod::Nf4 => {
                 let c = Nf4Config {
                     block_size: self.block_size,
                     double_quant: self.double_quant,
@@ -147,16 +81,16 @@ impl QuantSection {
                 c.validate().map_err(|e| e.to_string())?;
                 Ok(Some(c))
             }
-            other => Err(format!("quant method must be none or nf4, got {other:?}")),
         }
     }
 }
 
 /// A training run's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// GGUF file or Hugging Face directory; `None` = the default SmolLM2-135M-Instruct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,
     /// `trec` or a JSONL file.
     pub data: String,
@@ -188,18 +122,25 @@ pub struct TrainConfig {
     pub eval_limit: usize,
     /// Backend: flex, ndarray or wgpu.
     pub backend: String,
-    /// LoRA settings (alpha, dropout and targets apply to AdaLoRA too).
-    pub lora: LoraSection,
     /// `lora` (default) or `adalora`.
     pub method: Method,
-    /// AdaLoRA settings, used when `method = "adalora"`.
-    pub adalora: AdaLoraSection,
+    /// LoRA settings, PEFT's `LoraConfig` (used when `method = "lora"`).
+    pub lora: LoraConfig,
+    /// AdaLoRA settings, PEFT's `AdaLoraConfig` (used when `method = "adalora"`); its
+    /// `total_step` defaults to `steps`.
+    pub adalora: AdaLoraConfig,
     /// Base-weight quantization (QLoRA).
     pub quant: QuantSection,
 }
 
+/// The main job's targets: the four attention projections.
+fn attention_targets() -> TargetModules {
+    TargetModules::names(&["q_proj", "k_proj", "v_proj", "o_proj"])
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
+        let (lora_alpha, lora_dropout) = (16.0, 0.05);
         TrainConfig {
             model: None,
             data: "trec".into(),
@@ -217,15 +158,94 @@ impl Default for TrainConfig {
             save_every: 50,
             eval_limit: 0,
             backend: "flex".into(),
-            lora: LoraSection::default(),
             method: Method::Lora,
-            adalora: AdaLoraSection::default(),
+            lora: LoraConfig {
+                lora_dropout,
+                ..LoraConfig::new(8, lora_alpha, attention_targets())
+            },
+            // PEFT's AdaLoRA defaults, on the same targets, alpha and dropout as the LoRA run.
+            adalora: AdaLoraConfig {
+                lora_alpha,
+                lora_dropout,
+                target_modules: attention_targets(),
+                ..AdaLoraConfig::default()
+            },
             quant: QuantSection::default(),
         }
     }
 }
 
+/// Merges `over` into `base`: tables key by key (recursively), anything else replaced.
+fn merge_into(base: &mut toml::Table, over: &toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_into(b, o),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// Deserializes `table` as a [`TrainConfig`], refusing keys the config does not have.
+fn from_table(table: toml::Table, source: &str) -> Result<TrainConfig, TrainError> {
+    let mut unknown = Vec::new();
+    let config: TrainConfig = serde_ignored::deserialize(toml::Value::Table(table), |path| {
+        unknown.push(path.to_string())
+    })
+    .map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
+    if let Some(key) = unknown.first() {
+        return Err(TrainError::Config(format!(
+            "{source}: unknown setting `{key}` (see the README's config keys; PEFT's names: lora.r, lora.lora_alpha, lora.target_modules, …)"
+        )));
+    }
+    Ok(config)
+}
+
 impl TrainConfig {
+    /// The defaults with each `(source name, table)` layered on top in order, checked.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming the source and the key for an unknown key or a value of
+    /// the wrong type, or naming the field for a value a run cannot start with.
+    pub fn layered(layers: &[(&str, toml::Table)]) -> Result<Self, TrainError> {
+        let defaults = toml::Table::try_from(TrainConfig::default())
+            .map_err(|e| TrainError::Config(format!("defaults: {e}")))?;
+        let mut merged = defaults.clone();
+        for (source, layer) in layers {
+            // Each layer alone on the defaults, so an unknown key is blamed on its source.
+            let mut alone = defaults.clone();
+            merge_into(&mut alone, layer);
+            from_table(alone, source)?;
+            merge_into(&mut merged, layer);
+        }
+        let config = from_table(merged, "config")?;
+        config.validate().map_err(TrainError::Config)?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file as a table for [`TrainConfig::layered`].
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] if it cannot be read, [`TrainError::Config`] for invalid TOML (with
+    /// the line).
+    pub fn read_table(path: &Path) -> Result<toml::Table, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        text.parse::<toml::Table>()
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The config as TOML, as written into a run directory.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] if it cannot be serialized.
+    pub fn to_toml(&self) -> Result<String, TrainError> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::Config(format!("config: {e}")))
+    }
+
     /// Checks the values a run cannot start with.
     ///
     /// # Errors
@@ -250,10 +270,7 @@ impl TrainConfig {
             return Err("seq_len must be at least 2".into());
         }
         self.quant.to_nf4()?;
-        self.lora
-            .to_lora_config()
-            .validate()
-            .map_err(|e| e.to_string())?;
+        self.lora.validate().map_err(|e| e.to_string())?;
         if self.method == Method::Adalora {
             self.adalora_config()
                 .validate_training()
@@ -262,25 +279,11 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The PEFT-style [`AdaLoraConfig`] of this run: `[adalora]` plus alpha, dropout and
-    /// targets from `[lora]`, with `total_step` = `steps`.
+    /// The run's [`AdaLoraConfig`]: `[adalora]` with `total_step` = `steps` unless set.
     pub fn adalora_config(&self) -> AdaLoraConfig {
-        let a = &self.adalora;
         AdaLoraConfig {
-            init_r: a.init_r,
-            target_r: a.target_r,
-            tinit: a.tinit,
-            tfinal: a.tfinal,
-            delta_t: a.delta_t,
-            beta1: a.beta1,
-            beta2: a.beta2,
-            orth_reg_weight: a.orth_reg_weight,
-            total_step: Some(self.steps),
-            lora_alpha: self.lora.alpha,
-            lora_dropout: self.lora.dropout,
-            target_modules: TargetModules::parse_cli(&self.lora.targets),
-            layers_to_transform: None,
-            rank_pattern: None,
+            total_step: self.adalora.total_step.or(Some(self.steps)),
+            ..self.adalora.clone()
         }
     }
 }

@@ -41,4 +41,10 @@ pub enum TrainError {
     /// Drawing the loss curve failed.
     #[error("plot: {0}")]
     Plot(String),
+    /// A benchmark row could not be set up or run (a child process, the Python side).
+    #[error("bench: {0}")]
+    Bench(String),
+    /// A result could not be read back from the device (a backend failure, not bad input).
+    #[error("reading a result back from the device failed: {0}")]
+    ReadBack(String),
 }

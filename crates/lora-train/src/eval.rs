@@ -1,5 +1,5 @@
 //! Evaluation: mean answer loss and perplexity on held-out examples, and classification
-//! accuracy by scoring each candidate answer.
+//! accuracy by scoring each candidate answer — one helper per job, every read-back checked.
 //!
 //! Accuracy rule: the predicted class is the candidate whose answer tokens get the highest total
 //! log-probability after the prompt. When every candidate starts with a different token (true
@@ -7,140 +7,51 @@
 //! answer token alone, which needs one forward pass of the prompt per question — the same
 //! choice greedy decoding restricted to the candidates would make.
 
+use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
 use lora_models::Llama;
+use serde::{Deserialize, Serialize};
 
-use crate::data::Encoded;
-use crate::loss::{AnswerPositions, answer_loss};
-use crate::trainer::EvalReport;
+use crate::data::{Batch, Encoded, index_tensor, make_batch};
+use crate::error::TrainError;
+use crate::loss::weighted_cross_entropy;
 
-/// Right-pads token lists with `pad` into `[B, T]`; returns the tensor and `T`.
-pub(crate) fn padded(seqs: &[&[u32]], pad: u32, device: &Device) -> (Tensor<2, Int>, usize) {
-    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-    let mut v = Vec::with_capacity(seqs.len() * t);
-    for s in seqs {
-        v.extend(s.iter().map(|&x| x as i64));
-        v.extend(std::iter::repeat_n(pad as i64, t - s.len()));
-    }
-    (
-        Tensor::from_data(TensorData::new(v, [seqs.len(), t]), device),
-        t,
-    )
+/// Numbers from an evaluation pass.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Mean answer-token loss (nats/token).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Classification accuracy in [0, 1], for labelled tasks.
+    pub accuracy: Option<f64>,
+    /// Examples evaluated.
+    pub examples: usize,
 }
 
-/// Mean answer-token loss (token-weighted) over `examples`, in batches of `batch`.
-/// `model` should be an evaluation view (no autodiff, dropout off).
-pub fn mean_answer_loss(
-    model: &Llama,
-    examples: &[Encoded],
-    batch: usize,
-    pad: u32,
-    device: &Device,
-) -> (f64, usize) {
-    let (mut total, mut count) = (0.0f64, 0usize);
-    for chunk in examples.chunks(batch.max(1)) {
-        let seqs: Vec<&[u32]> = chunk.iter().map(|e| &e.ids[..]).collect();
-        let (input, t) = padded(&seqs, pad, device);
-        let pos = AnswerPositions::new(chunk.iter().map(|e| (&e.ids[..], e.prompt_len)), t);
-        if pos.is_empty() {
-            continue;
-        }
-        let mean = answer_loss(model, input, &pos, device).into_scalar::<f32>() as f64;
-        total += mean * pos.len() as f64;
-        count += pos.len();
-    }
-    (total / count.max(1) as f64, count)
+/// A classification task's held-out side: `(prompt ids, class index)` per example, and each
+/// class's answer ids (`candidates[c]`).
+pub type Choices<'a> = (&'a [(Vec<u32>, usize)], &'a [Vec<u32>]);
+
+/// A float tensor's values on the host.
+fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TrainError> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::ReadBack(format!("{e:?}")))
 }
 
-/// Log-probabilities of each of `first_tokens` as the next token after each prompt.
-///
-/// # Shapes
-/// returns `prompts.len()` rows of `first_tokens.len()` values
-pub fn next_token_logprobs(
-    model: &Llama,
-    prompts: &[&[u32]],
-    first_tokens: &[u32],
-    pad: u32,
-    device: &Device,
-) -> Vec<Vec<f32>> {
-    let (input, t) = padded(prompts, pad, device);
-    let hidden = model.model.forward(input, None); // [B, T, D]
-    let [b, _, d] = hidden.dims();
-    // The last real position of each prompt.
-    let rows: Vec<i64> = prompts
-        .iter()
+/// Index of the largest value (the last on ties; 0 for an empty row).
+fn argmax(row: &[f64]) -> usize {
+    row.iter()
         .enumerate()
-        .map(|(i, p)| (i * t + p.len().max(1) - 1) as i64)
-        .collect();
-    let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), device);
-    let last = hidden.reshape([b * t, d]).select(0, rows); // [B, D]
-    let logp = log_softmax(model.lm_head.forward(last), 1); // [B, V]
-    let cols = Tensor::<1, Int>::from_data(
-        TensorData::new(
-            first_tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(),
-            [first_tokens.len()],
-        ),
-        device,
-    );
-    let picked = logp.select(1, cols); // [B, C]
-    let flat: Vec<f32> = picked
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
-    flat.chunks(first_tokens.len().max(1))
-        .map(<[f32]>::to_vec)
-        .collect()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }
 
-/// Total log-probability of each sequence's answer tokens (`ids[prompt_len..]`).
-pub fn answer_logprob_sums(
-    model: &Llama,
-    seqs: &[(Vec<u32>, usize)],
-    pad: u32,
-    device: &Device,
-) -> Vec<f64> {
-    let refs: Vec<&[u32]> = seqs.iter().map(|s| &s.0[..]).collect();
-    let (input, t) = padded(&refs, pad, device);
-    let pos = AnswerPositions::new(seqs.iter().map(|(ids, p)| (&ids[..], *p)), t);
-    let hidden = model.model.forward(input, None);
-    let [b, _, d] = hidden.dims();
-    let n = pos.len();
-    let rows = Tensor::<1, Int>::from_data(TensorData::new(pos.rows.clone(), [n]), device);
-    let targets = Tensor::<1, Int>::from_data(TensorData::new(pos.targets.clone(), [n]), device);
-    let logp = log_softmax(
-        model
-            .lm_head
-            .forward(hidden.reshape([b * t, d]).select(0, rows)),
-        1,
-    );
-    let chosen: Vec<f32> = logp
-        .gather(1, targets.unsqueeze_dim::<2>(1))
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
-    let mut sums = vec![0.0f64; seqs.len()];
-    for (row, lp) in pos.rows.iter().zip(chosen) {
-        sums[*row as usize / t] += lp as f64;
-    }
-    sums
-}
-
-/// Accuracy of choosing, for each `(prompt, label)`, the candidate answer with the highest
-/// log-probability. `candidates[c]` are the answer tokens of class `c`.
-pub fn choice_accuracy(
-    model: &Llama,
-    items: &[(Vec<u32>, usize)],
-    candidates: &[Vec<u32>],
-    batch: usize,
-    pad: u32,
-    device: &Device,
-) -> f64 {
-    if items.is_empty() || candidates.is_empty() {
-        return 0.0;
-    }
+/// The candidates' first tokens, when every candidate has one and they are all different (then
+/// the first answer token alone decides the class).
+fn distinct_first_tokens(candidates: &[Vec<u32>]) -> Option<Vec<u32>> {
     let firsts: Vec<u32> = candidates
         .iter()
         .filter_map(|c| c.first().copied())
@@ -148,39 +59,172 @@ pub fn choice_accuracy(
     let mut distinct = firsts.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    let fast = firsts.len() == candidates.len() && distinct.len() == firsts.len();
+    (firsts.len() == candidates.len() && distinct.len() == firsts.len()).then_some(firsts)
+}
+
+/// What one decoder pass over a batch gives: the summed answer-token NLL, and (when asked) the
+/// logits of each example's last prompt position restricted to `classes`.
+struct BatchScores {
+    /// `Σ −log p(answer token)` over the batch's answer rows (nats).
+    nll_sum: f64,
+    /// Answer tokens scored.
+    n: usize,
+    /// `[B][classes.len()]` logits at the last prompt positions.
+    class_logits: Vec<Vec<f64>>,
+}
+
+/// One forward pass of `batch`: the output head at the answer rows and, with `classes`, at
+/// the last prompt rows too ([`Llama::logits_at`] with both lists of rows at once).
+fn score_batch(
+    model: &Llama,
+    batch: &Batch,
+    classes: Option<&[u32]>,
+) -> Result<BatchScores, TrainError> {
+    let device = model.device();
+    let n = batch.n_answer_tokens;
+    let mut rows = batch.answer_rows.clone();
+    if classes.is_some() {
+        rows.extend(&batch.last_prompt_rows);
+    }
+    if rows.is_empty() {
+        return Ok(BatchScores {
+            nll_sum: 0.0,
+            n: 0,
+            class_logits: Vec::new(),
+        });
+    }
+    let logits = model.logits_at(batch.input_ids.clone(), index_tensor(&rows, &device)); // [R, V]
+    let nll_sum = if n > 0 {
+        let ones = Tensor::<1>::ones([n], &device);
+        let targets = index_tensor(&batch.answer_targets, &device);
+        host(weighted_cross_entropy(
+            logits.clone().narrow(0, 0, n),
+            targets,
+            ones,
+        ))?[0] as f64
+    } else {
+        0.0
+    };
+    let class_logits = match classes {
+        Some(cols) => {
+            let b = batch.last_prompt_rows.len();
+            let cols: Vec<i64> = cols.iter().map(|&c| i64::from(c)).collect();
+            let picked = logits
+                .narrow(0, n, b)
+                .select(1, index_tensor(&cols, &device)); // [B, C]
+            host(picked)?
+                .chunks(cols.len().max(1))
+                .map(|row| row.iter().map(|&v| f64::from(v)).collect())
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    Ok(BatchScores {
+        nll_sum,
+        n,
+        class_logits,
+    })
+}
+
+/// Mean answer-token loss (token-weighted) over `examples`, in batches of `batch`, and the
+/// number of answer tokens it covers. `model` should be an evaluation view (no autodiff,
+/// dropout off).
+///
+/// # Errors
+/// [`TrainError::ReadBack`] if a result cannot be read from the device.
+pub fn mean_answer_loss(
+    model: &Llama,
+    examples: &[Encoded],
+    batch: usize,
+    pad: u32,
+) -> Result<(f64, usize), TrainError> {
+    let device = model.device();
+    let (mut total, mut count) = (0.0f64, 0usize);
+    for chunk in examples.chunks(batch.max(1)) {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let s = score_batch(model, &make_batch(&refs, pad, &device), None)?;
+        total += s.nll_sum;
+        count += s.n;
+    }
+    Ok((total / count.max(1) as f64, count))
+}
+
+/// Total log-probability of each sequence's answer tokens (`ids[prompt_len..]`).
+fn answer_logprob_sums(model: &Llama, seqs: &[Encoded], pad: u32) -> Result<Vec<f64>, TrainError> {
+    let device = model.device();
+    let refs: Vec<&Encoded> = seqs.iter().collect();
+    let batch = make_batch(&refs, pad, &device);
+    let mut sums = vec![0.0f64; seqs.len()];
+    if batch.n_answer_tokens == 0 {
+        return Ok(sums);
+    }
+    let rows = index_tensor(&batch.answer_rows, &device);
+    let targets = index_tensor(&batch.answer_targets, &device).unsqueeze_dim::<2>(1);
+    let logp = log_softmax(model.logits_at(batch.input_ids.clone(), rows), 1);
+    let chosen = host(logp.gather(1, targets))?;
+    for (row, lp) in batch.answer_rows.iter().zip(chosen) {
+        sums[*row as usize / batch.seq_len] += f64::from(lp);
+    }
+    Ok(sums)
+}
+
+/// Accuracy of choosing, for each `(prompt, label)` of `items`, the candidate answer with the
+/// highest log-probability. `candidates[c]` are the answer tokens of class `c`.
+///
+/// # Errors
+/// [`TrainError::Config`] for no item or no candidate (nothing to measure);
+/// [`TrainError::ReadBack`] if a result cannot be read from the device.
+pub fn choice_accuracy(
+    model: &Llama,
+    items: &[(Vec<u32>, usize)],
+    candidates: &[Vec<u32>],
+    batch: usize,
+    pad: u32,
+) -> Result<f64, TrainError> {
+    if items.is_empty() || candidates.is_empty() {
+        return Err(TrainError::Config(
+            "accuracy needs at least one held-out example and one candidate answer".into(),
+        ));
+    }
+    let device = model.device();
+    let firsts = distinct_first_tokens(candidates);
     let mut correct = 0usize;
     for chunk in items.chunks(batch.max(1)) {
-        let scores: Vec<Vec<f64>> = if fast {
-            let prompts: Vec<&[u32]> = chunk.iter().map(|(p, _)| &p[..]).collect();
-            next_token_logprobs(model, &prompts, &firsts, pad, device)
-                .into_iter()
-                .map(|row| row.into_iter().map(f64::from).collect())
-                .collect()
-        } else {
-            let seqs: Vec<(Vec<u32>, usize)> = chunk
-                .iter()
-                .flat_map(|(p, _)| {
-                    candidates
-                        .iter()
-                        .map(move |c| ([&p[..], &c[..]].concat(), p.len()))
-                })
-                .collect();
-            answer_logprob_sums(model, &seqs, pad, device)
-                .chunks(candidates.len())
-                .map(<[f64]>::to_vec)
-                .collect()
+        let scores: Vec<Vec<f64>> = match &firsts {
+            // Prompts only: the class is read at each prompt's last position.
+            Some(firsts) => {
+                let prompts: Vec<Encoded> = chunk
+                    .iter()
+                    .map(|(p, _)| Encoded {
+                        ids: p.clone(),
+                        prompt_len: p.len(),
+                    })
+                    .collect();
+                let refs: Vec<&Encoded> = prompts.iter().collect();
+                score_batch(model, &make_batch(&refs, pad, &device), Some(firsts))?.class_logits
+            }
+            // Every prompt with every candidate: total log-probability of the answer tokens.
+            None => {
+                let seqs: Vec<Encoded> = chunk
+                    .iter()
+                    .flat_map(|(p, _)| {
+                        candidates.iter().map(move |c| Encoded {
+                            ids: [&p[..], &c[..]].concat(),
+                            prompt_len: p.len(),
+                        })
+                    })
+                    .collect();
+                answer_logprob_sums(model, &seqs, pad)?
+                    .chunks(candidates.len())
+                    .map(<[f64]>::to_vec)
+                    .collect()
+            }
         };
         for ((_, label), row) in chunk.iter().zip(scores) {
-            let best = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(i, _)| i);
-            correct += (best == *label) as usize;
+            correct += usize::from(argmax(&row) == *label);
         }
     }
-    correct as f64 / items.len() as f64
+    Ok(correct as f64 / items.len() as f64)
 }
 
 /// Loss, perplexity and (with `choices`) accuracy on held-out examples.
@@ -188,97 +232,62 @@ pub fn choice_accuracy(
 /// When `choices` are given for exactly these examples (`items[i]` is the prompt of
 /// `examples[i]`) and the candidates start with distinct tokens, one forward pass over each
 /// batch gives both numbers: the position that predicts the first answer token is the last
-/// prompt position.
+/// prompt position. Otherwise the loss and the accuracy are measured by their own helpers.
+///
+/// # Errors
+/// [`TrainError::Config`] for an empty held-out set (nothing measured is never reported as a
+/// number); [`TrainError::ReadBack`] if a result cannot be read from the device.
 pub fn evaluate(
     model: &Llama,
     examples: &[Encoded],
-    choices: Option<(&[(Vec<u32>, usize)], &[Vec<u32>])>,
+    choices: Option<Choices<'_>>,
     batch: usize,
     pad: u32,
-    device: &Device,
-) -> EvalReport {
-    let firsts: Option<Vec<u32>> = choices.and_then(|(items, cands)| {
-        let f: Vec<u32> = cands.iter().filter_map(|c| c.first().copied()).collect();
-        let mut d = f.clone();
-        d.sort_unstable();
-        d.dedup();
+) -> Result<EvalReport, TrainError> {
+    if examples.is_empty() {
+        return Err(TrainError::Config(
+            "there is no held-out example to evaluate on".into(),
+        ));
+    }
+    let report = |loss: f64, accuracy| EvalReport {
+        loss,
+        perplexity: loss.exp(),
+        accuracy,
+        examples: examples.len(),
+    };
+    let one_pass = choices.and_then(|(items, cands)| {
         let aligned = items.len() == examples.len()
             && items
                 .iter()
                 .zip(examples)
                 .all(|((p, _), e)| e.ids.len() > p.len() && e.ids[..p.len()] == p[..]);
-        (f.len() == cands.len() && d.len() == f.len() && aligned).then_some(f)
+        distinct_first_tokens(cands)
+            .filter(|_| aligned)
+            .map(|f| (items, f))
     });
-    let Some(firsts) = firsts else {
-        let (loss, _) = mean_answer_loss(model, examples, batch, pad, device);
-        let accuracy =
-            choices.map(|(items, cands)| choice_accuracy(model, items, cands, batch, pad, device));
-        return EvalReport {
-            loss,
-            perplexity: loss.exp(),
-            accuracy,
-            examples: examples.len(),
-        };
+    let Some((items, firsts)) = one_pass else {
+        let (loss, _) = mean_answer_loss(model, examples, batch, pad)?;
+        let accuracy = choices
+            .map(|(items, cands)| choice_accuracy(model, items, cands, batch, pad))
+            .transpose()?;
+        return Ok(report(loss, accuracy));
     };
-    let labels: Vec<usize> = choices
-        .map(|(items, _)| items.iter().map(|i| i.1).collect())
-        .unwrap_or_default();
+    let device = model.device();
     let (mut total, mut count, mut correct) = (0.0f64, 0usize, 0usize);
-    for (bi, chunk) in examples.chunks(batch.max(1)).enumerate() {
-        let seqs: Vec<&[u32]> = chunk.iter().map(|e| &e.ids[..]).collect();
-        let (input, t) = padded(&seqs, pad, device);
-        let pos = AnswerPositions::new(chunk.iter().map(|e| (&e.ids[..], e.prompt_len)), t);
-        let hidden = model.model.forward(input, None); // [B, T, D]
-        let [b, _, d] = hidden.dims();
-        let flat = hidden.reshape([b * t, d]);
-        // Loss over all answer tokens.
-        let n = pos.len();
-        let rows = Tensor::<1, Int>::from_data(TensorData::new(pos.rows.clone(), [n]), device);
-        let targets =
-            Tensor::<1, Int>::from_data(TensorData::new(pos.targets.clone(), [n]), device);
-        let logp = log_softmax(model.lm_head.forward(flat.clone().select(0, rows)), 1);
-        let sum = logp
-            .gather(1, targets.unsqueeze_dim::<2>(1))
-            .sum()
-            .into_scalar::<f32>() as f64;
-        total -= sum;
-        count += n;
-        // Accuracy: the candidate first tokens at the last prompt position.
-        let last: Vec<i64> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (i * t + e.prompt_len - 1) as i64)
-            .collect();
-        let last = Tensor::<1, Int>::from_data(TensorData::new(last, [chunk.len()]), device);
-        let cols = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                firsts.iter().map(|&x| x as i64).collect::<Vec<_>>(),
-                [firsts.len()],
-            ),
-            device,
-        );
-        let scores: Vec<f32> = model
-            .lm_head
-            .forward(flat.select(0, last))
-            .select(1, cols)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
-        for (i, row) in scores.chunks(firsts.len()).enumerate() {
-            let best = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(j, _)| j);
-            correct += (labels.get(bi * batch.max(1) + i) == Some(&best)) as usize;
+    for (chunk, labels) in examples
+        .chunks(batch.max(1))
+        .zip(items.chunks(batch.max(1)))
+    {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let s = score_batch(model, &make_batch(&refs, pad, &device), Some(&firsts))?;
+        total += s.nll_sum;
+        count += s.n;
+        for ((_, label), row) in labels.iter().zip(&s.class_logits) {
+            correct += usize::from(argmax(row) == *label);
         }
     }
-    let loss = total / count.max(1) as f64;
-    EvalReport {
-        loss,
-        perplexity: loss.exp(),
-        accuracy: Some(correct as f64 / examples.len().max(1) as f64),
-        examples: examples.len(),
-    }
+    Ok(report(
+        total / count.max(1) as f64,
+        Some(correct as f64 / examples.len() as f64),
+    ))
 }

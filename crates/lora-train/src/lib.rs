@@ -1,15 +1,21 @@
 //! # lora-train — fine-tuning with LoRA
 //!
-//! - [`data`]: JSONL datasets, the TREC task, tokenization with loss masks, batching;
-//! - [`loss`]: the masked causal-LM cross-entropy, taken only at answer positions;
-//! - [`trainer`]: the training loop (one function) and its [`trainer::Observer`];
-//! - [`schedule`]: warm-up + cosine learning rate from burn's schedulers;
-//! - [`checkpoint`]: atomic, bit-exact resumable checkpoints;
-//! - [`eval`]: held-out loss, perplexity and accuracy;
-//! - [`report`]: `metrics.jsonl`, `summary.json` and the `loss.png` picture;
-//! - [`bench`]: timed training steps and inference for `burn-lora bench`;
-//! - [`rank_report`]: an AdaLoRA run's final ranks as a table and the `ranks.png` heat map;
-//! - [`config`]: [`config::TrainConfig`], TOML in and out.
+//! The whole job is one call, [`run_training`]: `TrainConfig` in, a run directory and a
+//! [`Summary`] out (see [`run`] for a three-line example).
+//!
+//! ## The files, in the order to read them
+//! 1. [`run`] — [`run_training`]: load, split, attach, evaluate, train, save, evaluate again;
+//! 2. [`trainer`] — the training loop itself, one function ([`trainer::train`]), and the
+//!    [`Observer`] it reports to;
+//! 3. [`data`] — JSONL datasets and the TREC task → tokenized [`data::Encoded`] examples →
+//!    padded [`data::Batch`]es; [`task`] puts them together for a run;
+//! 4. [`loss`] — the masked causal-LM cross-entropy, taken only at answer positions;
+//! 5. [`eval`] — held-out loss, perplexity and accuracy;
+//! 6. [`schedule`] — warm-up + cosine learning rate from burn's schedulers;
+//! 7. [`checkpoint`] — atomic, bit-exact resumable training checkpoints;
+//! 8. [`config`] — [`TrainConfig`], built from layered TOML (defaults ← file ← flags);
+//! 9. [`report`] and [`rank_report`] — `metrics.jsonl`, `loss.png`, AdaLoRA's `ranks.png`;
+//! 10. [`bench`] — timed training steps and inference for `burn-lora bench`.
 
 pub mod bench;
 pub mod checkpoint;
@@ -20,8 +26,12 @@ pub mod eval;
 pub mod loss;
 pub mod rank_report;
 pub mod report;
+pub mod run;
 pub mod schedule;
+pub mod task;
 pub mod trainer;
 
 pub use config::TrainConfig;
 pub use error::TrainError;
+pub use run::{RunDir, Summary, run_training};
+pub use trainer::{Observer, Silent};

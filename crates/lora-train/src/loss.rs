@@ -3,8 +3,10 @@
 //! (`loss_utils.py` `ForCausalLMLoss`: shift by one, ignore index −100, mean over the rest).
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use lora_models::Llama;
+
+use crate::data::{Batch, index_tensor};
 
 /// `Σᵢ wᵢ · (−log softmax(logits)ᵢ[targetᵢ])` — the weighted cross-entropy of each row against
 /// its target — with the gradient `wᵢ · (softmax(logits)ᵢ − one_hot(targetᵢ))` supplied directly.
@@ -87,70 +89,27 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
     masked_cross_entropy(logits, targets, mask)
 }
 
-/// Where the loss is taken in a right-padded batch: the flat positions `b·T + t` whose *next*
-/// token `ids[b][t + 1]` is an answer token, and those next tokens.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AnswerPositions {
-    /// Flat row indices into `[B·T, …]`.
-    pub rows: Vec<i64>,
-    /// The token each row must predict.
-    pub targets: Vec<i64>,
-}
-
-impl AnswerPositions {
-    /// Positions for sequences `ids[i]` whose answer starts at `prompt_len[i]`, padded to `t`.
-    pub fn new<'a>(seqs: impl IntoIterator<Item = (&'a [u32], usize)>, t: usize) -> Self {
-        let mut rows = Vec::new();
-        let mut targets = Vec::new();
-        for (b, (ids, prompt_len)) in seqs.into_iter().enumerate() {
-            // Token k (k ≥ prompt_len, k ≥ 1) is predicted at position k − 1.
-            for k in prompt_len.max(1)..ids.len().min(t) {
-                rows.push((b * t + k - 1) as i64);
-                targets.push(ids[k] as i64);
-            }
-        }
-        AnswerPositions { rows, targets }
-    }
-
-    /// Number of predicted tokens `N`.
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// Whether no token is predicted.
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-}
-
-/// Mean answer-token cross-entropy of `model` on a batch, computing the output head only at
-/// the answer positions (the head is `D × V`, about a fifth of SmolLM2's forward cost, and
-/// prompt positions do not need it).
+/// Mean answer-token cross-entropy of `model` on `batch`, with the output head computed only at
+/// the answer positions ([`Llama::logits_at`]: the head is `D × V`, about a fifth of SmolLM2's
+/// forward cost, and prompt positions do not need it).
 ///
 /// # Shapes
-/// `input_ids`: `[B, T]` → `[1]`
-pub fn answer_loss(
-    model: &Llama,
-    input_ids: Tensor<2, Int>,
-    pos: &AnswerPositions,
-    device: &Device,
-) -> Tensor<1> {
-    let hidden = model.model.forward(input_ids, None); // [B, T, D]
-    let [b, t, d] = hidden.dims();
-    let n = pos.len();
-    let rows = Tensor::<1, Int>::from_data(TensorData::new(pos.rows.clone(), [n]), device);
-    let targets = Tensor::<1, Int>::from_data(TensorData::new(pos.targets.clone(), [n]), device);
-    let picked = hidden.reshape([b * t, d]).select(0, rows); // [N, D]
-    let logits = model.lm_head.forward(picked); // [N, V]
-    let weights = Tensor::<1>::full([n], 1.0 / n.max(1) as f64, device);
+/// returns `[1]` (0 when the batch has no answer token)
+pub fn answer_loss(model: &Llama, batch: &Batch) -> Tensor<1> {
+    let device = batch.input_ids.device();
+    let n = batch.n_answer_tokens;
+    let rows = index_tensor(&batch.answer_rows, &device);
+    let targets = index_tensor(&batch.answer_targets, &device);
+    let logits = model.logits_at(batch.input_ids.clone(), rows); // [N, V]
+    let weights = Tensor::<1>::full([n], 1.0 / n.max(1) as f64, &device);
     weighted_cross_entropy(logits, targets, weights)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
     use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Distribution, TensorData};
     use lora_core::{BackendKind, select_device};
 
     /// The textbook formula, differentiated by autodiff: the reference for the fused one.
@@ -210,17 +169,5 @@ mod tests {
             Tensor::<2, Int>::from_data(TensorData::new(vec![5i64, 1, -100], [1, 3]), &device);
         let loss = causal_lm_loss(logits, labels).into_scalar::<f32>() as f64;
         assert!((loss + p1).abs() < 1e-6, "{loss}");
-    }
-
-    #[test]
-    fn answer_positions_follow_the_shift() {
-        // 5 prompt tokens + 3 answer tokens: tokens 5, 6, 7 are predicted at positions 4, 5, 6.
-        let ids = [10u32, 11, 12, 13, 14, 20, 21, 22];
-        let p = AnswerPositions::new([(&ids[..], 5)], 8);
-        assert_eq!(p.rows, vec![4, 5, 6]);
-        assert_eq!(p.targets, vec![20, 21, 22]);
-        // Second sequence in a batch padded to T = 10 starts at row 10.
-        let p = AnswerPositions::new([(&ids[..], 5), (&ids[..2], 1)], 10);
-        assert_eq!(p.rows, vec![4, 5, 6, 10]);
     }
 }

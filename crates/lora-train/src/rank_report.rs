@@ -1,9 +1,16 @@
 //! Where an AdaLoRA run put its rank budget: the final rank of every adapted matrix as a
-//! layer × module-kind grid, printed as a small table and drawn as a heat map (`ranks.png`).
+//! layer × module-kind grid, printed as a small table and drawn as a heat map (`ranks.png`),
+//! and the end of an AdaLoRA run that produces them ([`finish_adalora`]).
 
 use std::path::Path;
 
+use lora_core::AdaptReport;
+use lora_core::adalora::allocator::apply_rank_pattern;
+use lora_core::adalora::{RankAllocator, final_ranks};
+use lora_core::peft;
+use lora_models::Llama;
 use plotters::prelude::*;
+use serde::Serialize;
 
 use crate::error::TrainError;
 use crate::report::register_any_font;
@@ -181,6 +188,86 @@ pub fn plot_rank_heatmap(path: &Path, grid: &RankGrid, title: &str) -> Result<()
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// What `summary.json` records about an AdaLoRA run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RankSummary {
+    /// The rank every matrix started with.
+    pub init_r: usize,
+    /// The average rank asked for at the end.
+    pub target_r: usize,
+    /// Kept triplets over all adapted matrices at the end.
+    pub final_budget: usize,
+    /// Mean kept rank per adapted matrix.
+    pub average_rank: f64,
+    /// Trainable values of the kept triplets, `Σ r·(d_in + d_out + 1)`: what the saved adapter
+    /// holds.
+    pub kept_params: usize,
+    /// Module path → final rank.
+    pub ranks: Vec<(String, usize)>,
+    /// The layer × module table as printed.
+    pub table: String,
+}
+
+impl std::fmt::Display for RankSummary {
+    /// The lines printed after a run's before/after table.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  AdaLoRA final ranks (init_r {} → average {:.2}, target {}; {} kept parameters):",
+            self.init_r, self.average_rank, self.target_r, self.kept_params
+        )?;
+        for line in self.table.lines() {
+            writeln!(f, "    {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Ends an AdaLoRA run: prunes the model to the last allocation (with `deltaT > 1` the optimizer
+/// may have moved pruned `λ` since), so what is evaluated next is what is saved; saves the pruned
+/// adapter (only kept triplets, PEFT's `rank_pattern`) into `run_dir/adapter`, draws
+/// `run_dir/ranks.png`, and returns the summary.
+///
+/// # Errors
+/// [`TrainError`] if the adapter cannot be saved or the picture drawn.
+pub fn finish_adalora(
+    model: &mut Llama,
+    allocator: &RankAllocator,
+    base_name: &str,
+    run_dir: &Path,
+) -> Result<RankSummary, TrainError> {
+    let config = allocator.config();
+    if let Some(pattern) = &config.rank_pattern {
+        apply_rank_pattern(model, pattern)?;
+    }
+    peft::adalora::save_adapter(model, &config, base_name, &run_dir.join("adapter"))?;
+    let ranks = final_ranks(model, config.rank_pattern.as_ref());
+    let grid = RankGrid::new(&ranks, config.init_r);
+    let title = format!(
+        "AdaLoRA final rank per layer and module (init_r {} → target_r {} on average: {:.2})",
+        config.init_r,
+        config.target_r,
+        grid.average()
+    );
+    plot_rank_heatmap(&run_dir.join("ranks.png"), &grid, &title)?;
+    let report = AdaptReport::of(model);
+    let kept_params = report
+        .modules
+        .iter()
+        .zip(&ranks)
+        .map(|(m, (_, r))| r * (m.d_in + m.d_out + 1))
+        .sum();
+    Ok(RankSummary {
+        init_r: config.init_r,
+        target_r: config.target_r,
+        final_budget: grid.total(),
+        average_rank: grid.average(),
+        kept_params,
+        ranks,
+        table: grid.table(),
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::error::TrainError;
-use crate::trainer::{EvalReport, StepMetrics};
+use crate::eval::EvalReport;
+use crate::trainer::StepMetrics;
 
 /// Appends one JSON line per step to `metrics.jsonl` (flushed every line, so a crash loses
 /// nothing already logged).
@@ -65,6 +66,14 @@ pub fn read_metrics(path: &Path, upto: usize) -> Result<Vec<StepMetrics>, TrainE
         .filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok())
         .filter(|m| m.step <= upto)
         .collect())
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if the OS tells.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Registers a TrueType font for chart text, searching the usual system folders; returns

@@ -1,30 +1,30 @@
 //! The training loop, in one function: batch → forward → masked cross-entropy → backward →
 //! clip → AdamW step → schedule, with logging, evaluation and checkpoints on intervals behind a
-//! small [`Observer`]. Only the LoRA factors train; the base model is frozen.
+//! small [`Observer`]. Only the adapters train; the base model is frozen.
 //!
-//! AdaLoRA runs ([`train_with`] given a [`RankAllocator`]) add three small steps, in PEFT's
-//! order (`AdaLoraModel.forward`, `update_and_allocate`): the orthogonality penalty joins the
-//! loss, the clipped gradients are kept for the importance scores, and after the optimizer step
-//! the allocator updates the scores and prunes singular values to the budget.
+//! AdaLoRA runs ([`TrainLoop::allocator`] set) add three small steps, in PEFT's order
+//! (`AdaLoraModel.forward`, `update_and_allocate`): the orthogonality penalty joins the loss,
+//! the clipped gradients are kept for the importance scores, and after the optimizer step the
+//! allocator updates the scores and prunes singular values to the budget.
 //!
 //! Source: the shape of nanoGPT's `train.py` and burn's `custom-training-loop` example; global
 //! gradient-norm clipping as PyTorch's `clip_grad_norm_` (burn's own clipping works per tensor).
 
 use std::time::Instant;
 
-use burn::module::{Module, ParamId};
+use burn::module::ParamId;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use lora_core::LoraModel;
 use lora_core::adalora::RankAllocator;
 use lora_models::Llama;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, TrainerState};
+use crate::checkpoint::{RunCheckpoint, TrainerState};
 use crate::config::TrainConfig;
-use crate::data::{BatchSampler, Encoded};
+use crate::data::{BatchSampler, Encoded, make_batch};
 use crate::error::TrainError;
-use crate::eval::padded;
-use crate::loss::{AnswerPositions, answer_loss};
+use crate::eval::EvalReport;
+use crate::loss::answer_loss;
 use crate::schedule::warmup_cosine;
 
 /// One line of `metrics.jsonl`.
@@ -44,25 +44,29 @@ pub struct StepMetrics {
     pub elapsed_s: f64,
 }
 
-/// Numbers from an evaluation pass.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
-    /// Mean answer-token loss (nats/token).
-    pub loss: f64,
-    /// `exp(loss)`.
-    pub perplexity: f64,
-    /// Classification accuracy in [0, 1], for labelled tasks.
-    pub accuracy: Option<f64>,
-    /// Examples evaluated.
-    pub examples: usize,
+/// When an evaluation happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalPoint {
+    /// The base model, before the first step.
+    Before,
+    /// After optimizer step `n` (`--eval-every`).
+    Step(usize),
+    /// The fine-tuned model at the end.
+    After,
 }
 
-/// Hooks the loop calls; logging, progress bars and Ctrl-C handling live behind it.
+/// Hooks the run calls; logging, progress bars and Ctrl-C handling live behind it.
 pub trait Observer {
+    /// A message for people (what was loaded, quantized, adapted).
+    fn on_message(&mut self, _text: &str) {}
+    /// An evaluation starts on `examples` held-out examples.
+    fn on_eval_start(&mut self, _at: EvalPoint, _examples: usize) {}
+    /// An evaluation finished.
+    fn on_eval(&mut self, _at: EvalPoint, _e: &EvalReport) {}
+    /// Training starts (or resumes) at optimizer step `start` of `total`.
+    fn on_train_start(&mut self, _start: usize, _total: usize) {}
     /// After every optimizer step.
     fn on_step(&mut self, _m: &StepMetrics) {}
-    /// After an evaluation at `step`.
-    fn on_eval(&mut self, _step: usize, _e: &EvalReport) {}
     /// After a checkpoint was written.
     fn on_checkpoint(&mut self, _step: usize) {}
     /// Whether the user asked to stop (Ctrl-C); the loop then checkpoints and returns.
@@ -70,6 +74,12 @@ pub trait Observer {
         false
     }
 }
+
+/// An observer that ignores everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Silent;
+
+impl Observer for Silent {}
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,28 +90,26 @@ pub enum Outcome {
     Interrupted,
 }
 
-/// The adapter parameters, by id, in a fixed order.
-pub fn adapter_param_ids(model: &Llama) -> Vec<(String, ParamId, ParamId)> {
-    let mut ids = Vec::new();
-    model.visit_linears(&mut |path, lin| {
-        if let Some(a) = &lin.adapter {
-            ids.push((path.to_string(), a.lora_a.id, a.lora_b.id));
-        }
-    });
-    ids
+/// What the loop works on besides the model.
+pub struct TrainLoop<'a> {
+    /// The tokenized training examples.
+    pub data: &'a [Encoded],
+    /// Token id used for right padding.
+    pub pad_id: u32,
+    /// Steps, batch, optimizer, schedule, intervals and seed.
+    pub config: &'a TrainConfig,
+    /// Where checkpoints go (every `save_every` steps, at the end, and on interruption).
+    pub checkpoint: &'a RunCheckpoint,
+    /// The saved state to continue from (with the model's adapters and ids already restored).
+    pub resume: Option<TrainerState>,
+    /// AdaLoRA's rank allocator; `None` for LoRA.
+    pub allocator: Option<&'a mut RankAllocator>,
 }
 
-/// Every trainable (2-D) adapter parameter: LoRA's `A`, `B` and AdaLoRA's `Q`, `λ`, `P`.
+/// Every trainable adapter tensor, by id.
 fn trainable_param_ids(model: &Llama) -> Vec<ParamId> {
     let mut ids = Vec::new();
-    model.visit_linears(&mut |_, lin| {
-        if let Some(a) = &lin.adapter {
-            ids.extend([a.lora_a.id, a.lora_b.id]);
-        }
-        if let Some(a) = &lin.adalora {
-            ids.extend([a.lora_a.id, a.lora_e.id, a.lora_b.id]);
-        }
-    });
+    model.visit_adapters(&mut |_, a| ids.extend(a.param_ids()));
     ids
 }
 
@@ -126,55 +134,36 @@ fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64)
     norm
 }
 
-/// Runs (or resumes) training of `model`'s LoRA adapters on `train`: [`train_with`] without a
-/// rank allocator.
-///
-/// # Errors
-/// As [`train_with`].
-#[allow(clippy::too_many_arguments)]
-pub fn train(
-    model: Llama,
-    train: &[Encoded],
-    pad_id: u32,
-    cfg: &TrainConfig,
-    resume: Option<TrainerState>,
-    checkpoint: &Checkpoint,
-    observer: &mut dyn Observer,
-    evaluate: &mut dyn FnMut(&Llama) -> Result<EvalReport, TrainError>,
-) -> Result<(Llama, Outcome), TrainError> {
-    train_with(
-        model, train, pad_id, cfg, resume, checkpoint, observer, evaluate, None,
-    )
-}
-
-/// Runs (or resumes) training of `model`'s adapters on `train`; with `adalora`, the model's
-/// AdaLoRA adapters are trained and pruned by that allocator (the logged loss stays the answer
+/// Runs (or resumes) training of `model`'s adapters on `job.data`; with `job.allocator`, the
+/// model's AdaLoRA adapters are trained and pruned by it (the logged loss stays the answer
 /// cross-entropy; the orthogonality penalty is added to what is differentiated).
 ///
 /// `model` must carry its adapters and live on an autodiff device. `evaluate` is called every
-/// `eval_every` steps; `checkpoint` is written every `save_every` steps, at the end, and on
+/// `eval_every` steps; the checkpoint is written every `save_every` steps, at the end, and on
 /// interruption. A non-finite loss stops the run with [`TrainError::NonFinite`], leaving the
 /// last good checkpoint in place.
 ///
 /// # Errors
 /// [`TrainError`] for bad settings, a non-finite loss, or a checkpoint that cannot be written.
-#[allow(clippy::too_many_arguments)]
-pub fn train_with(
+pub fn train(
     mut model: Llama,
-    train: &[Encoded],
-    pad_id: u32,
-    cfg: &TrainConfig,
-    resume: Option<TrainerState>,
-    checkpoint: &Checkpoint,
+    job: TrainLoop<'_>,
     observer: &mut dyn Observer,
     evaluate: &mut dyn FnMut(&Llama) -> Result<EvalReport, TrainError>,
-    mut adalora: Option<&mut RankAllocator>,
 ) -> Result<(Llama, Outcome), TrainError> {
+    let TrainLoop {
+        data: train,
+        pad_id,
+        config: cfg,
+        checkpoint,
+        resume,
+        mut allocator,
+    } = job;
     cfg.validate().map_err(TrainError::Config)?;
     if train.is_empty() {
         return Err(TrainError::Config("the training set is empty".into()));
     }
-    let device = model.lm_head.weight.val().device();
+    let device = model.device();
     let ids = trainable_param_ids(&model);
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
@@ -192,6 +181,7 @@ pub fn train_with(
         }
         start = state.step;
     }
+    observer.on_train_start(start, cfg.steps);
 
     let t0 = Instant::now();
     for step in start..cfg.steps {
@@ -201,21 +191,18 @@ pub fn train_with(
         let mut accum = GradientsAccumulator::<Llama>::new();
         let (mut loss_sum, mut tokens) = (0.0, 0usize);
         for _ in 0..cfg.grad_accum {
-            let batch: Vec<&Encoded> = sampler
+            let examples: Vec<&Encoded> = sampler
                 .next_batch()
                 .into_iter()
                 .map(|i| &train[i])
                 .collect();
-            let seqs: Vec<&[u32]> = batch.iter().map(|e| &e.ids[..]).collect();
-            let (input, t) = padded(&seqs, pad_id, &device);
-            let pos = AnswerPositions::new(batch.iter().map(|e| (&e.ids[..], e.prompt_len)), t);
-            tokens += batch.iter().map(|e| e.ids.len()).sum::<usize>();
+            let batch = make_batch(&examples, pad_id, &device);
+            tokens += batch.n_tokens;
             // Average over micro-batches: each contributes 1/grad_accum of the step's loss.
-            let loss = answer_loss(&model, input, &pos, &device).div_scalar(cfg.grad_accum as f64);
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            loss_sum += value;
+            let loss = answer_loss(&model, &batch).div_scalar(cfg.grad_accum as f64);
+            loss_sum += loss.clone().into_scalar::<f32>() as f64;
             // AdaLoRA: PEFT adds the orthogonality penalty to every forward's loss.
-            let penalty = adalora.as_deref().and_then(|a| a.orth_penalty(&model));
+            let penalty = allocator.as_deref().and_then(|a| a.orth_penalty(&model));
             let loss = match penalty {
                 Some(p) => loss + p.div_scalar(cfg.grad_accum as f64),
                 None => loss,
@@ -231,12 +218,12 @@ pub fn train_with(
         let mut grads = accum.grads();
         let grad_norm = clip_global_norm(&mut grads, &ids, cfg.max_grad_norm);
         // AdaLoRA: the importance scores use the clipped gradients (PEFT reads `p.grad`).
-        let importance_grads = adalora.as_deref().map(|a| a.gradients(&model, &grads));
+        let importance_grads = allocator.as_deref().map(|a| a.gradients(&model, &grads));
         let lr = schedule.step();
         let lr_value = lr.base();
         model = optim.step(lr, model, grads);
         // AdaLoRA: update the scores from the new weights, prune λ to this step's budget.
-        if let (Some(allocator), Some(g)) = (adalora.as_deref_mut(), importance_grads) {
+        if let (Some(allocator), Some(g)) = (allocator.as_deref_mut(), importance_grads) {
             allocator.update_and_allocate(&mut model, step, g)?;
         }
 
@@ -253,19 +240,15 @@ pub fn train_with(
         let done = step + 1;
         if cfg.eval_every > 0 && done % cfg.eval_every == 0 && done < cfg.steps {
             let report = evaluate(&model)?;
-            observer.on_eval(done, &report);
+            observer.on_eval(EvalPoint::Step(done), &report);
         }
         let interrupted = observer.interrupted();
         if (cfg.save_every > 0 && done % cfg.save_every == 0) || done == cfg.steps || interrupted {
-            checkpoint.save(
-                &model,
-                &optim,
-                &TrainerState {
-                    step: done,
-                    sampler: sampler.position(),
-                },
-                cfg,
-            )?;
+            let state = TrainerState {
+                step: done,
+                sampler: sampler.position(),
+            };
+            checkpoint.save(&model, &optim, &state, cfg)?;
             observer.on_checkpoint(done);
         }
         if interrupted {
@@ -273,17 +256,4 @@ pub fn train_with(
         }
     }
     Ok((model, Outcome::Finished))
-}
-
-/// Peak resident memory of this process in bytes (Linux `VmHWM`), if the OS tells.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Keeps `model` off the autodiff graph for evaluation: dropout off, no gradients.
-pub fn eval_view(model: &Llama) -> Llama {
-    model.valid()
 }

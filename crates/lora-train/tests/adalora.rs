@@ -10,15 +10,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use common::*;
-use lora_core::adalora::{RankAllocator, orth_regularizer, peft_io};
+use lora_core::AdapterConfig;
+use lora_core::adalora::{RankAllocator, orth_regularizer};
+use lora_core::peft;
 use lora_core::{LoraModel, merge_all, merge_and_unload, unmerge_all};
 use lora_models::Llama;
 use lora_models::pretrained::load_hf_model;
 use lora_train::TrainError;
-use lora_train::checkpoint::Checkpoint;
+use lora_train::checkpoint::RunCheckpoint;
 use lora_train::config::TrainConfig;
 use lora_train::data::Encoded;
-use lora_train::trainer::{EvalReport, Observer, StepMetrics, train_with};
+use lora_train::eval::EvalReport;
+use lora_train::trainer::{Observer, StepMetrics, TrainLoop, train};
 
 fn tiny() -> PathBuf {
     fixtures().join("tiny-llama")
@@ -42,7 +45,7 @@ fn peft_adalora_adapter_loads_at_its_kept_ranks_with_the_original_scale_and_peft
     let base = load_hf_model(&tiny(), &d).unwrap();
     let base_logits = host(base.forward(ids(&r["input_ids"], &d), None));
     let (model, cfg, report) =
-        peft_io::load_adapter(base, &tiny().join("peft-adalora"), &d).unwrap();
+        peft::adalora::load_adapter(base, &tiny().join("peft-adalora"), &d).unwrap();
     let pattern = cfg
         .rank_pattern
         .as_ref()
@@ -64,18 +67,19 @@ fn peft_adalora_adapter_loads_at_its_kept_ranks_with_the_original_scale_and_peft
         "PEFT's scale {scaling}"
     );
     let mut kept_total = 0;
-    for (path, _, _, r, s) in &report.modules {
+    for m in &report.modules {
+        let path = &m.path;
         let kept = pattern[path].iter().filter(|k| **k).count();
-        assert_eq!(*r, kept, "{path}: rank = kept triplets");
+        assert_eq!(m.r, kept, "{path}: rank = kept triplets");
         assert_eq!(
-            *s,
+            m.scaling,
             8.0 / (4.0 + 1e-5),
             "{path}: scale uses init_r, not the kept rank"
         );
         kept_total += kept;
     }
     assert!(
-        report.modules.iter().any(|m| m.3 != 2),
+        report.modules.iter().any(|m| m.r != 2),
         "ranks differ between layers"
     );
     assert_eq!(kept_total, 2 * 14, "target_r × matrices");
@@ -93,7 +97,8 @@ fn merging_an_adalora_adapter_keeps_the_logits_and_unmerging_restores_them() {
     let d = device();
     let r = reference("tiny-llama/adalora-reference.safetensors");
     let base = load_hf_model(&tiny(), &d).unwrap();
-    let (mut model, _, _) = peft_io::load_adapter(base, &tiny().join("peft-adalora"), &d).unwrap();
+    let (mut model, _, _) =
+        peft::adalora::load_adapter(base, &tiny().join("peft-adalora"), &d).unwrap();
     let input = || ids(&r["input_ids"], &d);
     let unmerged = host(model.forward(input(), None));
     let adapted = merge_all(&mut model).unwrap();
@@ -112,7 +117,9 @@ fn merging_an_adalora_adapter_keeps_the_logits_and_unmerging_restores_them() {
     assert!(rel_err(&host(model.forward(input(), None)), &unmerged) < 1e-5);
     merge_and_unload(&mut model).unwrap();
     let mut left = 0;
-    model.visit_linears(&mut |_, l| left += l.adalora.is_some() as usize);
+    model.visit_linears(&mut |_, l| {
+        left += l.adapter.as_ref().is_some_and(|a| a.as_adalora().is_some()) as usize
+    });
     assert_eq!(left, 0, "merge_and_unload leaves no AdaLoRA adapter");
     let plain = host(model.forward(input(), None));
     assert!(rel_err(&plain, &r["logits_adalora"].data) < 1e-5);
@@ -123,9 +130,9 @@ fn adalora_adapter_saved_here_has_peft_keys_shapes_and_rank_pattern() {
     let d = device();
     let peft_dir = tiny().join("peft-adalora");
     let base = load_hf_model(&tiny(), &d).unwrap();
-    let (model, cfg, _) = peft_io::load_adapter(base, &peft_dir, &d).unwrap();
+    let (model, cfg, _) = peft::adalora::load_adapter(base, &peft_dir, &d).unwrap();
     let dir = scratch("resave");
-    peft_io::save_adapter(&model, &cfg, "fixtures/tiny-llama", &dir).unwrap();
+    peft::adalora::save_adapter(&model, &cfg, "fixtures/tiny-llama", &dir).unwrap();
     let ours =
         lora_core::tensor_io::read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
     let theirs =
@@ -175,10 +182,10 @@ fn orth_penalty_of_peft_initial_adapter_equals_peft() {
     let r = reference("tiny-llama/adalora-reference.safetensors");
     let base = load_hf_model(&tiny(), &d).unwrap();
     let (model, cfg, report) =
-        peft_io::load_adapter(base, &tiny().join("peft-adalora-init"), &d).unwrap();
+        peft::adalora::load_adapter(base, &tiny().join("peft-adalora-init"), &d).unwrap();
     assert!(cfg.rank_pattern.is_none());
     assert!(
-        report.modules.iter().all(|m| m.3 == 4),
+        report.modules.iter().all(|m| m.r == 4),
         "full init_r before pruning"
     );
     let got = host(orth_regularizer(&model).unwrap())[0];
@@ -206,7 +213,7 @@ fn adalora_training_takes_peft_losses_and_prunes_peft_triplets() {
     let side = sidecar();
     let base = load_hf_model(&tiny(), &d).unwrap();
     let (model, cfg, _) =
-        peft_io::load_adapter(base, &tiny().join("peft-adalora-init"), &d).unwrap();
+        peft::adalora::load_adapter(base, &tiny().join("peft-adalora-init"), &d).unwrap();
     assert_eq!(cfg.total_step, Some(12));
     let mut allocator = RankAllocator::new(&model, &cfg).unwrap();
 
@@ -235,21 +242,21 @@ fn adalora_training_takes_peft_losses_and_prunes_peft_triplets() {
         ..TrainConfig::default()
     };
     let dir = scratch("train");
-    let ck = Checkpoint::new(&dir, train_cfg.lora.to_lora_config(), "fixtures/tiny-llama")
-        .with_adalora(cfg.clone());
+    let ck = RunCheckpoint::new(
+        &dir,
+        AdapterConfig::AdaLora(cfg.clone()),
+        "fixtures/tiny-llama",
+    );
     let mut losses = Losses::default();
-    let (model, _) = train_with(
-        model,
-        &examples,
-        0,
-        &train_cfg,
-        None,
-        &ck,
-        &mut losses,
-        &mut no_eval,
-        Some(&mut allocator),
-    )
-    .unwrap();
+    let job = TrainLoop {
+        data: &examples,
+        pad_id: 0,
+        config: &train_cfg,
+        checkpoint: &ck,
+        resume: None,
+        allocator: Some(&mut allocator),
+    };
+    let (model, _) = train(model, job, &mut losses, &mut no_eval).unwrap();
 
     let want = &r["losses_ce"].data;
     let max_diff = losses
@@ -289,17 +296,17 @@ fn adalora_training_takes_peft_losses_and_prunes_peft_triplets() {
     }
 
     // The checkpoint holds the AdaLoRA adapter at full rank (pruned λ = 0).
-    let (_, ck_cfg, ck_report) = peft_io::load_adapter(
+    let (_, ck_cfg, ck_report) = peft::adalora::load_adapter(
         load_hf_model(&tiny(), &device()).unwrap(),
         &ck.adapter_dir().unwrap(),
         &device(),
     )
     .unwrap();
-    assert!(ck_cfg.rank_pattern.is_none() && ck_report.modules.iter().all(|m| m.3 == 4));
+    assert!(ck_cfg.rank_pattern.is_none() && ck_report.modules.iter().all(|m| m.r == 4));
 
     // The trained, pruned adapter written here holds what PEFT's holds.
     let out = dir.join("adapter");
-    peft_io::save_adapter(&model, &allocator.config(), "fixtures/tiny-llama", &out).unwrap();
+    peft::adalora::save_adapter(&model, &allocator.config(), "fixtures/tiny-llama", &out).unwrap();
     let ours =
         lora_core::tensor_io::read_safetensors(&out.join("adapter_model.safetensors")).unwrap();
     let theirs = lora_core::tensor_io::read_safetensors(

@@ -460,9 +460,35 @@ fn make_batch_right_pads_ids_and_zeroes_the_mask_on_padding() {
     };
     let batch = make_batch(&[&a, &b], 0, &d);
     assert_eq!(batch.input_ids.dims(), [2, 4]);
+    assert_eq!(host(batch.label_mask(&d)), [0., 0., 1., 1., 0., 1., 1., 0.]);
     assert_eq!(int_host(batch.input_ids), [1, 2, 3, 4, 5, 6, 7, 0]);
-    assert_eq!(host(batch.label_mask), [0., 0., 1., 1., 0., 1., 1., 0.]);
     assert_eq!((batch.n_tokens, batch.n_answer_tokens), (7, 4));
+}
+
+#[test]
+fn answer_positions_follow_the_shift() {
+    let d = device();
+    // 5 prompt tokens + 3 answer tokens: tokens 5, 6, 7 are predicted at positions 4, 5, 6.
+    let ids = vec![10u32, 11, 12, 13, 14, 20, 21, 22];
+    let full = Encoded {
+        ids: ids.clone(),
+        prompt_len: 5,
+    };
+    let p = make_batch(&[&full], 0, &d);
+    assert_eq!(p.answer_rows, vec![4, 5, 6]);
+    assert_eq!(p.answer_targets, vec![20, 21, 22]);
+    assert_eq!(
+        p.last_prompt_rows,
+        vec![4],
+        "the last prompt token predicts the first answer"
+    );
+    // A second sequence in a batch padded to T = 8 starts at row 8.
+    let short = Encoded {
+        ids: ids[..2].to_vec(),
+        prompt_len: 1,
+    };
+    let p = make_batch(&[&full, &short], 0, &d);
+    assert_eq!(p.answer_rows, vec![4, 5, 6, 8]);
 }
 
 fn int_host(t: Tensor<2, Int>) -> Vec<i64> {

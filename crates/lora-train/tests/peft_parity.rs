@@ -29,10 +29,13 @@ fn peft_adapter_loads_with_logits_equal_to_peft() {
         ),
     ] {
         let model = load_hf_model(&tiny(), &d).unwrap();
-        let (model, cfg, report) = peft::load_adapter(model, &tiny().join(dir), &d).unwrap();
+        let (model, cfg, report) = peft::lora::load_adapter(model, &tiny().join(dir), &d).unwrap();
         assert_eq!(report.modules.len(), n_modules, "{dir}");
         assert!(
-            report.modules.iter().all(|m| (m.4 - scaling).abs() < 1e-12),
+            report
+                .modules
+                .iter()
+                .all(|m| (m.scaling - scaling).abs() < 1e-12),
             "{dir}: scaling from the file's config"
         );
         assert_eq!(cfg.use_rslora, dir.contains("rslora"));
@@ -52,7 +55,7 @@ fn lora_gradients_equal_peft_gradients() {
     let d = device().autodiff();
     let r = reference("tiny-llama/peft-reference.safetensors");
     let model = load_hf_model(&tiny(), &d).unwrap();
-    let (model, _, _) = peft::load_adapter(model, &tiny().join("peft-adapter"), &d).unwrap();
+    let (model, _, _) = peft::lora::load_adapter(model, &tiny().join("peft-adapter"), &d).unwrap();
     let logits = model.forward(ids(&r["input_ids"], &d), None);
     let loss = causal_lm_loss(logits, ids(&r["labels"], &d));
     let loss_value = host(loss.clone())[0];
@@ -64,7 +67,9 @@ fn lora_gradients_equal_peft_gradients() {
     let grads = loss.backward();
     let mut checked = 0;
     model.visit_linears(&mut |path, lin| {
-        let Some(a) = &lin.adapter else { return };
+        let Some(a) = lin.adapter.as_ref().and_then(|a| a.as_lora()) else {
+            return;
+        };
         // burn [in, r] / [r, out] → PyTorch [r, in] / [out, r].
         let ga = host(
             a.lora_a
@@ -113,14 +118,14 @@ fn rslora_scaling_survives_save_and_load() {
         ..LoraConfig::new(16, 16.0, TargetModules::names(&["q_proj"]))
     };
     let (model, report) = apply_lora(model, &cfg, &d).unwrap();
-    assert!(report.modules.iter().all(|m| m.4 == 4.0));
+    assert!(report.modules.iter().all(|m| m.scaling == 4.0));
     let dir = scratch("rslora");
-    peft::save_adapter(&model, &cfg, "tiny-llama", &dir).unwrap();
+    peft::lora::save_adapter(&model, &cfg, "tiny-llama", &dir).unwrap();
     let fresh = load_hf_model(&tiny(), &d).unwrap();
-    let (_, loaded_cfg, report) = peft::load_adapter(fresh, &dir, &d).unwrap();
+    let (_, loaded_cfg, report) = peft::lora::load_adapter(fresh, &dir, &d).unwrap();
     assert!(loaded_cfg.use_rslora);
     assert!(
-        report.modules.iter().all(|m| m.4 == 4.0),
+        report.modules.iter().all(|m| m.scaling == 4.0),
         "scaling after load: {:?}",
         report.modules
     );
@@ -139,14 +144,14 @@ fn adapter_hyperparameters_come_from_the_file_not_the_callers_defaults() {
     let (model, _) = apply_lora(model, &cfg, &d).unwrap();
     let before = host(model.forward(ids(&r["input_ids"], &d), None));
     let dir = scratch("r8");
-    peft::save_adapter(&model, &cfg, "tiny-llama", &dir).unwrap();
+    peft::lora::save_adapter(&model, &cfg, "tiny-llama", &dir).unwrap();
 
     // A program whose own default says r = 16 still gets r = 8 and scaling 2 from the file.
     let _program_default = LoraConfig::new(16, 16.0, TargetModules::AllLinear);
     let (loaded, loaded_cfg, report) =
-        peft::load_adapter(load_hf_model(&tiny(), &d).unwrap(), &dir, &d).unwrap();
+        peft::lora::load_adapter(load_hf_model(&tiny(), &d).unwrap(), &dir, &d).unwrap();
     assert_eq!(loaded_cfg.r, 8);
-    assert!(report.modules.iter().all(|m| m.3 == 8 && m.4 == 2.0));
+    assert!(report.modules.iter().all(|m| m.r == 8 && m.scaling == 2.0));
     let after = host(loaded.forward(ids(&r["input_ids"], &d), None));
     assert_eq!(before, after, "outputs equal before save and after load");
     let _ = std::fs::remove_dir_all(&dir);
@@ -159,7 +164,7 @@ fn saved_adapter_has_peft_keys_layout_and_metadata() {
     let (model, _) = apply_lora(load_hf_model(&tiny(), &d).unwrap(), &cfg, &d).unwrap();
     let dir = scratch("layout");
     assert_eq!(
-        peft::save_adapter(&model, &cfg, "tiny-llama", &dir).unwrap(),
+        peft::lora::save_adapter(&model, &cfg, "tiny-llama", &dir).unwrap(),
         4
     );
     let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
@@ -225,7 +230,7 @@ fn loading_an_adapter_for_another_model_is_an_error_naming_the_key() {
         Default::default(),
     )
     .unwrap();
-    let err = peft::load_adapter(load_hf_model(&tiny(), &d).unwrap(), &dir, &d)
+    let err = peft::lora::load_adapter(load_hf_model(&tiny(), &d).unwrap(), &dir, &d)
         .unwrap_err()
         .to_string();
     assert!(
@@ -242,7 +247,7 @@ fn loading_an_adapter_for_another_model_is_an_error_naming_the_key() {
         Default::default(),
     )
     .unwrap();
-    let err = peft::load_adapter(load_hf_model(&tiny(), &d).unwrap(), &dir, &d)
+    let err = peft::lora::load_adapter(load_hf_model(&tiny(), &d).unwrap(), &dir, &d)
         .unwrap_err()
         .to_string();
     assert!(
@@ -275,7 +280,7 @@ fn target_selection_adapts_exactly_the_named_modules() {
         report
             .modules
             .iter()
-            .all(|m| m.0.starts_with("model.layers.1.")),
+            .all(|m| m.path.starts_with("model.layers.1.")),
         "{:?}",
         report.modules
     );
@@ -313,7 +318,8 @@ fn merged_forward_equals_unmerged_and_unmerge_restores_the_model() {
     let r = reference("tiny-llama/reference.safetensors");
     let base = load_hf_model(&tiny(), &d).unwrap();
     let base_logits = host(base.forward(ids(&r["input_ids"], &d), None));
-    let (mut model, _, _) = peft::load_adapter(base, &tiny().join("peft-adapter"), &d).unwrap();
+    let (mut model, _, _) =
+        peft::lora::load_adapter(base, &tiny().join("peft-adapter"), &d).unwrap();
     let unmerged = host(model.forward(ids(&r["input_ids"], &d), None));
     assert_eq!(merge_all(&mut model).unwrap(), 14);
     let merged = host(model.forward(ids(&r["input_ids"], &d), None));
@@ -358,7 +364,7 @@ fn merging_an_adapter_on_a_tied_head_leaves_the_input_embedding_alone() {
 fn merged_model_saved_as_hf_directory_reloads_with_the_same_logits() {
     let d = device();
     let r = reference("tiny-llama/reference.safetensors");
-    let (mut model, _, _) = peft::load_adapter(
+    let (mut model, _, _) = peft::lora::load_adapter(
         load_hf_model(&tiny(), &d).unwrap(),
         &tiny().join("peft-adapter"),
         &d,
@@ -388,10 +394,10 @@ fn peft_adapter_on_smollm2_loads_with_peft_logits() {
     .unwrap();
     let p = lora_models::load(&path, &d).unwrap();
     let (model, cfg, report) =
-        peft::load_adapter(p.model, &fixtures().join("smollm2-peft-adapter"), &d).unwrap();
+        peft::lora::load_adapter(p.model, &fixtures().join("smollm2-peft-adapter"), &d).unwrap();
     assert_eq!(report.modules.len(), 60, "q_proj and v_proj of 30 layers");
     assert!(
-        report.modules.iter().all(|m| m.3 == 2 && m.4 == 2.0),
+        report.modules.iter().all(|m| m.r == 2 && m.scaling == 2.0),
         "r = 2, scaling 4 / 2: {:?}",
         &report.modules[..2]
     );

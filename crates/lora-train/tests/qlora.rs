@@ -5,15 +5,17 @@
 mod common;
 
 use common::*;
-use lora_core::quant::{Nf4Config, quantize_base};
+use lora_core::quant::{Nf4Config, RequantizeSummary, quantize_base, requantize_summary};
+use lora_core::{AdapterConfig, LoraConfig, TargetModules};
 use lora_core::{BaseWeight, LoraModel, apply_lora, merge_all, peft, unmerge_all};
 use lora_models::Llama;
 use lora_models::pretrained::load_hf_model;
 use lora_train::TrainError;
-use lora_train::checkpoint::Checkpoint;
-use lora_train::config::{LoraSection, TrainConfig};
+use lora_train::checkpoint::RunCheckpoint;
+use lora_train::config::TrainConfig;
 use lora_train::data::Encoded;
-use lora_train::trainer::{EvalReport, Observer, StepMetrics, train};
+use lora_train::eval::EvalReport;
+use lora_train::trainer::{Observer, StepMetrics, TrainLoop, train};
 
 fn nf4_tiny(device: &burn::tensor::Device) -> Llama {
     let mut m = load_hf_model(&fixtures().join("tiny-llama"), device).unwrap();
@@ -55,7 +57,8 @@ fn nf4_base_logits_match_bitsandbytes_on_tiny_llama() {
     assert!(f32_err > 10.0 * err, "the f32 model is as close: {f32_err}");
 
     // A PEFT adapter on the NF4 base (PEFT on bitsandbytes' Linear4bit computes the same).
-    let (m, _, _) = peft::load_adapter(m, &fixtures().join("tiny-llama/peft-adapter"), &d).unwrap();
+    let (m, _, _) =
+        peft::lora::load_adapter(m, &fixtures().join("tiny-llama/peft-adapter"), &d).unwrap();
     let logits = host(m.forward(input, None));
     let err = rel_err(&logits, &r["logits_nf4_adapter"].data);
     assert!(err < 2e-3, "NF4 base + adapter: {err}");
@@ -78,17 +81,11 @@ fn qlora_training_lowers_the_loss_and_leaves_the_nf4_base_unchanged() {
         lr: 3e-3,
         warmup_steps: 2,
         save_every: 0,
-        lora: LoraSection {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.0,
-            targets: "all-linear".into(),
-            rslora: false,
-        },
+        lora: LoraConfig::new(8, 16.0, TargetModules::AllLinear),
         ..TrainConfig::default()
     };
     let m = nf4_tiny(&d);
-    let (m, _) = apply_lora(m, &cfg.lora.to_lora_config(), &d).unwrap();
+    let (m, _) = apply_lora(m, &cfg.lora, &d).unwrap();
     let before = base_values(&m);
     let examples: Vec<Encoded> = (0..4u32)
         .map(|i| Encoded {
@@ -99,10 +96,18 @@ fn qlora_training_lowers_the_loss_and_leaves_the_nf4_base_unchanged() {
     let dir = std::env::temp_dir().join(format!("burn-lora-qlora-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let ck = Checkpoint::new(&dir, cfg.lora.to_lora_config(), "tiny-llama");
+    let ck = RunCheckpoint::new(&dir, AdapterConfig::Lora(cfg.lora.clone()), "tiny-llama");
     let mut obs = Losses(Vec::new());
     let mut no_eval = |_: &Llama| -> Result<EvalReport, TrainError> { Ok(EvalReport::default()) };
-    let (m, _) = train(m, &examples, 0, &cfg, None, &ck, &mut obs, &mut no_eval).unwrap();
+    let job = TrainLoop {
+        data: &examples,
+        pad_id: 0,
+        config: &cfg,
+        checkpoint: &ck,
+        resume: None,
+        allocator: None,
+    };
+    let (m, _) = train(m, job, &mut obs, &mut no_eval).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let (first, last) = (obs.0[0], *obs.0.last().unwrap());
     assert!(last < 0.5 * first, "loss {first} → {last}");
@@ -118,7 +123,7 @@ fn merging_into_an_nf4_base_dequantizes_and_matches_the_unmerged_output() {
     let d = device();
     let m = nf4_tiny(&d);
     let (mut m, _, _) =
-        peft::load_adapter(m, &fixtures().join("tiny-llama/peft-adapter"), &d).unwrap();
+        peft::lora::load_adapter(m, &fixtures().join("tiny-llama/peft-adapter"), &d).unwrap();
     let r = reference("nf4/tiny-qlora.safetensors");
     let input = ids(&r["input_ids"], &d);
     let unmerged = host(m.forward(input.clone(), None));
@@ -146,4 +151,45 @@ fn merging_into_an_nf4_base_dequantizes_and_matches_the_unmerged_output() {
     for (a, b) in restored.iter().zip(&quantized_before) {
         assert!(rel_err(a, b) < 1e-5);
     }
+}
+
+// Re-quantization report of `merge --quant nf4 --requantize-report` (lora_core::quant).
+
+#[test]
+fn requantize_summary_measures_every_adapted_nf4_layer_and_changes_nothing() {
+    let d = device();
+    let mut m = load_hf_model(&fixtures().join("tiny-llama"), &d).unwrap();
+    let nf4 = Nf4Config::default();
+    quantize_base(&mut m, &nf4, &["lm_head"]).unwrap();
+    let (m, _, report) =
+        peft::lora::load_adapter(m, &fixtures().join("tiny-llama/peft-adapter"), &d).unwrap();
+    let s = requantize_summary(&m, &nf4);
+    assert_eq!(s.layers.len(), report.modules.len(), "{:?}", s.skipped);
+    assert!(s.skipped.is_empty());
+    for (path, r) in &s.layers {
+        assert!(
+            r.relative_error.is_finite() && r.delta_norm > 0.0,
+            "{path}: {r:?}"
+        );
+        assert!((0.0..=1.0).contains(&r.codes_changed), "{path}: {r:?}");
+    }
+    let mean = s.mean_survival().unwrap();
+    let by_hand = s.layers.iter().map(|(_, r)| r.survival).sum::<f64>() / s.layers.len() as f64;
+    assert_eq!(mean, by_hand);
+    // Measuring left every base in NF4 and every adapter unmerged.
+    m.visit_linears(&mut |p, lin| {
+        if p != "lm_head" {
+            assert!(lin.weight.is_quantized() && !lin.merged, "{p}");
+        }
+    });
+}
+
+#[test]
+fn an_empty_summary_has_no_mean() {
+    let s = RequantizeSummary {
+        layers: Vec::new(),
+        skipped: Vec::new(),
+    };
+    assert_eq!(s.mean_survival(), None);
+    assert_eq!(s.mean_relative_error(), None);
 }

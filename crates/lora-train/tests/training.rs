@@ -6,16 +6,17 @@ mod common;
 
 use burn::module::Module;
 use common::*;
+use lora_core::AdapterConfig;
 use lora_core::config::{InitLoraWeights, LoraConfig, TargetModules};
 use lora_core::{LoraModel, apply_lora, peft};
 use lora_models::Llama;
 use lora_models::pretrained::load_hf_model;
 use lora_train::TrainError;
-use lora_train::checkpoint::Checkpoint;
-use lora_train::config::{LoraSection, TrainConfig};
+use lora_train::checkpoint::RunCheckpoint;
+use lora_train::config::TrainConfig;
 use lora_train::data::Encoded;
-use lora_train::eval::mean_answer_loss;
-use lora_train::trainer::{EvalReport, Observer, Outcome, StepMetrics, train};
+use lora_train::eval::{EvalReport, mean_answer_loss};
+use lora_train::trainer::{Observer, Outcome, StepMetrics, TrainLoop, train};
 
 /// burn's random generator (dropout masks, initialisation) is process-wide: tests that train
 /// take turns so each run sees only its own draws.
@@ -42,19 +43,13 @@ fn config(steps: usize) -> TrainConfig {
         lr: 3e-3,
         warmup_steps: 2,
         save_every: 0,
-        lora: LoraSection {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.0,
-            targets: "all-linear".into(),
-            rslora: false,
-        },
+        lora: LoraConfig::new(8, 16.0, TargetModules::AllLinear),
         ..TrainConfig::default()
     }
 }
 
 fn model(cfg: &TrainConfig) -> Llama {
-    model_with(cfg, cfg.lora.to_lora_config())
+    model_with(cfg, cfg.lora.clone())
 }
 
 fn model_with(cfg: &TrainConfig, lora: LoraConfig) -> Llama {
@@ -90,6 +85,10 @@ fn no_eval(_: &Llama) -> Result<EvalReport, TrainError> {
     Ok(EvalReport::default())
 }
 
+fn checkpoint(dir: &std::path::Path, cfg: &TrainConfig) -> RunCheckpoint {
+    RunCheckpoint::new(dir, AdapterConfig::Lora(cfg.lora.clone()), "tiny-llama")
+}
+
 fn run(
     cfg: &TrainConfig,
     m: Llama,
@@ -97,9 +96,16 @@ fn run(
     obs: &mut Record,
     resume: bool,
 ) -> (Llama, Outcome) {
-    let ck = Checkpoint::new(dir, cfg.lora.to_lora_config(), "tiny-llama");
-    let state = resume.then(|| ck.load_state().unwrap());
-    train(m, &examples(), 0, cfg, state, &ck, obs, &mut no_eval).unwrap()
+    let ck = checkpoint(dir, cfg);
+    let job = TrainLoop {
+        data: &examples(),
+        pad_id: 0,
+        config: cfg,
+        checkpoint: &ck,
+        resume: resume.then(|| ck.load_state().unwrap()),
+        allocator: None,
+    };
+    train(m, job, obs, &mut no_eval).unwrap()
 }
 
 #[test]
@@ -108,12 +114,12 @@ fn overfitting_a_handful_of_examples_drives_the_loss_near_zero() {
     // The output head joins the targets: with a frozen random head behind a fixed-norm RMSNorm,
     // the tiny model's logit margins are bounded and the loss cannot go below ≈ 0.3.
     let mut cfg = config(120);
-    cfg.lora.targets = "re:.*_proj|lm_head".into();
+    cfg.lora.target_modules = TargetModules::Regex(".*_proj|lm_head".into());
     let dir = scratch("overfit");
     let mut obs = Record::default();
     let (m, _) = run(&cfg, model(&cfg), &dir, &mut obs, false);
     let first = obs.losses[0];
-    let (last, _) = mean_answer_loss(&m.valid(), &examples(), 4, 0, &device());
+    let (last, _) = mean_answer_loss(&m.valid(), &examples(), 4, 0).unwrap();
     assert!(first > 3.0, "starts near ln(300) ≈ 5.7: {first}");
     assert!(last < 0.05, "final loss {last} (first {first})");
     let _ = std::fs::remove_dir_all(&dir);
@@ -129,7 +135,7 @@ fn base_and_adapter_values(m: &Llama) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     }
     m.visit_linears(&mut |_, lin| {
         base.push(host(lin.weight.val().inner()));
-        if let Some(a) = &lin.adapter {
+        if let Some(a) = lin.adapter.as_ref().and_then(|a| a.as_lora()) {
             adapters.push(host(a.lora_a.val().inner()));
             adapters.push(host(a.lora_b.val().inner()));
         }
@@ -144,7 +150,7 @@ fn only_adapter_parameters_change_after_a_step() {
     // B starts non-zero, so A gets a gradient at the first step too (with B = 0 it cannot).
     let lora = LoraConfig {
         init_lora_weights: InitLoraWeights::Random,
-        ..cfg.lora.to_lora_config()
+        ..cfg.lora.clone()
     };
     let m = model_with(&cfg, lora);
     let (base0, ad0) = base_and_adapter_values(&m);
@@ -163,8 +169,8 @@ fn only_adapter_parameters_change_after_a_step() {
 fn resumed_run_ends_bitwise_where_the_uninterrupted_run_does() {
     let _turn = serial();
     let cfg = TrainConfig {
-        lora: LoraSection {
-            dropout: 0.1,
+        lora: LoraConfig {
+            lora_dropout: 0.1,
             ..config(6).lora
         },
         ..config(6)
@@ -182,9 +188,9 @@ fn resumed_run_ends_bitwise_where_the_uninterrupted_run_does() {
     assert_eq!(outcome, Outcome::Interrupted);
     // A new process would load the base model fresh and the adapter from the checkpoint.
     let d = device().autodiff();
-    let ck = Checkpoint::new(&dir, cfg.lora.to_lora_config(), "tiny-llama");
+    let ck = checkpoint(&dir, &cfg);
     let base = load_hf_model(&fixtures().join("tiny-llama"), &d).unwrap();
-    let (mut m, _, _) = peft::load_adapter(base, &ck.adapter_dir().unwrap(), &d).unwrap();
+    let (mut m, _, _) = peft::lora::load_adapter(base, &ck.adapter_dir().unwrap(), &d).unwrap();
     ck.restore_param_ids(&mut m).unwrap();
     let mut second = Record::default();
     let (resumed, _) = run(&cfg, m, &dir, &mut second, true);
@@ -205,26 +211,28 @@ fn zero_steps_and_empty_data_are_clear_errors() {
     let _turn = serial();
     let cfg = config(0);
     let dir = scratch("bad");
-    let ck = Checkpoint::new(&dir, cfg.lora.to_lora_config(), "tiny-llama");
+    let ck = checkpoint(&dir, &cfg);
+    let data = examples();
+    let job = |data, config| TrainLoop {
+        data,
+        pad_id: 0,
+        config,
+        checkpoint: &ck,
+        resume: None,
+        allocator: None,
+    };
     let err = train(
         model(&config(1)),
-        &examples(),
-        0,
-        &cfg,
-        None,
-        &ck,
+        job(&data, &cfg),
         &mut Record::default(),
         &mut no_eval,
     )
     .unwrap_err();
     assert!(err.to_string().contains("steps"), "{err}");
+    let one = config(1);
     let err = train(
-        model(&config(1)),
-        &[],
-        0,
-        &config(1),
-        None,
-        &ck,
+        model(&one),
+        job(&[], &one),
         &mut Record::default(),
         &mut no_eval,
     )
@@ -250,10 +258,9 @@ fn one_pass_evaluation_equals_separate_loss_and_accuracy_passes() {
         .enumerate()
         .map(|(i, e)| (e.ids[..e.prompt_len].to_vec(), if i == 3 { 0 } else { i }))
         .collect();
-    let d = device();
-    let one = evaluate(&m, &ex, Some((&items, &cands)), 3, 0, &d);
-    let (loss, _) = mean_answer_loss(&m, &ex, 3, 0, &d);
-    let acc = choice_accuracy(&m, &items, &cands, 3, 0, &d);
+    let one = evaluate(&m, &ex, Some((&items, &cands)), 3, 0).unwrap();
+    let (loss, _) = mean_answer_loss(&m, &ex, 3, 0).unwrap();
+    let acc = choice_accuracy(&m, &items, &cands, 3, 0).unwrap();
     assert!((one.loss - loss).abs() < 1e-5, "{} vs {loss}", one.loss);
     assert_eq!(one.accuracy, Some(acc));
     let _ = std::fs::remove_dir_all(&dir);

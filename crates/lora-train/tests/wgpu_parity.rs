@@ -29,7 +29,7 @@ fn wgpu() -> Device {
 fn tiny_with_adapter(device: &Device) -> Llama {
     let dir = fixtures().join("tiny-llama");
     let model = load_hf_model(&dir, device).unwrap();
-    peft::load_adapter(model, &dir.join("peft-adapter"), device)
+    peft::lora::load_adapter(model, &dir.join("peft-adapter"), device)
         .unwrap()
         .0
 }
@@ -43,7 +43,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn adapter_values(model: &Llama) -> Vec<f32> {
     let mut out = Vec::new();
     model.visit_linears(&mut |_, lin| {
-        if let Some(a) = &lin.adapter {
+        if let Some(a) = lin.adapter.as_ref().and_then(|a| a.as_lora()) {
             out.extend(host(a.lora_a.val()));
             out.extend(host(a.lora_b.val()));
         }

@@ -21,7 +21,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Bool, Tensor, TensorData};
 
 use crate::adalora::config::{AdaLoraConfig, RankPattern};
-use crate::adalora::layer::orth_regularizer;
+use crate::adalora::model::orth_regularizer;
 use crate::error::LoraError;
 use crate::inject::LoraModel;
 
@@ -168,8 +168,8 @@ impl RankAllocator {
     pub fn new<M: LoraModel>(model: &M, config: &AdaLoraConfig) -> Result<Self, LoraError> {
         config.validate_training()?;
         let (mut init_budget, mut n) = (0, 0);
-        model.visit_linears(&mut |_, lin| {
-            if let Some(a) = &lin.adalora {
+        model.visit_adapters(&mut |_, adapter| {
+            if let Some(a) = adapter.as_adalora() {
                 init_budget += a.r;
                 n += 1;
             }
@@ -236,8 +236,8 @@ impl RankAllocator {
     /// Call it after clipping: PEFT reads `p.grad` after `clip_grad_norm_` has scaled it.
     pub fn gradients<M: LoraModel>(&self, model: &M, grads: &GradientsParams) -> TripletGradients {
         let mut out = BTreeMap::new();
-        model.visit_linears(&mut |path, lin| {
-            if let Some(a) = &lin.adalora {
+        model.visit_adapters(&mut |path, adapter| {
+            if let Some(a) = adapter.as_adalora() {
                 let g = |id| grads.get::<2>(id).map(Tensor::inner);
                 out.insert(
                     path.to_string(),
@@ -289,8 +289,10 @@ impl RankAllocator {
     /// Step 1: the EMAs of every entry of `Q`, `λ` and `P`.
     fn update_importance<M: LoraModel>(&mut self, model: &M, mut grads: TripletGradients) {
         let (beta1, beta2) = (self.config.beta1, self.config.beta2);
-        model.visit_linears(&mut |path, lin| {
-            let Some(a) = &lin.adalora else { return };
+        model.visit_adapters(&mut |path, adapter| {
+            let Some(a) = adapter.as_adalora() else {
+                return;
+            };
             let weights = [a.lora_a.val(), a.lora_e.val(), a.lora_b.val()].map(Tensor::inner);
             let g = grads.0.remove(path).unwrap_or([None, None, None]);
             let ema = self.ema.remove(path).unwrap_or_else(|| {
@@ -331,8 +333,10 @@ impl RankAllocator {
     fn triplet_scores<M: LoraModel>(&self, model: &M) -> BTreeMap<String, Vec<f32>> {
         let mut rows = Vec::new();
         let mut layout = Vec::new();
-        model.visit_linears(&mut |path, lin| {
-            let Some(a) = &lin.adalora else { return };
+        model.visit_adapters(&mut |path, adapter| {
+            let Some(a) = adapter.as_adalora() else {
+                return;
+            };
             let score = match self.ema.get(path) {
                 Some([ea, ee, eb]) => {
                     let q = ea.score().mean_dim(0); // [d_in, r] → [1, r]
@@ -375,8 +379,8 @@ pub fn apply_rank_pattern<M: LoraModel>(
     model: &mut M,
     pattern: &RankPattern,
 ) -> Result<(), LoraError> {
-    model.visit_linears_mut(&mut |path, lin| {
-        let (Some(a), Some(keep)) = (lin.adalora.as_mut(), pattern.get(path)) else {
+    model.visit_adapters_mut(&mut |path, adapter| {
+        let (Some(a), Some(keep)) = (adapter.as_adalora_mut(), pattern.get(path)) else {
             return Ok(());
         };
         if keep.len() != a.r {
@@ -401,6 +405,22 @@ pub fn apply_rank_pattern<M: LoraModel>(
         });
         Ok(())
     })
+}
+
+/// The kept rank of every adapted module, in model order: its `rank_pattern` count, or the
+/// number of non-zero `λ` when there is no pattern entry.
+pub fn final_ranks<M: LoraModel>(model: &M, pattern: Option<&RankPattern>) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    model.visit_adapters(&mut |path, adapter| {
+        if let Some(a) = adapter.as_adalora() {
+            let rank = match pattern.and_then(|p| p.get(path)) {
+                Some(keep) => keep.iter().filter(|k| **k).count(),
+                None => a.active_rank(),
+            };
+            out.push((path.to_string(), rank));
+        }
+    });
+    out
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::error::LoraError;
 /// `init_r` booleans, `true` where the triplet `(P[:, i], λ_i, Q[i, :])` is kept.
 ///
 /// In memory the keys are module paths; PEFT's files key the same lists by `<path>.lora_E` (see
-/// [`crate::adalora::peft_io`]).
+/// [`crate::peft::adalora`]).
 pub type RankPattern = BTreeMap<String, Vec<bool>>;
 
 /// The AdaLoRA settings (PEFT `AdaLoraConfig`; the paper is Zhang et al. 2023, arXiv:2303.10512).
@@ -67,7 +67,7 @@ pub struct AdaLoraConfig {
     #[serde(default)]
     pub layers_to_transform: Option<Vec<usize>>,
     /// The kept triplets after the last allocation; `None` before any pruning. Not serialized
-    /// here: [`crate::adalora::peft_io`] writes it with PEFT's `<path>.lora_E` keys.
+    /// here: [`crate::peft::adalora`] writes it with PEFT's `<path>.lora_E` keys.
     #[serde(skip)]
     pub rank_pattern: Option<RankPattern>,
 }

@@ -8,19 +8,23 @@
 //! `target_r` triplets per adapted matrix on average — so layers that matter keep more rank.
 //!
 //! - [`config`]: [`AdaLoraConfig`] (PEFT's field names and defaults) and [`RankPattern`];
-//! - [`layer`]: [`AdaLoraAdapter`] (forward, merge delta), [`apply_adalora`],
-//!   [`orth_regularizer`];
-//! - [`allocator`]: [`RankAllocator`], [`BudgetSchedule`], [`mask_to_budget`];
-//! - [`peft_io`]: PEFT `"ADALORA"` adapter files (only kept ranks saved; original scale kept).
+//! - [`adapter`]: [`AdaLoraAdapter`] (forward, merge delta) — one layer's update;
+//! - [`model`]: [`apply_adalora`] and [`orth_regularizer`] over a whole model;
+//! - [`allocator`]: [`RankAllocator`], [`BudgetSchedule`], [`mask_to_budget`], [`final_ranks`].
 //!
-//! A layer holds its adapter in [`LoraLinear::adalora`](crate::linear::LoraLinear), next to the
-//! LoRA slot; merging, unmerging and `merge_and_unload` work on it as on a LoRA adapter.
+//! A layer holds its adapter as [`Adapter::AdaLora`](crate::Adapter::AdaLora) in the one
+//! adapter slot of [`LoraLinear`](crate::LoraLinear); merging, unmerging and
+//! `merge_and_unload` work on it as on a LoRA adapter. PEFT `"ADALORA"` files (only kept ranks
+//! saved; original scale kept) are read and written by [`crate::peft::adalora`].
 
+pub mod adapter;
 pub mod allocator;
 pub mod config;
-pub mod layer;
-pub mod peft_io;
+pub mod model;
 
-pub use allocator::{Allocation, BudgetSchedule, RankAllocator, TripletGradients, mask_to_budget};
+pub use adapter::AdaLoraAdapter;
+pub use allocator::{
+    Allocation, BudgetSchedule, RankAllocator, TripletGradients, final_ranks, mask_to_budget,
+};
 pub use config::{AdaLoraConfig, RankPattern};
-pub use layer::{AdaLoraAdapter, apply_adalora, orth_regularizer};
+pub use model::{apply_adalora, orth_regularizer};

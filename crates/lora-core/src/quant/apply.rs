@@ -1,9 +1,9 @@
 //! Quantizing a whole model's base weights to NF4 (what `load_in_4bit=True` does in
-//! transformers with bitsandbytes).
+//! transformers with bitsandbytes), and measuring what re-quantizing after a merge would keep.
 
 use crate::error::LoraError;
 use crate::inject::LoraModel;
-use crate::quant::Nf4Config;
+use crate::quant::{Nf4Config, RequantizeReport};
 
 /// What [`quantize_base`] did: how many weights went to NF4 and what they cost on the device.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,4 +66,54 @@ pub fn quantize_base<M: LoraModel>(
         Ok(())
     })?;
     Ok(report)
+}
+
+/// What re-quantizing each adapted NF4 layer after merging would keep of its update
+/// ([`requantize_summary`]).
+#[derive(Debug)]
+pub struct RequantizeSummary {
+    /// Module path and report of every measured layer, in model order.
+    pub layers: Vec<(String, RequantizeReport)>,
+    /// Module path and reason of every adapted NF4 layer that could not be measured (e.g. an
+    /// all-zero ΔW from an untrained adapter).
+    pub skipped: Vec<(String, String)>,
+}
+
+impl RequantizeSummary {
+    /// Mean of the layers' `survival` (each layer counts once), or `None` if none was measured.
+    pub fn mean_survival(&self) -> Option<f64> {
+        let n = self.layers.len();
+        (n > 0).then(|| self.layers.iter().map(|(_, r)| r.survival).sum::<f64>() / n as f64)
+    }
+
+    /// Mean of the layers' `relative_error`, or `None` if none was measured.
+    pub fn mean_relative_error(&self) -> Option<f64> {
+        let n = self.layers.len();
+        (n > 0).then(|| {
+            self.layers
+                .iter()
+                .map(|(_, r)| r.relative_error)
+                .sum::<f64>()
+                / n as f64
+        })
+    }
+}
+
+/// Measures every layer with an NF4 base and an unmerged adapter
+/// ([`LoraLinear::requantize_report`](crate::LoraLinear::requantize_report)); changes nothing.
+pub fn requantize_summary<M: LoraModel>(model: &M, nf4: &Nf4Config) -> RequantizeSummary {
+    let mut summary = RequantizeSummary {
+        layers: Vec::new(),
+        skipped: Vec::new(),
+    };
+    model.visit_linears(&mut |path, lin| {
+        if lin.adapter.is_none() || !lin.weight.is_quantized() {
+            return;
+        }
+        match lin.requantize_report(nf4, path) {
+            Ok(r) => summary.layers.push((path.to_string(), r)),
+            Err(e) => summary.skipped.push((path.to_string(), e.to_string())),
+        }
+    });
+    summary
 }

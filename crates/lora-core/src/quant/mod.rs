@@ -9,7 +9,8 @@
 //! - [`dynamic_map`]: the 8-bit dynamic code used for the scales.
 //! - [`nf4_weight`]: [`Nf4Weight`], the packed weight kept on the device and dequantized in
 //!   `forward` with burn tensor ops (any backend).
-//! - [`apply`]: [`quantize_base`], a whole model's linear layers at once.
+//! - [`apply`]: [`quantize_base`], a whole model's linear layers at once, and
+//!   [`requantize_summary`], what re-quantizing after a merge would keep, layer by layer.
 //! - [`requantize`]: what re-quantizing a merged weight would keep of the adapter (measured on
 //!   request; merging never re-quantizes).
 
@@ -19,9 +20,7 @@ pub mod nf4;
 pub mod nf4_weight;
 pub mod requantize;
 
-pub use apply::{QuantReport, quantize_base};
+pub use apply::{QuantReport, RequantizeSummary, quantize_base, requantize_summary};
 pub use nf4::{NF4_CODE, Nf4Config, Nf4Tensor, quantize_nf4};
 pub use nf4_weight::Nf4Weight;
-pub use requantize::{
-    RequantizeReport, requantize_report, requantize_report_layer, requantize_report_weight,
-};
+pub use requantize::{RequantizeReport, requantize_report, requantize_report_weight};

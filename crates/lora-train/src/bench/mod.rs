@@ -1,16 +1,51 @@
-//! Measuring building blocks for `burn-lora bench`: timed LoRA training steps and inference on
-//! fixed, reproducible inputs. The command line runs each configuration in a fresh process
-//! (so the OS's peak resident memory belongs to one configuration) and compares the numbers
-//! with PyTorch + PEFT (`scripts/bench_peft.py`), which draws the same token ids.
+//! `burn-lora bench`: timed LoRA training steps and inference on fixed, reproducible inputs,
+//! side by side with burn's own `apply_lora` and PyTorch + PEFT (`scripts/bench_peft.py`, which
+//! draws the same token ids). Each configuration runs in a fresh process, so the OS's peak
+//! resident memory belongs to one configuration.
+//!
+//! - [`suite`]: [`run_bench`], the whole comparison (rows, tables, `bench.json`);
+//! - [`job`]: one configuration ([`JobSpec`]), run in a child process by [`run_one`];
+//! - `train_steps` / `inference`: the timed loops; [`peft`]: the Python rows;
+//! - [`report`] and [`plot`]: rows, tables and `rank_sweep.png`.
 //!
 //! Timings are wall-clock seconds; [`process_cpu_seconds`] is recorded next to them because on a
 //! shared machine the CPU time a step consumed is far steadier than its wall time.
 
 mod inference;
+pub mod job;
+pub mod peft;
+pub mod plot;
+pub mod report;
+pub mod suite;
 mod train_steps;
 
 pub use inference::time_generation;
+pub use job::{Implementation, JobSpec, TargetSet, TrainSettings, run_one};
+pub use suite::{
+    BenchConfig, BenchOutcome, ChildCommand, SweepEval, parse_impl, parse_list, run_bench,
+};
 pub use train_steps::{TrainTimings, time_training, trainable_params};
+
+/// Progress of a bench job, for a progress bar: `Start`, then `Step`s, then `Done`.
+#[derive(Clone, Debug)]
+pub enum Progress<'a> {
+    /// A job of `total` steps starts.
+    Start {
+        /// What is measured, e.g. `burn-lora (ours) q,v`.
+        label: &'a str,
+        /// Steps (or rounds) it will take.
+        total: usize,
+    },
+    /// `done` steps are finished.
+    Step {
+        /// Steps finished so far.
+        done: usize,
+        /// The last step's numbers, for people.
+        message: String,
+    },
+    /// The job finished.
+    Done,
+}
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};

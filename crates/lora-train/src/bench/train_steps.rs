@@ -60,7 +60,7 @@ pub fn time_training(
     weight_decay: f64,
     on_step: &mut dyn FnMut(usize, usize, f64, f64),
 ) -> Result<(Llama, TrainTimings), TrainError> {
-    let device = model.lm_head.weight.val().device();
+    let device = model.device();
     let input = ids_tensor(ids, &device);
     let mut optim = AdamWConfig::new()
         .with_weight_decay(weight_decay as f32)

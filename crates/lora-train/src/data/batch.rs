@@ -1,9 +1,8 @@
-//! Batches: right-padded token tensors with their label mask, and the seeded order examples
+//! Batches: right-padded token ids and where the loss is taken, and the seeded order examples
 //! are drawn in.
 //!
 //! Right padding is safe for a causal model without an attention mask: a real token only
-//! attends to positions before it, which are never padding; the padded positions get mask 0 so
-//! the loss ignores them.
+//! attends to positions before it, which are never padding; padded positions are never scored.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
@@ -12,44 +11,89 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::DataError;
-use super::encode::{Encoded, label_mask};
+use super::encode::Encoded;
 
-/// A batch of `B` examples padded to the longest, `T` tokens.
+/// `B` examples padded to the longest (`T` tokens), with the positions the loss is taken at.
+///
+/// Positions are flat indices `b·T + t` into the `[B, T]` input. Token `k` of an example
+/// (`k ≥ prompt_len`, `k ≥ 1`) is predicted by the logits at position `k − 1`: that position is
+/// an *answer row* and token `k` its *target* — transformers' shift-by-one of `labels`
+/// (`loss_utils.py`, `ForCausalLMLoss`), without materialising the `−100` labels.
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// Token ids, `[B, T]`, padded on the right with the pad id.
     pub input_ids: Tensor<2, Int>,
-    /// `[B, T]` f32: 1.0 where token `t` is an answer token (always `t ≥ 1`), 0.0 on prompt
-    /// tokens and padding. Shift by one against the logits: logits at `t − 1` predict token `t`.
-    pub label_mask: Tensor<2>,
+    /// `T`, the padded length.
+    pub seq_len: usize,
+    /// Flat positions whose logits predict an answer token, `[N]`, in example order.
+    pub answer_rows: Vec<i64>,
+    /// The answer token each of `answer_rows` predicts, `[N]`.
+    pub answer_targets: Vec<i64>,
+    /// Flat position of each example's last prompt token, `[B]`: the logits there predict the
+    /// first answer token (what a classification by the answer's first token reads).
+    pub last_prompt_rows: Vec<i64>,
     /// Real (non-padding) tokens in the batch.
     pub n_tokens: usize,
-    /// Answer tokens in the batch (the sum of `label_mask`).
+    /// Answer tokens in the batch (`N`).
     pub n_answer_tokens: usize,
 }
 
-/// Stacks `examples` into a [`Batch`], right-padding each to the longest with `pad_id`.
+/// Stacks `examples` into a [`Batch`], right-padding each to the longest with `pad_id`. An
+/// example may have no answer (`prompt_len = ids.len()`, a prompt to score): it adds no answer
+/// row.
 ///
 /// # Shapes
-/// `B = examples.len()`, `T = max ids.len()`; an empty slice gives `[0, 0]` tensors.
+/// `B = examples.len()`, `T = max ids.len()` (at least 1).
 pub fn make_batch(examples: &[&Encoded], pad_id: u32, device: &Device) -> Batch {
     let b = examples.len();
-    let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let t = examples
+        .iter()
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut ids = Vec::with_capacity(b * t);
-    let mut mask = Vec::with_capacity(b * t);
-    for e in examples {
-        let pad = t - e.ids.len();
+    let (mut answer_rows, mut answer_targets) = (Vec::new(), Vec::new());
+    let mut last_prompt_rows = Vec::with_capacity(b);
+    for (i, e) in examples.iter().enumerate() {
         ids.extend(e.ids.iter().map(|&id| i64::from(id)));
-        ids.extend(std::iter::repeat_n(i64::from(pad_id), pad));
-        mask.extend(label_mask(e));
-        mask.extend(std::iter::repeat_n(0.0f32, pad));
+        ids.extend(std::iter::repeat_n(i64::from(pad_id), t - e.ids.len()));
+        let row = |k: usize| (i * t + k) as i64;
+        // Token k (k ≥ prompt_len, k ≥ 1) is predicted at position k − 1.
+        for k in e.prompt_len.max(1)..e.ids.len() {
+            answer_rows.push(row(k - 1));
+            answer_targets.push(i64::from(e.ids[k]));
+        }
+        last_prompt_rows.push(row(e.prompt_len.clamp(1, e.ids.len().max(1)) - 1));
     }
     Batch {
         input_ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
-        label_mask: Tensor::from_data(TensorData::new(mask, [b, t]), device),
+        seq_len: t,
+        n_answer_tokens: answer_rows.len(),
+        answer_rows,
+        answer_targets,
+        last_prompt_rows,
         n_tokens: examples.iter().map(|e| e.ids.len()).sum(),
-        n_answer_tokens: examples.iter().map(|e| e.answer_len()).sum(),
     }
+}
+
+impl Batch {
+    /// `[B, T]` f32 in transformers' label convention: 1.0 where token `t` is an answer token
+    /// (`labels[t] = ids[t]`, i.e. position `t − 1` is an answer row), 0.0 on prompt tokens and
+    /// padding. The loss reads [`Batch::answer_rows`]; this view is for inspection and tests.
+    pub fn label_mask(&self, device: &Device) -> Tensor<2> {
+        let [b, t] = self.input_ids.dims();
+        let mut mask = vec![0.0f32; b * t];
+        for &row in &self.answer_rows {
+            mask[row as usize + 1] = 1.0;
+        }
+        Tensor::from_data(TensorData::new(mask, [b, t]), device)
+    }
+}
+
+/// `values` as a `[N]` id tensor on `device` (row or target lists of a [`Batch`]).
+pub fn index_tensor(values: &[i64], device: &Device) -> Tensor<1, Int> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
 }
 
 /// Where a [`BatchSampler`] stands: the checkpointable part of its state.
@@ -60,7 +104,6 @@ pub struct SamplerState {
     /// Position in this epoch's order of the next example to draw, `< n`.
     pub cursor: usize,
 }
-
 /// Draws batches of example indices: each epoch visits every index once in an order shuffled
 /// from `(seed, epoch)`. A batch that reaches the end of an epoch is completed from the next
 /// one, so every batch has exactly `batch_size` indices.

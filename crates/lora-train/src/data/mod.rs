@@ -8,12 +8,12 @@
 //! 2. [`encode`](mod@encode): a [`Sample`] → token ids plus where the answer starts ([`Encoded`]). The answer
 //!    is what the loss covers: the last (assistant) turn of a chat, the completion, or every
 //!    token after the first of plain text.
-//! 3. [`batch`]: [`Encoded`] examples → right-padded `[B, T]` tensors and a `[B, T]` label mask
-//!    ([`Batch`]), drawn in a seeded, resumable order ([`BatchSampler`]).
+//! 3. [`batch`]: [`Encoded`] examples → right-padded `[B, T]` ids and the positions the loss is
+//!    taken at ([`Batch`]), drawn in a seeded, resumable order ([`BatchSampler`]).
 //!
-//! The label mask follows transformers' label convention: `mask[t]` belongs to token `t`
-//! (`labels[t] = ids[t]` or −100), and the loss shifts by one so the logits at `t − 1` are
-//! scored against token `t` (`loss_utils.py`, `ForCausalLMLoss`).
+//! Positions follow transformers' label convention shifted by one: token `t` of an answer is
+//! scored against the logits at `t − 1` (`loss_utils.py`, `ForCausalLMLoss`); [`label_mask`]
+//! shows the unshifted mask (`labels[t] = ids[t]` or −100).
 
 pub mod batch;
 pub mod encode;
@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use lora_models::ModelError;
 use lora_models::tokenizer::{ChatMessage, TokenizerError};
 
-pub use batch::{Batch, BatchSampler, SamplerState, make_batch};
+pub use batch::{Batch, BatchSampler, SamplerState, index_tensor, make_batch};
 pub use encode::{Encoded, EncodedSet, encode, encode_all, label_mask};
 pub use jsonl::{read_jsonl, samples_from_jsonl};
 pub use trec::{

@@ -3,10 +3,12 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
 use super::report::SweepRow;
+use crate::error::TrainError;
+
+type Result<T> = std::result::Result<T, TrainError>;
 
 /// One panel: a quantity against rank (log₂ axis, one point per rank).
 fn panel(
@@ -26,7 +28,7 @@ fn panel(
     let x0 = points.iter().map(|p| p.0).fold(f64::INFINITY, f64::min) - 0.3;
     let x1 = points.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max) + 0.3;
     let ymax = points.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.15;
-    let err = |e: &dyn std::fmt::Display| anyhow!("rank_sweep.png: {e}");
+    let err = |e: &dyn std::fmt::Display| TrainError::Plot(format!("rank_sweep.png: {e}"));
     let mut builder = ChartBuilder::on(area);
     builder
         .margin(12)
@@ -68,12 +70,13 @@ fn panel(
 /// # Errors
 /// When the picture cannot be drawn or written.
 pub fn plot_sweep(path: &Path, rows: &[SweepRow], title: &str) -> Result<()> {
-    let text = lora_train::report::register_any_font();
+    let text = crate::report::register_any_font();
+    let err = |e: &dyn std::fmt::Display| TrainError::Plot(format!("{}: {e}", path.display()));
     let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    root.fill(&WHITE).map_err(|e| err(&e))?;
     let root = if text {
         root.titled(title, ("sans-serif", 24))
-            .map_err(|e| anyhow!("{e}"))?
+            .map_err(|e| err(&e))?
     } else {
         root
     };
@@ -106,6 +109,6 @@ pub fn plot_sweep(path: &Path, rows: &[SweepRow], title: &str) -> Result<()> {
         |r| r.accuracy.map(|a| 100.0 * a),
         text,
     )?;
-    root.present().map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| err(&e))?;
     Ok(())
 }

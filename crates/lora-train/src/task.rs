@@ -1,15 +1,17 @@
-//! The data a `train` or `eval` run works on: TREC (the default) or a JSONL file, tokenized with
-//! the model's tokenizer, split into training and held-out examples.
+//! [`Task`]: the data a run works on — TREC (the default) or a JSONL file — tokenized with the
+//! model's tokenizer and split into training and held-out examples.
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
 use lora_models::tokenizer::TextTokenizer;
-use lora_train::data::{
+
+use crate::data::{
     Encoded, Sample, encode_all, load_trec, read_jsonl, trec_candidates, trec_sample,
 };
+use crate::error::TrainError;
 
 /// Tokenized training and held-out examples, and (for classification) the choices.
+#[derive(Debug, Clone)]
 pub struct Task {
     /// Short name for reports (`trec` or the file name).
     pub name: String,
@@ -23,16 +25,30 @@ pub struct Task {
     pub skipped: usize,
 }
 
-/// Loads `data` (`trec` or a JSONL path). A JSONL file is split deterministically: every 20th
-/// example is held out.
+impl Task {
+    /// The choices as slices, for [`crate::eval::evaluate`].
+    pub fn choices(&self) -> Option<crate::eval::Choices<'_>> {
+        self.choices
+            .as_ref()
+            .map(|(items, cands)| (&items[..], &cands[..]))
+    }
+}
+
+/// Loads `data` (`trec` or a JSONL path) with sequences of at most `seq_len` tokens and at most
+/// `eval_limit` held-out examples (0 = all). A JSONL file is split deterministically: every
+/// 20th example is held out.
+///
+/// # Errors
+/// [`TrainError::Data`] for unreadable or malformed data, [`TrainError::Config`] when held-out
+/// TREC questions do not fit in `seq_len` or no training example does.
 pub fn load_task(
     data: &str,
     tok: &TextTokenizer,
     seq_len: usize,
     eval_limit: usize,
-) -> Result<Task> {
+) -> Result<Task, TrainError> {
     if data == "trec" {
-        let split = load_trec().context("loading TREC")?;
+        let split = load_trec()?;
         let train_samples: Vec<Sample> = split.train.iter().map(trec_sample).collect();
         let mut test_ex = split.test.clone();
         if eval_limit > 0 {
@@ -42,10 +58,10 @@ pub fn load_task(
         let train = encode_all(&train_samples, tok, seq_len)?;
         let test = encode_all(&test_samples, tok, seq_len)?;
         if test.skipped > 0 {
-            bail!(
+            return Err(TrainError::Config(format!(
                 "{} held-out TREC examples do not fit in --seq-len {seq_len}; raise it",
                 test.skipped
-            );
+            )));
         }
         let items = test
             .examples
@@ -78,10 +94,10 @@ pub fn load_task(
     let train = encode_all(&train_s, tok, seq_len)?;
     let test = encode_all(&test_s, tok, seq_len)?;
     if train.examples.is_empty() {
-        bail!(
+        return Err(TrainError::Config(format!(
             "{}: no training example fits in --seq-len {seq_len}",
             path.display()
-        );
+        )));
     }
     let name = path
         .file_name()

@@ -83,7 +83,9 @@ pub fn run(
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     // Show the script's own progress lines; keep the tail for an error message.
-    let stderr = child.stderr.take().expect("piped");
+    let Some(stderr) = child.stderr.take() else {
+        return Err("bench_peft.py: no stderr pipe".into());
+    };
     let relay = std::thread::spawn(move || {
         let mut tail = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use lora_train::bench::Stats;
+use super::Stats;
 use serde::Serialize;
 
 use super::job::{Implementation, RawInference, RawTrain, TargetSet, TrainSettings};

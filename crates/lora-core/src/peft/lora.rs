@@ -1,4 +1,4 @@
-//! Adapter files in Hugging Face PEFT's format, both directions.
+//! LoRA adapter files in Hugging Face PEFT's format, both directions.
 //!
 //! A directory holds `adapter_config.json` and `adapter_model.safetensors` (header metadata
 //! `{"format": "pt"}`) with keys `base_model.model.<module path>.lora_A.weight` (`[r, d_in]`)
@@ -16,90 +16,16 @@ use std::path::Path;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::adapter::Adapter;
 use crate::config::LoraConfig;
 use crate::error::LoraError;
 use crate::inject::{AdaptReport, LoraModel};
-use crate::linear::LoraAdapter;
+use crate::lora::LoraAdapter;
+use crate::peft::{
+    CONFIG_FILE, KEY_PREFIX, PeftCommon, WEIGHTS_FILE, check_file_modules, read_config_json,
+};
 use crate::targets::TargetMatcher;
 use crate::tensor_io::{DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors};
-
-/// File name of the adapter config inside an adapter directory.
-pub const CONFIG_FILE: &str = "adapter_config.json";
-/// File name of the adapter weights inside an adapter directory.
-pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-/// Prefix PEFT puts in front of module paths (`PeftModel.base_model.model`).
-pub const KEY_PREFIX: &str = "base_model.model.";
-
-/// The `adapter_config.json` keys every PEFT adapter type shares (PEFT's `PeftConfig` and the
-/// common part of `LoraConfig` / `AdaLoraConfig` in `peft/tuners/*/config.py`). Unknown keys are
-/// ignored on read, as PEFT does.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeftCommon {
-    /// `"LORA"` or `"ADALORA"`.
-    pub peft_type: String,
-    /// `"CAUSAL_LM"` for language models.
-    #[serde(default)]
-    pub task_type: Option<String>,
-    /// Name or path of the base model the adapter was trained on.
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    /// Only `"none"` is supported (no trained biases).
-    #[serde(default = "none_str")]
-    pub bias: String,
-    /// `true` only for GPT-2-style Conv1D weights; Llama layers are `false`.
-    #[serde(default)]
-    pub fan_in_fan_out: bool,
-    /// Extra fully-trained modules; not supported.
-    #[serde(default)]
-    pub modules_to_save: Option<Vec<String>>,
-    /// PEFT writes `true` when saving.
-    #[serde(default)]
-    pub inference_mode: bool,
-}
-
-fn none_str() -> String {
-    "none".into()
-}
-
-impl PeftCommon {
-    /// What PEFT writes for an adapter of `peft_type` trained on `base_model`.
-    pub fn new(peft_type: &str, base_model: &str) -> Self {
-        PeftCommon {
-            peft_type: peft_type.into(),
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: Some(base_model.into()),
-            bias: none_str(),
-            fan_in_fan_out: false,
-            modules_to_save: None,
-            inference_mode: true,
-        }
-    }
-
-    /// Why an adapter with these shared settings cannot be loaded as `expected` (a PEFT type
-    /// name), or `None` when it can: another `peft_type`, trained biases, Conv1D layouts or
-    /// `modules_to_save`.
-    pub fn unsupported(&self, expected: &str) -> Option<String> {
-        if self.peft_type != expected {
-            return Some(format!(
-                "peft_type {:?} (this loader reads {expected:?}; LoRA adapters load with \
-                 peft::load_adapter, AdaLoRA ones with adalora::load_adapter)",
-                self.peft_type
-            ));
-        }
-        if self.bias != "none" {
-            return Some(format!("bias {:?} (only \"none\" is supported)", self.bias));
-        }
-        if self.fan_in_fan_out {
-            return Some(
-                "fan_in_fan_out: true (Conv1D layouts do not occur in Llama models)".into(),
-            );
-        }
-        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Some("modules_to_save is not supported".into());
-        }
-        None
-    }
-}
 
 /// `adapter_config.json` for a LoRA adapter: the [`LoraConfig`] fields plus PEFT's bookkeeping.
 /// Unknown keys are ignored on read, as PEFT does.
@@ -141,27 +67,6 @@ impl PeftLoraConfig {
             lora,
         }
     }
-}
-
-/// Reads `dir/adapter_config.json` as `T` (a LoRA or AdaLoRA config); returns the file's path
-/// too, for the caller's own error messages.
-///
-/// # Errors
-/// [`LoraError::Io`] if the file cannot be read, [`LoraError::AdapterConfig`] for bad JSON or
-/// missing fields.
-pub(crate) fn read_config_json<T: serde::de::DeserializeOwned>(
-    dir: &Path,
-) -> Result<(std::path::PathBuf, T), LoraError> {
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| LoraError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let value = serde_json::from_str(&text).map_err(|e| LoraError::AdapterConfig {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    Ok((path, value))
 }
 
 /// Reads `dir/adapter_config.json` as a LoRA adapter config.
@@ -222,8 +127,10 @@ pub fn save_adapter<M: LoraModel>(
     })?;
     let mut tensors = BTreeMap::new();
     let mut failure = None;
-    model.visit_linears(&mut |path, lin| {
-        let Some(adapter) = &lin.adapter else { return };
+    model.visit_adapters(&mut |path, adapter| {
+        let Adapter::Lora(adapter) = adapter else {
+            return;
+        };
         // burn [d_in, r] / [r, d_out] → PyTorch [r, d_in] / [d_out, r]: transpose here only.
         let a = HostTensor::from_tensor(adapter.lora_a.val().transpose());
         let b = HostTensor::from_tensor(adapter.lora_b.val().transpose());
@@ -312,27 +219,13 @@ pub fn load_adapter<M: LoraModel>(
     }
 
     let matcher = TargetMatcher::new(&cfg)?;
-    let model_paths = model.linear_paths();
-    for path in by_module.keys() {
-        let key = format!("{KEY_PREFIX}{path}.lora_A.weight");
-        if !model_paths.contains(path) {
-            let hint = model_paths.first().cloned().unwrap_or_default();
-            return Err(err(
-                &key,
-                format!(
-                    "module {path:?} does not exist in this model (its linear layers look like {hint:?}); is the adapter for another model?"
-                ),
-            ));
-        }
-        if !matcher.matches(path) {
-            return Err(err(
-                &key,
-                format!(
-                    "module {path:?} is not selected by the adapter's target_modules / layers_to_transform"
-                ),
-            ));
-        }
-    }
+    check_file_modules(
+        by_module.keys(),
+        &model.linear_paths(),
+        &matcher,
+        &file,
+        |p| format!("{KEY_PREFIX}{p}.lora_A.weight"),
+    )?;
     if by_module.is_empty() {
         return Err(err("", "the adapter file holds no LoRA tensors".into()));
     }

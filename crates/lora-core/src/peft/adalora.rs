@@ -13,6 +13,8 @@
 //! `resize_state_dict_by_rank_pattern`, `_remap_adapter_state_dict_for_load`,
 //! `resize_modules_by_rank_pattern`), `config.py`; checked against files PEFT 0.21.2 wrote
 //! (`fixtures/tiny-llama/peft-adalora`).
+//!
+//! (Kept-rank bookkeeping after training — `final_ranks` — is in [`crate::adalora::allocator`].)
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -20,11 +22,13 @@ use std::path::Path;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::adalora::config::{AdaLoraConfig, RankPattern};
-use crate::adalora::layer::AdaLoraAdapter;
+use crate::adalora::adapter::AdaLoraAdapter;
+use crate::adalora::config::AdaLoraConfig;
 use crate::error::LoraError;
 use crate::inject::{AdaptReport, LoraModel};
-use crate::peft::{CONFIG_FILE, KEY_PREFIX, PeftCommon, WEIGHTS_FILE};
+use crate::peft::{
+    CONFIG_FILE, KEY_PREFIX, PeftCommon, WEIGHTS_FILE, check_file_modules, read_config_json,
+};
 use crate::targets::TargetMatcher;
 use crate::tensor_io::{DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors};
 
@@ -64,7 +68,7 @@ fn pattern_key_to_path(key: &str) -> &str {
 /// [`LoraError::UnsupportedAdapter`] for another `peft_type`, biases, Conv1D layouts or
 /// `modules_to_save`.
 pub fn read_config(dir: &Path) -> Result<AdaLoraConfig, LoraError> {
-    let (path, file): (_, PeftAdaLoraConfig) = crate::peft::read_config_json(dir)?;
+    let (path, file): (_, PeftAdaLoraConfig) = read_config_json(dir)?;
     let unsupported = |message: String| LoraError::UnsupportedAdapter {
         path: path.clone(),
         message,
@@ -145,7 +149,7 @@ pub fn save_adapter<M: LoraModel>(
     model.visit_linears(&mut |path, lin| {
         let pattern = config.rank_pattern.as_ref().and_then(|p| p.get(path));
         let key = |name: &str| format!("{KEY_PREFIX}{path}.{name}");
-        let Some(a) = &lin.adalora else {
+        let Some(a) = lin.adapter.as_ref().and_then(|a| a.as_adalora()) else {
             // A module pruned to rank 0 carries no adapter here; PEFT still saves (and on load
             // expects) its empty tensors.
             if pattern.is_some_and(|keep| !keep.iter().any(|k| *k)) {
@@ -258,26 +262,13 @@ pub fn load_adapter<M: LoraModel>(
         return Err(err("", "the adapter file holds no AdaLoRA tensors".into()));
     }
     let matcher = TargetMatcher::new(&cfg.targets())?;
-    let model_paths = model.linear_paths();
-    for path in by_module.keys() {
-        let key = format!("{KEY_PREFIX}{path}.lora_A");
-        if !model_paths.contains(path) {
-            return Err(err(
-                &key,
-                format!(
-                    "module {path:?} does not exist in this model; is the adapter for another model?"
-                ),
-            ));
-        }
-        if !matcher.matches(path) {
-            return Err(err(
-                &key,
-                format!(
-                    "module {path:?} is not selected by the adapter's target_modules / layers_to_transform"
-                ),
-            ));
-        }
-    }
+    check_file_modules(
+        by_module.keys(),
+        &model.linear_paths(),
+        &matcher,
+        &file,
+        |p| format!("{KEY_PREFIX}{p}.lora_A"),
+    )?;
 
     let mut model = model.no_grad();
     model.visit_linears_mut(&mut |path, lin| {
@@ -313,32 +304,8 @@ pub fn load_adapter<M: LoraModel>(
             p.transposed_2d().to_tensor(device),
             &cfg,
         );
-        lin.attach_adalora(adapter, path)
+        lin.attach(adapter, path)
     })?;
     let report = AdaptReport::of(&model);
     Ok((model, cfg, report))
-}
-
-/// The kept rank of every adapted module, in model order: its `rank_pattern` count, or the
-/// number of non-zero `λ` when there is no pattern entry.
-pub fn final_ranks<M: LoraModel>(model: &M, pattern: Option<&RankPattern>) -> Vec<(String, usize)> {
-    let mut out = Vec::new();
-    model.visit_linears(&mut |path, lin| {
-        if let Some(a) = &lin.adalora {
-            let rank = match pattern.and_then(|p| p.get(path)) {
-                Some(keep) => keep.iter().filter(|k| **k).count(),
-                None => a.active_rank(),
-            };
-            out.push((path.to_string(), rank));
-        }
-    });
-    out
-}
-
-/// Whether `dir/adapter_config.json` says `peft_type: "ADALORA"` (an unreadable file is not).
-pub fn is_adalora_adapter(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join(CONFIG_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| v["peft_type"] == "ADALORA")
 }

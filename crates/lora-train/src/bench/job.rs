@@ -4,19 +4,27 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
 use burn::module::{Lora, Module, ParamGroup};
 use burn::tensor::{Distribution, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use lora_core::quant::{Nf4Config, quantize_base};
 use lora_core::targets::TargetMatcher;
-use lora_core::{BackendKind, LoraConfig, LoraModel, TargetModules, apply_lora, select_device};
-use lora_models::Llama;
-use lora_train::bench::{
-    bench_token_ids, rss_now_bytes, time_generation, time_training, trainable_params,
+use lora_core::{
+    Adapter, BackendKind, LoraConfig, LoraModel, TargetModules, apply_lora, select_device,
 };
-use lora_train::trainer::peak_rss_bytes;
+use lora_models::Llama;
 use serde::{Deserialize, Serialize};
+
+use super::{
+    Progress, bench_token_ids, rss_now_bytes, time_generation, time_training, trainable_params,
+};
+use crate::error::TrainError;
+use crate::report::peak_rss_bytes;
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+fn fail(message: String) -> TrainError {
+    TrainError::Bench(message)
+}
 
 /// Which LoRA implementation a training row measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +110,7 @@ impl TargetSet {
         match s {
             "qv" | "q,v" | "q_proj,v_proj" => Ok(TargetSet::Qv),
             "all" | "all-linear" => Ok(TargetSet::AllLinear),
-            other => bail!("unknown target set {other:?}; use qv or all"),
+            other => Err(fail(format!("unknown target set {other:?}; use qv or all"))),
         }
     }
 }
@@ -228,20 +236,20 @@ fn lora_config(targets: TargetSet, rank: usize, alpha: f64) -> LoraConfig {
     LoraConfig::new(rank, alpha, TargetModules::parse_cli(targets.modules()))
 }
 
-fn progress(label: &str, n: usize) -> ProgressBar {
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} steps {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(label.to_string());
-    bar
+fn json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| fail(format!("bench result: {e}")))
 }
 
-/// Runs `spec` in this process and prints the result as one JSON line on stdout.
-pub fn run_one(spec: &JobSpec) -> Result<()> {
-    let kind: BackendKind = spec.backend.parse()?;
+/// Runs `spec` in this process and returns the result as one JSON line (what the parent reads
+/// from the child's stdout), reporting progress to `progress`.
+///
+/// # Errors
+/// [`TrainError`] if the model cannot be loaded, adapted or trained.
+pub fn run_one(spec: &JobSpec, progress: &mut dyn FnMut(Progress<'_>)) -> Result<String> {
+    let kind: BackendKind = spec
+        .backend
+        .parse()
+        .map_err(|e: lora_core::LoraError| TrainError::Config(e.to_string()))?;
     let device = select_device(kind)?;
     let line = match &spec.job {
         Job::Train {
@@ -264,10 +272,11 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
             let rss_after_load = rss_now_bytes().unwrap_or(0);
             let trainable = trainable_params(&model);
             let n = settings.warmup + settings.steps;
-            let bar = progress(
-                &format!("{} {}", implementation.label(), targets.label()),
-                n,
-            );
+            let label = format!("{} {}", implementation.label(), targets.label());
+            progress(Progress::Start {
+                label: &label,
+                total: n,
+            });
             let (_, t) = time_training(
                 model,
                 &ids,
@@ -276,12 +285,14 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
                 settings.lr,
                 settings.weight_decay,
                 &mut |i, _, secs, loss| {
-                    bar.set_position(i as u64);
-                    bar.set_message(format!("last {secs:.2}s, loss {loss:.3}"));
+                    progress(Progress::Step {
+                        done: i,
+                        message: format!("last {secs:.2}s, loss {loss:.3}"),
+                    })
                 },
             )?;
-            bar.finish_and_clear();
-            serde_json::to_string(&RawTrain {
+            progress(Progress::Done);
+            json(&RawTrain {
                 step_s: t.step_s,
                 forward_s: t.forward_s,
                 backward_s: t.backward_s,
@@ -297,12 +308,10 @@ pub fn run_one(spec: &JobSpec) -> Result<()> {
         }
         Job::Inference(settings) => {
             let base = load_model(&spec.model, &device)?;
-            let result = run_inference(base, settings)?;
-            serde_json::to_string(&result)?
+            json(&run_inference(base, settings, progress)?)?
         }
     };
-    println!("{line}");
-    Ok(())
+    Ok(line)
 }
 
 /// The model alone (a Hugging Face directory needs no tokenizer here, so the tiny test fixtures
@@ -313,7 +322,7 @@ fn load_model(path: &std::path::Path, device: &burn::tensor::Device) -> Result<L
     } else {
         lora_models::load(path, device).map(|p| p.model)
     };
-    model.with_context(|| format!("loading {}", path.display()))
+    Ok(model?)
 }
 
 /// Puts trainable adapters on `base` with `implementation`'s mechanism; returns the model and
@@ -352,13 +361,15 @@ fn adapt(
             );
             let adapted = trainable_params(&model);
             if adapted == 0 || n == 0 {
-                bail!("burn's apply_lora adapted no parameter (paths did not match)");
+                return Err(fail(
+                    "burn's apply_lora adapted no parameter (paths did not match)".into(),
+                ));
             }
             Ok((model, 32.0))
         }
-        Implementation::Peft | Implementation::PeftNf4 => {
-            bail!("PEFT runs in Python (scripts/bench_peft.py), not here")
-        }
+        Implementation::Peft | Implementation::PeftNf4 => Err(fail(
+            "PEFT runs in Python (scripts/bench_peft.py), not here".into(),
+        )),
     }
 }
 
@@ -388,12 +399,13 @@ fn run_inference(
         rounds,
         seed,
     }: &InferenceSettings,
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<RawInference> {
-    let device = base.lm_head.weight.val().device();
+    let device = base.device();
     device.seed(seed);
     let (mut unmerged, _) = apply_lora(base.clone(), &lora_config(targets, rank, 16.0), &device)?;
-    unmerged.visit_linears_mut(&mut |_, lin| {
-        if let Some(a) = lin.adapter.as_mut() {
+    unmerged.visit_adapters_mut(&mut |_, adapter| {
+        if let Adapter::Lora(a) = adapter {
             let dims = a.lora_b.shape().dims::<2>();
             let b = Tensor::<2>::random(dims, Distribution::Normal(0.0, 0.02), &device);
             a.lora_b = a.lora_b.clone().map(|_| b);
@@ -433,11 +445,14 @@ fn run_inference(
         .map(|(name, _, _)| (name.to_string(), Vec::new(), Vec::new()))
         .collect();
     const NF4_ROUNDS: usize = 2;
-    let bar = progress("inference", (rounds + 1) * variants.len() + NF4_ROUNDS + 1);
+    progress(Progress::Start {
+        label: "inference",
+        total: (rounds + 1) * variants.len() + NF4_ROUNDS + 1,
+    });
+    let mut done = 0;
     // Round 0 warms up (first allocations, caches) and is not recorded.
     for round in 0..=rounds {
         for (i, (name, model, copy)) in variants.iter().enumerate() {
-            bar.set_message(format!("round {round}: {name}"));
             let fresh = if *copy {
                 Some(fresh_weights((*model).clone())?)
             } else {
@@ -449,7 +464,11 @@ fn run_inference(
                 out[i].1.push(prefill);
                 out[i].2.push(decode);
             }
-            bar.inc(1);
+            done += 1;
+            progress(Progress::Step {
+                done,
+                message: format!("round {round}: {name}"),
+            });
         }
     }
     // QLoRA's base (NF4, all but lm_head) dequantizes every layer in every forward, a decode
@@ -459,16 +478,19 @@ fn run_inference(
     quantize_base(&mut nf4, &Nf4Config::default(), &["lm_head"])?;
     let mut nf4_row = ("base in NF4".to_string(), Vec::new(), Vec::new());
     for round in 0..=NF4_ROUNDS {
-        bar.set_message(format!("round {round}: base in NF4"));
         let (prefill, decode) = time_generation(&nf4, &prompt, decode_tokens)?;
         if round > 0 {
             nf4_row.1.push(prefill);
             nf4_row.2.push(decode);
         }
-        bar.inc(1);
+        done += 1;
+        progress(Progress::Step {
+            done,
+            message: format!("round {round}: base in NF4"),
+        });
     }
     out.push(nf4_row);
-    bar.finish_and_clear();
+    progress(Progress::Done);
     Ok(RawInference {
         variants: out,
         merged_max_abs_diff: diff,

@@ -1,0 +1,196 @@
+//! `burn-lora bench`: flags → [`BenchConfig`], then [`lora_train::bench::run_bench`]; prints
+//! the tables. With the hidden `--one JOB` it is the child process that runs one configuration
+//! ([`lora_train::bench::run_one`]) and prints its result as one JSON line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use indicatif::{ProgressBar, ProgressStyle};
+use lora_models::cache;
+use lora_train::bench::peft::default_python;
+use lora_train::bench::{
+    BenchConfig, ChildCommand, JobSpec, Progress, SweepEval, TargetSet, TrainSettings, parse_impl,
+    parse_list, run_bench, run_one,
+};
+
+/// Arguments of `bench`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Backend: flex (CPU, default), ndarray (CPU) or wgpu.
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+    /// GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct from the cache).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Print bench.json on stdout (tables go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Timed training steps per configuration.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed warm-up steps before them.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// A short run for a quick look: 1 warm-up and 3 timed steps, 2 inference rounds.
+    #[arg(long)]
+    pub quick: bool,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// lora_alpha.
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// Target sets, comma-separated: qv (q_proj, v_proj) and/or all (all-linear).
+    #[arg(long, default_value = "qv,all")]
+    pub targets: String,
+    /// Implementations, comma-separated: ours, burn (burn's apply_lora), peft, and the QLoRA
+    /// rows ours-nf4 and peft-nf4 (PEFT on a bitsandbytes NF4 base).
+    #[arg(long, default_value = "ours,burn,peft,ours-nf4,peft-nf4")]
+    pub impls: String,
+    /// What to measure, comma-separated: training, inference.
+    #[arg(long, default_value = "training,inference")]
+    pub parts: String,
+    /// Gradient checkpointing (burn's balanced strategy) for the burn rows: less memory, more
+    /// compute.
+    #[arg(long)]
+    pub checkpointing: bool,
+    /// Threads for every implementation (rayon for burn, intra-op threads for PyTorch).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Python with torch, transformers and peft (default ~/.cache/burn-lora/venv/bin/python).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Prompt tokens for the inference rows (prefill).
+    #[arg(long, default_value_t = 256)]
+    pub prompt_len: usize,
+    /// Decoded tokens per inference round.
+    #[arg(long, default_value_t = 32)]
+    pub decode_tokens: usize,
+    /// Timed inference rounds (each runs every variant once, on fresh copies of its weights).
+    #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Instead of the tables: sweep these LoRA ranks (ours), e.g. 4,8,16,32,64.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep_rank: Option<Vec<usize>>,
+    /// Target set of the rank sweep (qv or all); lora_alpha is 2·r there.
+    #[arg(long, default_value = "all")]
+    pub sweep_targets: String,
+    /// With --sweep-rank: also fine-tune each rank on TREC (`burn-lora train`, its defaults
+    /// otherwise) and record the held-out accuracy.
+    #[arg(long)]
+    pub eval: bool,
+    /// Optimizer steps of each --eval run.
+    #[arg(long, default_value_t = 60)]
+    pub eval_steps: usize,
+    /// Held-out TREC examples each --eval run is scored on.
+    #[arg(long, default_value_t = 200)]
+    pub eval_limit: usize,
+    /// Directory for bench.json (and rank_sweep.png); default runs/bench-<unix time>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Internal: run one configuration (JSON) in this process and print its result.
+    #[arg(long, hide = true)]
+    pub one: Option<String>,
+}
+
+impl Args {
+    fn config(&self) -> Result<BenchConfig> {
+        let (warmup, steps, rounds) = if self.quick {
+            (1, 3, 2)
+        } else {
+            (self.warmup, self.steps, self.rounds)
+        };
+        let parts: Vec<String> = parse_list(&self.parts, |s| Ok(s.to_string()))?;
+        Ok(BenchConfig {
+            backend: self.backend.clone(),
+            model: match &self.model {
+                Some(p) => p.clone(),
+                None => cache::ensure_default_model()?,
+            },
+            settings: TrainSettings {
+                batch: self.batch,
+                seq_len: self.seq_len,
+                rank: self.rank,
+                alpha: self.alpha,
+                warmup,
+                steps,
+                lr: 2e-4,
+                weight_decay: 0.01,
+                seed: 20240607,
+                checkpointing: self.checkpointing,
+            },
+            targets: parse_list(&self.targets, TargetSet::parse)?,
+            impls: parse_list(&self.impls, parse_impl)?,
+            training: parts.iter().any(|p| p == "training"),
+            inference: parts.iter().any(|p| p == "inference"),
+            threads: self.threads,
+            python: self.python.clone().unwrap_or_else(default_python),
+            prompt_len: self.prompt_len,
+            decode_tokens: self.decode_tokens,
+            rounds,
+            sweep_rank: self.sweep_rank.clone(),
+            sweep_targets: TargetSet::parse(&self.sweep_targets)?,
+            sweep_eval: self.eval.then_some(SweepEval {
+                steps: self.eval_steps,
+                limit: self.eval_limit,
+            }),
+            out: self.out.clone(),
+        })
+    }
+}
+
+/// Draws a child job's [`Progress`] as a bar on stderr.
+fn progress_bar() -> impl FnMut(Progress<'_>) {
+    let mut bar: Option<ProgressBar> = None;
+    move |event| match event {
+        Progress::Start { label, total } => {
+            let b = ProgressBar::new(total as u64);
+            if let Ok(style) =
+                ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} steps {msg}")
+            {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b.set_prefix(label.to_string());
+            bar = Some(b);
+        }
+        Progress::Step { done, message } => {
+            if let Some(b) = &bar {
+                b.set_position(done as u64);
+                b.set_message(message);
+            }
+        }
+        Progress::Done => {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+        }
+    }
+}
+
+/// Runs `bench`.
+pub fn run(args: Args) -> Result<()> {
+    if let Some(one) = &args.one {
+        let spec: JobSpec = serde_json::from_str(one).context("--one: not a bench job")?;
+        println!("{}", run_one(&spec, &mut progress_bar())?);
+        return Ok(());
+    }
+    let config = args.config()?;
+    let child = ChildCommand {
+        program: std::env::current_exe().context("finding this binary to run a child")?,
+    };
+    let outcome = run_bench(&config, &child, &mut |line| eprintln!("{line}"))?;
+    if args.json {
+        eprintln!("{}", outcome.tables);
+        println!("{}", serde_json::to_string_pretty(&outcome.results)?);
+    } else {
+        println!("\n{}", outcome.tables);
+    }
+    Ok(())
+}

@@ -1,0 +1,494 @@
+//! The whole training run as one library call, [`run_training`]: load the model (optionally in
+//! NF4), load and split the task, attach adapters (or restore them from the run's checkpoint),
+//! evaluate the base model, train, save the adapter, evaluate again, and leave a run directory
+//! behind: `adapter/` (PEFT), `metrics.jsonl`, `eval_before.json`, `summary.json`, `loss.png`,
+//! `config.toml`, `checkpoint/` (and `ranks.png` for AdaLoRA).
+//!
+//! ```no_run
+//! use lora_train::{RunDir, Silent, TrainConfig, run_training};
+//!
+//! # fn main() -> Result<(), lora_train::TrainError> {
+//! // SmolLM2-135M-Instruct on TREC with the README's defaults; change any field first.
+//! let config = TrainConfig::default();
+//! let run = RunDir::create(None)?; // runs/run-<unix time>
+//! let summary = run_training(&config, &run, &mut Silent)?;
+//! println!(
+//!     "held-out accuracy {:?} → {:?}",
+//!     summary.before.accuracy, summary.after.accuracy
+//! );
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use lora_core::adalora::{RankAllocator, apply_adalora};
+use lora_core::peft::{self, AdapterConfig};
+use lora_core::quant::quantize_base;
+use lora_core::tensor_io::write_atomic;
+use lora_core::{AdaptReport, BackendKind, apply_lora, select_device};
+use lora_models::{Llama, cache};
+use serde::Serialize;
+
+use crate::checkpoint::RunCheckpoint;
+use crate::config::{Method, TrainConfig};
+use crate::error::TrainError;
+use crate::eval::{EvalReport, evaluate};
+use crate::rank_report::{RankSummary, finish_adalora};
+use crate::report::{MetricsLog, peak_rss_bytes, plot_loss, read_metrics};
+use crate::task::{Task, load_task};
+use crate::trainer::{EvalPoint, Observer, Outcome, StepMetrics, TrainLoop, train};
+
+/// Held-out examples per evaluation forward pass.
+const EVAL_BATCH: usize = 32;
+
+/// `runs/<prefix>-<unix seconds>`: the default directory of a run or a benchmark (not created
+/// here).
+pub fn timestamped_dir(prefix: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PathBuf::from("runs").join(format!("{prefix}-{secs}"))
+}
+
+/// The directory a run writes into: a new one, or one being resumed.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    resuming: bool,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl RunDir {
+    /// A new run directory at `path` (default `runs/run-<unix seconds>`), created; it must not
+    /// exist yet or be empty, so no earlier run is ever overwritten.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] if it already holds files, [`TrainError::Io`] if it cannot be
+    /// created.
+    pub fn create(path: Option<&Path>) -> Result<Self, TrainError> {
+        let path = path.map_or_else(|| timestamped_dir("run"), Path::to_path_buf);
+        let holds_files = path.exists()
+            && std::fs::read_dir(&path)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true);
+        if holds_files {
+            return Err(TrainError::Config(format!(
+                "{} already holds files (another run?); nothing was overwritten. Choose a new --out, or continue it with --resume {}",
+                path.display(),
+                path.display()
+            )));
+        }
+        std::fs::create_dir_all(&path).map_err(io(&path))?;
+        Ok(RunDir {
+            path,
+            resuming: false,
+        })
+    }
+
+    /// An existing run directory to continue from its last checkpoint.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] if `path` holds no `config.toml` (it is not a run directory).
+    pub fn resume(path: &Path) -> Result<Self, TrainError> {
+        if !path.join("config.toml").exists() {
+            return Err(TrainError::Config(format!(
+                "{} is not a run directory (no config.toml) — nothing to resume",
+                path.display()
+            )));
+        }
+        Ok(RunDir {
+            path: path.to_path_buf(),
+            resuming: true,
+        })
+    }
+
+    /// Where the run's files go.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this run continues an earlier one.
+    pub fn is_resume(&self) -> bool {
+        self.resuming
+    }
+
+    /// The config the run was started with (`config.toml`), as a layer for
+    /// [`TrainConfig::layered`].
+    ///
+    /// # Errors
+    /// As [`TrainConfig::read_table`].
+    pub fn saved_config(&self) -> Result<toml::Table, TrainError> {
+        TrainConfig::read_table(&self.path.join("config.toml"))
+    }
+}
+
+/// How the base weights were stored, for `summary.json` (QLoRA runs).
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantSummary {
+    /// `nf4`.
+    pub method: &'static str,
+    /// Weights per block.
+    pub block_size: usize,
+    /// Whether the block scales are quantized again.
+    pub double_quant: bool,
+    /// Linear layers stored in NF4.
+    pub quantized_modules: usize,
+    /// Weights stored in NF4.
+    pub quantized_weights: usize,
+    /// Bytes those weights take on the device.
+    pub base_bytes_on_device: usize,
+    /// `8 · base_bytes_on_device / quantized_weights`.
+    pub bits_per_weight: f64,
+    /// Bytes the same weights took before, in f32.
+    pub f32_bytes_before: usize,
+}
+
+/// What a run did and measured: `summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// The effective config.
+    pub config: TrainConfig,
+    /// The model file or directory.
+    pub model: String,
+    /// The task's name.
+    pub task: String,
+    /// Training examples.
+    pub train_examples: usize,
+    /// Held-out examples.
+    pub heldout_examples: usize,
+    /// Examples dropped because their answer did not fit in `seq_len`.
+    pub skipped_examples: usize,
+    /// Trainable adapter values.
+    pub trainable_params: usize,
+    /// Adapted linear layers.
+    pub adapted_modules: usize,
+    /// The base model's held-out numbers.
+    pub before: EvalReport,
+    /// The fine-tuned model's held-out numbers.
+    pub after: EvalReport,
+    /// How accuracy is decided.
+    pub accuracy_rule: &'static str,
+    /// Median training tokens/s over this process's steps.
+    pub tokens_per_s: f64,
+    /// Peak resident memory of the process, bytes.
+    pub peak_rss_bytes: Option<u64>,
+    /// Seconds from the start of the call to the end.
+    pub wall_time_s: f64,
+    /// Seconds in the training loop.
+    pub train_time_s: f64,
+    /// The backend's name.
+    pub backend: String,
+    /// `finished` or `interrupted`.
+    pub outcome: &'static str,
+    /// Optimizer steps done by the end of the run.
+    pub steps_done: usize,
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// QLoRA only: how the base weights are stored.
+    pub quant: Option<QuantSummary>,
+    /// AdaLoRA only: where the rank budget went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adalora: Option<RankSummary>,
+}
+
+impl Summary {
+    /// Whether the run stopped early (Ctrl-C); it continues with `--resume`.
+    pub fn interrupted(&self) -> bool {
+        self.outcome == "interrupted"
+    }
+}
+
+/// Passes every event on, and keeps what the run directory needs: `metrics.jsonl`, the
+/// intermediate evaluations for `loss.png`, the step rates for the summary.
+struct Recorder<'a> {
+    inner: &'a mut dyn Observer,
+    log: MetricsLog,
+    evals: Vec<(usize, EvalReport)>,
+    rates: Vec<f64>,
+}
+
+impl Observer for Recorder<'_> {
+    fn on_message(&mut self, text: &str) {
+        self.inner.on_message(text);
+    }
+    fn on_eval_start(&mut self, at: EvalPoint, examples: usize) {
+        self.inner.on_eval_start(at, examples);
+    }
+    fn on_eval(&mut self, at: EvalPoint, e: &EvalReport) {
+        if let EvalPoint::Step(step) = at {
+            self.evals.push((step, e.clone()));
+            let line = serde_json::json!({"event": "eval", "step": step, "loss": e.loss, "accuracy": e.accuracy});
+            if let Err(err) = self.log.write(&line) {
+                self.inner.on_message(&format!("warning: {err}"));
+            }
+        }
+        self.inner.on_eval(at, e);
+    }
+    fn on_train_start(&mut self, start: usize, total: usize) {
+        self.inner.on_train_start(start, total);
+    }
+    fn on_step(&mut self, m: &StepMetrics) {
+        if let Err(err) = self.log.write(m) {
+            self.inner.on_message(&format!("warning: {err}"));
+        }
+        self.rates.push(m.tokens_per_s);
+        self.inner.on_step(m);
+    }
+    fn on_checkpoint(&mut self, step: usize) {
+        self.inner.on_checkpoint(step);
+    }
+    fn interrupted(&self) -> bool {
+        self.inner.interrupted()
+    }
+}
+
+/// Held-out loss, perplexity and accuracy of `model` (dropout off, no autodiff), announced to
+/// `observer`.
+fn evaluate_at(
+    model: &Llama,
+    task: &Task,
+    pad: u32,
+    at: EvalPoint,
+    observer: &mut dyn Observer,
+) -> Result<EvalReport, TrainError> {
+    observer.on_eval_start(at, task.test.len());
+    let report = evaluate(&model.valid(), &task.test, task.choices(), EVAL_BATCH, pad)?;
+    observer.on_eval(at, &report);
+    Ok(report)
+}
+
+/// Quantizes every linear layer but `lm_head` to NF4 when the config asks (QLoRA; transformers
+/// keeps `lm_head` in full precision too).
+fn quantize_if_asked(
+    model: &mut Llama,
+    cfg: &TrainConfig,
+    observer: &mut dyn Observer,
+) -> Result<Option<QuantSummary>, TrainError> {
+    let Some(nf4) = cfg.quant.to_nf4().map_err(TrainError::Config)? else {
+        return Ok(None);
+    };
+    let t = Instant::now();
+    let r = quantize_base(model, &nf4, &["lm_head"])?;
+    let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+    observer.on_message(&format!(
+        "QLoRA: {} linear layers in NF4 (block {}, double quantization {}): {} weights in {:.1} MiB on the device, {:.3} bits/weight (f32: {:.1} MiB) in {:.1}s",
+        r.modules.len(),
+        nf4.block_size,
+        if nf4.double_quant { "on" } else { "off" },
+        r.weights,
+        mib(r.storage_bytes),
+        r.bits_per_weight(),
+        mib(r.dense_bytes),
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(Some(QuantSummary {
+        method: "nf4",
+        block_size: nf4.block_size,
+        double_quant: nf4.double_quant,
+        quantized_modules: r.modules.len(),
+        quantized_weights: r.weights,
+        base_bytes_on_device: r.storage_bytes,
+        bits_per_weight: r.bits_per_weight(),
+        f32_bytes_before: r.dense_bytes,
+    }))
+}
+
+/// The adapter kind the run trains and saves.
+fn adapter_config(cfg: &TrainConfig) -> AdapterConfig {
+    match cfg.method {
+        Method::Lora => AdapterConfig::Lora(cfg.lora.clone()),
+        Method::Adalora => AdapterConfig::AdaLora(cfg.adalora_config()),
+    }
+}
+
+/// Fresh adapters of the run's method on `model`; for AdaLoRA also its rank allocator.
+fn attach_fresh(
+    model: Llama,
+    cfg: &TrainConfig,
+    device: &burn::tensor::Device,
+) -> Result<(Llama, Option<RankAllocator>), TrainError> {
+    Ok(match cfg.method {
+        Method::Lora => (apply_lora(model, &cfg.lora, device)?.0, None),
+        Method::Adalora => {
+            let adalora = cfg.adalora_config();
+            let (model, _) = apply_adalora(model, &adalora, device)?;
+            let allocator = RankAllocator::new(&model, &adalora)?;
+            (model, Some(allocator))
+        }
+    })
+}
+
+/// Runs (or, for a [`RunDir::resume`] directory, continues) the training job `cfg` describes,
+/// writing into `run`. See the module docs for what it does and leaves behind.
+///
+/// # Errors
+/// [`TrainError`] naming the file, key, line or step: a model or data file that cannot be read,
+/// a bad config, a non-finite loss (the last good checkpoint is kept), a file that cannot be
+/// written.
+pub fn run_training(
+    cfg: &TrainConfig,
+    run: &RunDir,
+    observer: &mut dyn Observer,
+) -> Result<Summary, TrainError> {
+    let t0 = Instant::now();
+    cfg.validate().map_err(TrainError::Config)?;
+    let dir = run.path();
+    if !run.is_resume() {
+        write_atomic(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    }
+    let kind: BackendKind = cfg
+        .backend
+        .parse()
+        .map_err(|e: lora_core::LoraError| TrainError::Config(e.to_string()))?;
+    let device = select_device(kind)?.autodiff();
+    let model_path = match &cfg.model {
+        Some(p) => p.clone(),
+        None => cache::ensure_default_model()?,
+    };
+    let mut pretrained = lora_models::load(&model_path, &device)?;
+    let quant = quantize_if_asked(&mut pretrained.model, cfg, observer)?;
+    let tok = pretrained.tokenizer.clone();
+    let base_name = pretrained.name();
+    let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
+    // Sequences never exceed the context the model's RoPE tables cover.
+    let seq_len = cfg.seq_len.min(pretrained.model.config.max_seq_len);
+    let task = load_task(&cfg.data, &tok, seq_len, cfg.eval_limit)?;
+    let adapter = adapter_config(cfg);
+    let checkpoint = RunCheckpoint::new(dir, adapter.clone(), &base_name);
+
+    let (model, resume, mut allocator) = if run.is_resume() {
+        if cfg.method == Method::Adalora {
+            return Err(TrainError::Config(
+                "resuming an AdaLoRA run is not supported yet (its importance scores are not checkpointed); start a new run".into(),
+            ));
+        }
+        let state = checkpoint.load_state()?;
+        let (mut model, _, _) =
+            peft::load_adapter(pretrained.model, &checkpoint.adapter_dir()?, &device)?;
+        checkpoint.restore_param_ids(&mut model)?;
+        (model, Some(state), None)
+    } else {
+        device.seed(cfg.seed);
+        let (model, allocator) = attach_fresh(pretrained.model, cfg, &device)?;
+        (model, None, allocator)
+    };
+    let report = AdaptReport::of(&model);
+    let total = model.config.num_params();
+    observer.on_message(&format!(
+        "{} · task {} ({} train / {} held-out, {} skipped) · {} on {} modules · {} trainable parameters ({:.3}% of {})",
+        base_name,
+        task.name,
+        task.train.len(),
+        task.test.len(),
+        task.skipped,
+        adapter.describe(),
+        report.modules.len(),
+        report.trainable_params,
+        100.0 * report.trainable_params as f64 / total as f64,
+        total
+    ));
+
+    // Before: the base model (B = 0, so the adapter changes nothing yet).
+    let before_path = dir.join("eval_before.json");
+    let before: EvalReport = if run.is_resume() && before_path.exists() {
+        let text = std::fs::read_to_string(&before_path).map_err(io(&before_path))?;
+        serde_json::from_str(&text).map_err(|e| {
+            TrainError::Checkpoint(format!(
+                "{}: {e} (delete the file to evaluate the base model again)",
+                before_path.display()
+            ))
+        })?
+    } else {
+        let b = evaluate_at(&model, &task, pad, EvalPoint::Before, observer)?;
+        let text =
+            serde_json::to_string_pretty(&b).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        write_atomic(&before_path, text.as_bytes())?;
+        b
+    };
+
+    let mut recorder = Recorder {
+        inner: observer,
+        log: MetricsLog::open(dir)?,
+        evals: vec![(0, before.clone())],
+        rates: Vec::new(),
+    };
+    let t_train = Instant::now();
+    let job = TrainLoop {
+        data: &task.train,
+        pad_id: pad,
+        config: cfg,
+        checkpoint: &checkpoint,
+        resume,
+        allocator: allocator.as_mut(),
+    };
+    let mut eval_fn = |m: &Llama| evaluate(&m.valid(), &task.test, task.choices(), EVAL_BATCH, pad);
+    let (mut model, outcome) = train(model, job, &mut recorder, &mut eval_fn)?;
+    let train_time_s = t_train.elapsed().as_secs_f64();
+    let Recorder {
+        inner: observer,
+        mut evals,
+        mut rates,
+        ..
+    } = recorder;
+
+    let adalora = match &allocator {
+        Some(a) => Some(finish_adalora(&mut model, a, &base_name, dir)?),
+        None => {
+            peft::save_adapter(&model, &adapter, &base_name, &dir.join("adapter"))?;
+            None
+        }
+    };
+    let after = evaluate_at(&model, &task, pad, EvalPoint::After, observer)?;
+    let steps_done = match outcome {
+        Outcome::Finished => cfg.steps,
+        Outcome::Interrupted => checkpoint.load_state()?.step,
+    };
+    evals.push((steps_done, after.clone()));
+    let steps = read_metrics(&dir.join("metrics.jsonl"), steps_done)?;
+    let title = match cfg.method {
+        Method::Lora => format!("LoRA r={} on {} — {}", cfg.lora.r, base_name, task.name),
+        Method::Adalora => format!("{} on {} — {}", adapter.describe(), base_name, task.name),
+    };
+    plot_loss(&dir.join("loss.png"), &steps, &evals, &title)?;
+
+    rates.sort_by(f64::total_cmp);
+    let summary = Summary {
+        config: cfg.clone(),
+        model: model_path.display().to_string(),
+        task: task.name.clone(),
+        train_examples: task.train.len(),
+        heldout_examples: task.test.len(),
+        skipped_examples: task.skipped,
+        trainable_params: report.trainable_params,
+        adapted_modules: report.modules.len(),
+        before,
+        after,
+        accuracy_rule: "the class whose answer tokens score highest after the prompt (first answer token when the classes' first tokens differ)",
+        tokens_per_s: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+        peak_rss_bytes: peak_rss_bytes(),
+        wall_time_s: t0.elapsed().as_secs_f64(),
+        train_time_s,
+        backend: cfg.backend.clone(),
+        outcome: match outcome {
+            Outcome::Finished => "finished",
+            Outcome::Interrupted => "interrupted",
+        },
+        steps_done,
+        run_dir: dir.to_path_buf(),
+        quant,
+        adalora,
+    };
+    let json = serde_json::to_string_pretty(&summary)
+        .map_err(|e| TrainError::Checkpoint(format!("summary.json: {e}")))?;
+    write_atomic(&dir.join("summary.json"), json.as_bytes())?;
+    Ok(summary)
+}
