@@ -232,18 +232,7 @@ impl Nf4Weight {
             BlockScales::F32(a) => return a.val(),
             BlockScales::Double(d) => d,
         };
-        let words = d.codes.val();
-        let [n_words] = words.dims();
-        let parts: Vec<Tensor<1, Int>> = [0, 8, 16, 24]
-            .iter()
-            .map(|&s| {
-                words
-                    .clone()
-                    .bitwise_right_shift_scalar(s)
-                    .bitwise_and_scalar(0xFF)
-            })
-            .collect();
-        let idx = Tensor::stack::<2>(parts, 1).reshape([n_words * 4]); // [padded_blocks]
+        let idx = unpack_bytes(d.codes.val()); // [padded_blocks]
         let groups = d.absmax2.dims()[0];
         let values = self
             .dynamic_code
@@ -259,21 +248,10 @@ impl Nf4Weight {
     /// Dequantizes to the burn layout `[d_in, d_out]` (a transposed view of the `[d_out, d_in]`
     /// result): `NF4[idx] · absmax[block]`, bit-identical to bitsandbytes on flex.
     pub fn dequantize(&self) -> Tensor<2> {
-        let words = self.packed.val();
-        let [n_words] = words.dims();
         // One lookup per byte, not per nibble: a `[256, 2]` table holds both elements of every
         // byte value, so unpacking takes 4 shift-and-mask passes instead of 8 and gathers two
         // values per index (bit-identical: the same NF4 values, only fetched in pairs).
-        let parts: Vec<Tensor<1, Int>> = BYTE_SHIFTS
-            .iter()
-            .map(|&s| {
-                words
-                    .clone()
-                    .bitwise_right_shift_scalar(s)
-                    .bitwise_and_scalar(0xFF)
-            })
-            .collect();
-        let bytes = Tensor::stack::<2>(parts, 1).reshape([n_words * 4]); // [blocks · block / 2]
+        let bytes = unpack_bytes(self.packed.val()); // [blocks · block / 2]
         let blocks = self.blocks();
         let values = self
             .nf4_pairs
@@ -304,4 +282,19 @@ impl Nf4Weight {
     pub fn bits_per_weight(&self) -> f64 {
         8.0 * self.storage_bytes() as f64 / self.len() as f64
     }
+}
+/// The four bytes of every 32-bit word, lowest first (the order [`BYTE_SHIFTS`] packs them
+/// in), as `[4 · words]` ids.
+fn unpack_bytes(words: Tensor<1, Int>) -> Tensor<1, Int> {
+    let [n_words] = words.dims();
+    let parts: Vec<Tensor<1, Int>> = BYTE_SHIFTS
+        .iter()
+        .map(|&s| {
+            words
+                .clone()
+                .bitwise_right_shift_scalar(s)
+                .bitwise_and_scalar(0xFF)
+        })
+        .collect();
+    Tensor::stack::<2>(parts, 1).reshape([n_words * 4])
 }
