@@ -115,6 +115,11 @@ impl GgufWriter {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// The storage type of each tensor added, in order.
+    pub fn tensor_types(&self) -> impl Iterator<Item = GgmlType> + '_ {
+        self.tensors.iter().map(|t| t.dtype)
+    }
+
     /// Number of tensors added.
     pub fn tensor_count(&self) -> usize {
         self.tensors.len()
