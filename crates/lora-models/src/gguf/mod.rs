@@ -28,6 +28,8 @@ mod tests;
 #[cfg(test)]
 mod tests_reference;
 #[cfg(test)]
+mod tests_write;
+#[cfg(test)]
 pub(crate) mod testutil;
 mod value;
 mod write;
