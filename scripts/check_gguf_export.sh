@@ -3,6 +3,7 @@
 #
 #   scripts/check_gguf_export.sh --install      # once: build llama-cpp-python into its own venv
 #   scripts/check_gguf_export.sh [ADAPTER_DIR]  # default: fixtures/smollm2-peft-adapter
+#   scripts/check_gguf_export.sh --trec RUN_DIR # after `cargo xtask train`: q8_0 export, TREC answers
 #
 # --install builds llama.cpp from source through the PyPI package llama-cpp-python (cmake and
 # ninja from PyPI; gcc/g++ from the system; no other downloads): about 30 minutes on 2 cores.
@@ -23,8 +24,13 @@ if [[ "${1:-}" == "--install" ]]; then
     exit 0
 fi
 
-ADAPTER=${1:-fixtures/smollm2-peft-adapter}
 OUT=${GGUF_CHECK_DIR:-$HOME/.cache/burn-lora/gguf-check}
+if [[ "${1:-}" == "--trec" ]]; then
+    mkdir -p "$OUT/trec-q8_0"
+    cargo xtask merge --adapter "$2/adapter" --format gguf --type q8_0 --out "$OUT/trec-q8_0/model.gguf" 2>&1 | grep -E "mean survival|wrote"
+    exec "$VENV/bin/python" scripts/check_gguf_export.py --trec "$OUT/trec-q8_0/model.gguf"
+fi
+ADAPTER=${1:-fixtures/smollm2-peft-adapter}
 MAX_NEW=16
 mkdir -p "$OUT/ours"
 cargo build -q -p lora-cli --target-dir "${CARGO_TARGET_DIR:-$HOME/.cache/burn-lora/target}"
@@ -56,6 +62,11 @@ for ((i = 0; i < n; i++)); do
     chat=$(python3 -c "import json,sys; print('--chat' if json.load(open(sys.argv[1]))[int(sys.argv[2])]['chat'] else '')" "$OUT/ours/prompts.json" $i)
     cargo xtask logits --adapter "$ADAPTER" --prompt "$prompt" $chat --json --top-k 20 2>/dev/null > "$OUT/ours/$i.json"
     cargo xtask generate --adapter "$ADAPTER" --prompt "$prompt" $chat --max-new-tokens $MAX_NEW 2>/dev/null > "$OUT/ours/$i.greedy.txt"
+    # Our loader on each quantized export: the same weights llama.cpp gets.
+    for t in q8_0 q4_0 q4_k; do
+        mkdir -p "$OUT/ours/$t"
+        cargo xtask logits --model "$OUT/merged-$t/model.gguf" --prompt "$prompt" $chat --json --top-k 20 2>/dev/null > "$OUT/ours/$t/$i.json"
+    done
 done
 
 echo "== llama.cpp"

@@ -8,7 +8,9 @@
 //! when complete, so an interrupted export never leaves a half-written `.gguf` behind.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use lora_core::tensor_io::temp_path;
 
 use super::quantize::{can_quantize, quantize};
 use super::value::write_str;
@@ -288,14 +290,4 @@ impl GgufWriter {
             }
         })
     }
-}
-
-/// `dir/name.tmp<pid>` for `dir/name`.
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
 }
