@@ -1,7 +1,7 @@
 //! `merge --format gguf` and `export-adapter`: thin wrappers over `lora_models::export`, which
 //! holds all the logic (file layout, types, tokenizer, Modelfile, survival measure).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
@@ -14,7 +14,7 @@ use crate::common::ModelArgs;
 const SURVIVAL_WARNING: f64 = 0.9;
 
 /// `merge --format gguf`: merge, write `out` as a GGUF of `type_name`, and a Modelfile beside it.
-pub fn merge_to_gguf(model: &ModelArgs, out: &PathBuf, type_name: &str) -> Result<()> {
+pub fn merge_to_gguf(model: &ModelArgs, out: &Path, type_name: &str) -> Result<()> {
     let Some(target) = parse_weight_type(type_name) else {
         bail!("--type {type_name:?}: choose f32, f16, bf16, q8_0, q6_k, q5_0, q4_k or q4_0");
     };
