@@ -21,7 +21,7 @@ scripts/requirements.txt):
 Modes:
 
     # (default) write the default parts (tiny, peft, dequant, smollm2) into <repo>/fixtures/
-    python scripts/make_fixtures.py [--out DIR] [--model GGUF] [--parts tiny,peft,adalora,dequant,nf4,smollm2]
+    python scripts/make_fixtures.py [--out DIR] [--model GGUF] [--parts tiny,peft,adalora,dequant,gguf-quants,nf4,smollm2]
 
     # the PEFT adapter on the real SmolLM2 (not in the default set: it loads the model again)
     python scripts/make_fixtures.py --parts smollm2-peft
@@ -39,7 +39,7 @@ Modes:
 Each check mode prints one line starting with PASS or FAIL and exits 0 or 1.
 
 This file is the command line only; the code is in scripts/fixturegen/ (common.py: constants and
-helpers; tiny.py, peft_parts.py, adalora.py, dequant.py, nf4.py, smollm2.py: one module per fixture part; checks.py: the
+helpers; tiny.py, peft_parts.py, adalora.py, dequant.py, gguf_quants.py, nf4.py, smollm2.py: one module per fixture part; checks.py: the
 check modes).
 """
 
@@ -58,6 +58,7 @@ from fixturegen.common import (
 from fixturegen.adalora import make_adalora_fixtures
 from fixturegen.checks import check_adapter, check_merged, run_check, self_test
 from fixturegen.dequant import make_dequant_fixture
+from fixturegen.gguf_quants import make_gguf_quants_fixture
 from fixturegen.nf4 import make_nf4_fixture, make_smollm2_nf4
 from fixturegen.peft_parts import make_peft_fixtures
 from fixturegen.smollm2 import make_smollm2_peft, make_smollm2_reference
@@ -122,6 +123,9 @@ def main(argv=None) -> int:
     if "dequant" in parts:
         log("GGUF dequantization fixture")
         make_dequant_fixture(out, seed=SEEDS["dequant"])
+    if "gguf-quants" in parts:
+        log("GGUF quantizer reference blocks (gguf-py; Q4_K / Q6_K from llama.cpp)")
+        make_gguf_quants_fixture(out, seed=SEEDS["gguf_quants"])
     if "nf4" in parts:
         log("NF4 (bitsandbytes) fixture")
         make_nf4_fixture(out / "nf4", out / "tiny-llama", seed=SEEDS["nf4"])

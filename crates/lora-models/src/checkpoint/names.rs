@@ -1,6 +1,7 @@
 //! The one declarative table from GGUF tensor names (llama.cpp `gguf-py/gguf/constants.py`,
-//! `MODEL_TENSORS[LLAMA]`) to the Hugging Face names our modules carry. Model code never sees
-//! GGUF names; this table and `gguf.rs` are the only places that do.
+//! `MODEL_TENSORS[LLAMA]`) to the Hugging Face names our modules carry, read in both directions:
+//! [`gguf_to_hf`] when loading a GGUF file, [`hf_to_gguf`] when exporting one. Model code never
+//! sees GGUF names; this table, `gguf.rs` and the exporters are the only places that do.
 
 /// What to do with a tensor on its way from GGUF to the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,8 +90,25 @@ pub const GGUF_TO_HF: &[NameRule] = &[
 
 /// Maps a GGUF tensor name to `(hf name, fixup)`, or `None` for a name no rule covers.
 pub fn gguf_to_hf(name: &str) -> Option<(String, Fixup)> {
+    translate(name, |r| (r.gguf, r.hf))
+}
+
+/// Maps a Hugging Face tensor name to `(gguf name, fixup)`: the same table read backwards. The
+/// fixup names the permutation to *undo* on loading; exporting applies its inverse
+/// ([`permute_qk`](crate::gguf::permute_qk)). `None` for a name no rule covers.
+pub fn hf_to_gguf(name: &str) -> Option<(String, Fixup)> {
+    translate(name, |r| (r.hf, r.gguf))
+}
+
+/// The first rule whose `from` pattern matches `name` (`{i}` matching a layer index), with its
+/// `to` pattern filled in.
+fn translate(
+    name: &str,
+    sides: impl Fn(&NameRule) -> (&'static str, &'static str),
+) -> Option<(String, Fixup)> {
     for r in GGUF_TO_HF {
-        if let Some((prefix, suffix)) = r.gguf.split_once("{i}") {
+        let (from, to) = sides(r);
+        if let Some((prefix, suffix)) = from.split_once("{i}") {
             let Some(rest) = name
                 .strip_prefix(prefix)
                 .and_then(|s| s.strip_suffix(suffix))
@@ -98,10 +116,10 @@ pub fn gguf_to_hf(name: &str) -> Option<(String, Fixup)> {
                 continue;
             };
             if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
-                return Some((r.hf.replace("{i}", rest), r.fixup));
+                return Some((to.replace("{i}", rest), r.fixup));
             }
-        } else if r.gguf == name {
-            return Some((r.hf.to_string(), r.fixup));
+        } else if from == name {
+            return Some((to.to_string(), r.fixup));
         }
     }
     None
@@ -127,5 +145,16 @@ mod tests {
         );
         assert_eq!(gguf_to_hf("blk.x.attn_q.weight"), None);
         assert_eq!(gguf_to_hf("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn every_rule_maps_back_to_the_name_it_came_from() {
+        for r in GGUF_TO_HF {
+            let gguf = r.gguf.replace("{i}", "17");
+            let (hf, fixup) = gguf_to_hf(&gguf).unwrap();
+            assert_eq!(hf_to_gguf(&hf), Some((gguf, fixup)), "{}", r.hf);
+        }
+        assert_eq!(hf_to_gguf("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(hf_to_gguf("model.rotary_emb.inv_freq"), None);
     }
 }

@@ -332,6 +332,16 @@ impl TextTokenizer {
         self.pad_id
     }
 
+    /// Unknown-token id, if the model has one.
+    pub fn unk_id(&self) -> Option<u32> {
+        self.unk_id
+    }
+
+    /// Whether encoding with special tokens appends EOS (`add_eos_token`).
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
+    }
+
     /// Whether encoding with special tokens prepends BOS (`add_bos_token`).
     pub fn add_bos(&self) -> bool {
         self.add_bos
