@@ -10,7 +10,7 @@
 //! model does not have, a missing tensor, or a shape that disagrees with the config is an error
 //! naming the key (PEFT itself only warns and runs the base model unchanged).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::Device;
@@ -22,10 +22,10 @@ use crate::error::LoraError;
 use crate::inject::{AdaptReport, LoraModel};
 use crate::lora::LoraAdapter;
 use crate::peft::{
-    CONFIG_FILE, KEY_PREFIX, PeftCommon, WEIGHTS_FILE, check_file_modules, read_config_json,
+    KEY_PREFIX, PeftCommon, WEIGHTS_FILE, check_file_modules, read_config_json, write_adapter_dir,
 };
 use crate::targets::TargetMatcher;
-use crate::tensor_io::{DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors};
+use crate::tensor_io::{HostTensor, read_safetensors};
 
 /// `adapter_config.json` for a LoRA adapter: the [`LoraConfig`] fields plus PEFT's bookkeeping.
 /// Unknown keys are ignored on read, as PEFT does.
@@ -121,10 +121,6 @@ pub fn save_adapter<M: LoraModel>(
     base_model: &str,
     dir: &Path,
 ) -> Result<usize, LoraError> {
-    std::fs::create_dir_all(dir).map_err(|source| LoraError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
     let mut tensors = BTreeMap::new();
     let mut failure = None;
     model.visit_adapters(&mut |path, adapter| {
@@ -145,16 +141,12 @@ pub fn save_adapter<M: LoraModel>(
     if let Some(e) = failure {
         return Err(e);
     }
-    let n = tensors.len() / 2;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, DiskDtype::F32, meta)?;
-    let json = serde_json::to_string_pretty(&PeftLoraConfig::new(config.clone(), base_model))
-        .map_err(|e| LoraError::AdapterConfig {
-            path: dir.join(CONFIG_FILE),
-            message: e.to_string(),
-        })?;
-    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
-    Ok(n)
+    write_adapter_dir(
+        dir,
+        &tensors,
+        &PeftLoraConfig::new(config.clone(), base_model),
+    )?;
+    Ok(tensors.len() / 2)
 }
 
 /// Splits `base_model.model.<path>.lora_{A,B}[.default].weight` into `(path, is_a)`.
