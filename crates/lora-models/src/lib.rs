@@ -19,6 +19,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
+pub mod left_padding;
 pub mod llama;
 pub mod pretrained;
 pub mod tokenizer;

@@ -94,6 +94,7 @@ fn label_mask_covers_exactly_the_answer_tokens() {
     let e = Encoded {
         ids: vec![10, 11, 12, 13, 14, 15, 16, 17],
         prompt_len: 5,
+        earlier_answers: Vec::new(),
     };
     assert_eq!(label_mask(&e), [0., 0., 0., 0., 0., 1., 1., 1.]);
 
@@ -453,10 +454,12 @@ fn make_batch_right_pads_ids_and_zeroes_the_mask_on_padding() {
     let a = Encoded {
         ids: vec![1, 2, 3, 4],
         prompt_len: 2,
+        earlier_answers: Vec::new(),
     };
     let b = Encoded {
         ids: vec![5, 6, 7],
         prompt_len: 1,
+        earlier_answers: Vec::new(),
     };
     let batch = make_batch(&[&a, &b], 0, &d);
     assert_eq!(batch.input_ids.dims(), [2, 4]);
@@ -473,6 +476,7 @@ fn answer_positions_follow_the_shift() {
     let full = Encoded {
         ids: ids.clone(),
         prompt_len: 5,
+        earlier_answers: Vec::new(),
     };
     let p = make_batch(&[&full], 0, &d);
     assert_eq!(p.answer_rows, vec![4, 5, 6]);
@@ -486,6 +490,7 @@ fn answer_positions_follow_the_shift() {
     let short = Encoded {
         ids: ids[..2].to_vec(),
         prompt_len: 1,
+        earlier_answers: Vec::new(),
     };
     let p = make_batch(&[&full, &short], 0, &d);
     assert_eq!(p.answer_rows, vec![4, 5, 6, 8]);
