@@ -85,10 +85,12 @@ pub fn end_of_turn_ids(tok: &TextTokenizer) -> Result<Vec<u32>, DataError> {
         let chat = [user[0].clone(), ChatMessage::assistant("yes")];
         let full = tok.encode(&tok.apply_chat_template(&chat, false)?, false)?;
         let answer = full.get(prompt.len()..).unwrap_or_default();
+        // The content's own ids are not markers (an unknown-word id can be special too).
+        let content = tok.encode("yes", false)?;
         for &id in answer {
             let special =
                 tok.decode_skip_special(&[id])?.is_empty() && !tok.decode(&[id])?.is_empty();
-            if special && !stop.contains(&id) {
+            if special && !content.contains(&id) && !stop.contains(&id) {
                 stop.push(id);
             }
         }
