@@ -4,6 +4,7 @@
 //! `--data`, `--eval-data`, `--seq-len`, `--eval-limit` and `--eval-metric`.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args as ClapArgs;
@@ -22,10 +23,11 @@ pub struct Args {
     /// Evaluate on this JSONL file instead (e.g. DIR/test.jsonl).
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
-    /// How answers are scored: the answer equals (`exact`) or contains the reference, both
-    /// trimmed and lowercased.
-    #[arg(long, value_enum, default_value = "exact")]
-    pub eval_metric: MetricFlag,
+    /// How answers are scored: the answer equals (`exact`, the default for data with answers)
+    /// or contains the reference, both trimmed and lowercased. TREC generates answers only when
+    /// this is given (its accuracy scores the class words).
+    #[arg(long, value_enum)]
+    pub eval_metric: Option<MetricFlag>,
     /// Most tokens generated per answer (0 = the longest reference + 16).
     #[arg(long, default_value_t = 0)]
     pub eval_max_new_tokens: usize,
@@ -55,10 +57,12 @@ pub fn run(args: Args) -> Result<()> {
         args.eval_limit,
     )?;
     let settings = AnswerSettings {
-        metric: args.eval_metric.metric(),
+        metric: args.eval_metric.map(MetricFlag::metric),
         max_new_tokens: args.eval_max_new_tokens,
     };
+    let t = Instant::now();
     let (report, _) = evaluate_task(&p.model, &p.tokenizer, &task, settings, pad)?;
+    eprintln!("evaluated in {:.1}s", t.elapsed().as_secs_f64());
     if args.json {
         println!(
             "{}",
@@ -70,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
                 "accuracy": report.accuracy,
                 "exact_match": report.exact_match,
                 "exact_match_examples": report.exact_match_examples,
-                "eval_metric": settings.metric,
+                "eval_metric": task.answer_metric(settings.metric),
             })
         );
     } else {
@@ -83,9 +87,9 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(m) = report.exact_match {
             println!(
                 "  {}  {:.1}%  ({} questions)",
-                match settings.metric {
-                    lora_train::config::EvalMetric::Exact => "exact match",
-                    lora_train::config::EvalMetric::Contains => "contains   ",
+                match task.answer_metric(settings.metric) {
+                    Some(lora_train::config::EvalMetric::Contains) => "contains   ",
+                    _ => "exact match",
                 },
                 100.0 * m,
                 report.exact_match_examples

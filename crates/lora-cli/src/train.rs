@@ -37,8 +37,9 @@ pub struct Args {
     /// Evaluate on this JSONL file instead of the held-out split of --data [eval_data].
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
-    /// How held-out answers are scored: equal to (`exact`) or containing the reference, both
-    /// trimmed and lowercased [eval_metric].
+    /// How held-out answers are scored: equal to (`exact`, the default for data with answers)
+    /// or containing the reference, both trimmed and lowercased; TREC generates answers only
+    /// when this is given [eval_metric].
     #[arg(long, value_enum)]
     pub eval_metric: Option<MetricFlag>,
     /// Most tokens generated per held-out answer (0 = the longest reference + 16)
@@ -340,19 +341,21 @@ fn print_summary(s: &Summary) {
     });
     println!();
     println!("                      before      after");
-    println!(
-        "  held-out accuracy   {:>8}   {:>8}",
-        acc(&s.before),
-        acc(&s.after)
-    );
+    if s.before.accuracy.is_some() || s.after.accuracy.is_some() {
+        println!(
+            "  held-out accuracy   {:>8}   {:>8}",
+            acc(&s.before),
+            acc(&s.after)
+        );
+    }
     if s.after.exact_match.is_some() {
         let rate = |e: &EvalReport| {
             e.exact_match
                 .map_or("—".to_string(), |a| format!("{:.1}%", 100.0 * a))
         };
         let name = match s.config.eval_metric {
-            EvalMetric::Exact => "exact match",
-            EvalMetric::Contains => "contains   ",
+            Some(EvalMetric::Contains) => "contains   ",
+            _ => "exact match",
         };
         println!(
             "  held-out {name}{:>8}   {:>8}   ({} questions)",

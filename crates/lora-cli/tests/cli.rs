@@ -308,3 +308,80 @@ fn bench_on_the_tiny_model_fills_every_row_and_marks_peft_missing_without_python
     assert!(inference["merged_max_abs_logit_diff"].as_f64().unwrap() < 1e-4);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_data_folder_run_shows_exact_match_before_and_after_and_eval_reproduces_it() {
+    let model = lora_models::cache::default_model_path();
+    if !model.exists() {
+        eprintln!(
+            "skipping: {} not fetched (run cargo xtask fetch)",
+            model.display()
+        );
+        return;
+    }
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/trec-chat");
+    let dir = scratch("data-folder");
+    let common = ["--eval-limit", "12"];
+    let out = bin()
+        .args([
+            "train",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--json",
+            "--data",
+        ])
+        .arg(&data)
+        .args(common)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    for when in ["before", "after"] {
+        let m = summary[when]["exact_match"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&m), "{when}: {m}");
+        assert_eq!(summary[when]["exact_match_examples"], 12);
+    }
+    assert_eq!(summary["dataset"]["train"]["examples"], 240);
+    assert_eq!(summary["dataset"]["test"]["examples"], 60);
+    let samples = std::fs::read_to_string(dir.join("samples.md")).unwrap();
+    assert!(
+        samples.contains("| # | question | reference | base | tuned |"),
+        "{samples}"
+    );
+    let answers = std::fs::read_to_string(dir.join("answers.jsonl")).unwrap();
+    assert_eq!(answers.lines().count(), 12);
+
+    let out = bin()
+        .args(["eval", "--json", "--data"])
+        .arg(&data)
+        .args(common)
+        .arg("--adapter")
+        .arg(dir.join("adapter"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eval["exact_match"], summary["after"]["exact_match"]);
+    let (a, b) = (
+        eval["loss"].as_f64().unwrap(),
+        summary["after"]["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 1e-6 * b.abs(),
+        "eval loss {a} vs train's after {b}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

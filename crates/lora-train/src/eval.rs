@@ -49,16 +49,16 @@ pub const EVAL_BATCH: usize = 32;
 /// How held-out answers are generated and scored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AnswerSettings {
-    /// Exact or contains.
-    pub metric: EvalMetric,
+    /// Exact or contains; `None` lets [`Task::answer_metric`] decide.
+    pub metric: Option<EvalMetric>,
     /// Token limit per answer (0 = automatic, see [`crate::exact_match::max_new_tokens`]).
     pub max_new_tokens: usize,
 }
 
-/// [`evaluate`] on the task's held-out examples, and exact match on its held-out questions (when
-/// it has any): the numbers of `train`'s before/after columns and of `eval`, and the answers
-/// themselves (in question order). `model` should be an evaluation view (no autodiff, dropout
-/// off).
+/// [`evaluate`] on the task's held-out examples, and exact match on its held-out questions
+/// (when [`Task::answer_metric`] gives a metric): the numbers of `train`'s before/after columns
+/// and of `eval`, and the answers themselves (in question order; empty without a metric).
+/// `model` should be an evaluation view (no autodiff, dropout off).
 ///
 /// # Errors
 /// As [`evaluate`] and [`answer_questions`].
@@ -70,13 +70,16 @@ pub fn evaluate_task(
     pad: u32,
 ) -> Result<(EvalReport, Vec<Answer>), TrainError> {
     let mut report = evaluate(model, &task.test, task.choices(), EVAL_BATCH, pad)?;
+    let Some(metric) = task.answer_metric(answers.metric) else {
+        return Ok((report, Vec::new()));
+    };
     let limit = max_new_tokens(&task.questions, tok, answers.max_new_tokens)?;
     let given = answer_questions(
         model,
         tok,
         &task.questions,
         &task.stop_ids,
-        answers.metric,
+        metric,
         limit,
         EVAL_BATCH,
         pad,

@@ -272,8 +272,20 @@ fn evaluate_at(
         metric: cfg.eval_metric,
         max_new_tokens: cfg.eval_max_new_tokens,
     };
+    let t = Instant::now();
     let (report, answers) = evaluate_task(&model.valid(), tok, task, settings, pad)?;
     observer.on_eval(at, &report);
+    observer.on_message(&format!(
+        "held-out evaluation ({}): {} examples, {} answers generated, in {:.1}s",
+        if at == EvalPoint::Before {
+            "base model"
+        } else {
+            "fine-tuned"
+        },
+        report.examples,
+        answers.len(),
+        t.elapsed().as_secs_f64()
+    ));
     Ok((report, answers))
 }
 
@@ -486,11 +498,11 @@ pub fn run_training(
     };
     let (after, tuned_answers) =
         evaluate_at(&model, &tok, &task, cfg, pad, EvalPoint::After, observer)?;
-    if !task.questions.is_empty() {
+    if let Some(metric) = task.answer_metric(cfg.eval_metric) {
         write_samples(
             dir,
             &task.name,
-            cfg.eval_metric,
+            metric,
             &task.questions,
             base_answers.as_deref(),
             &tuned_answers,

@@ -18,6 +18,7 @@ use std::path::Path;
 
 use lora_models::tokenizer::TextTokenizer;
 
+use crate::config::EvalMetric;
 use crate::data::{
     DatasetSummary, Encoded, EncodedSet, Question, Sample, SplitStats, TrecExample, encode_all,
     end_of_turn_ids, load_trec, questions, read_jsonl, trec_candidates, trec_sample,
@@ -50,6 +51,16 @@ pub struct Task {
 }
 
 impl Task {
+    /// How held-out answers are scored for a `requested` metric: as requested, else `exact`
+    /// for data with reference answers, and not at all for a classification task (TREC: its
+    /// accuracy scores the class words) or data without answers.
+    pub fn answer_metric(&self, requested: Option<EvalMetric>) -> Option<EvalMetric> {
+        if self.questions.is_empty() {
+            return None;
+        }
+        requested.or_else(|| self.choices.is_none().then_some(EvalMetric::Exact))
+    }
+
     /// The choices as slices, for [`crate::eval::evaluate`].
     pub fn choices(&self) -> Option<crate::eval::Choices<'_>> {
         self.choices

@@ -276,6 +276,15 @@ fn a_folder_trains_on_train_jsonl_and_holds_out_valid_jsonl() {
     assert!((s.train.loss_token_share - 2.0 / 9.0).abs() < 1e-12);
     assert_eq!(task.questions[1].reference, "b");
     assert_eq!(task.stop_ids, [1, 4], "EOS and <|im_end|> end an answer");
+    // Data with answers is scored by exact match unless asked otherwise; a classification task
+    // (TREC) only when asked.
+    assert_eq!(task.answer_metric(None), Some(EvalMetric::Exact));
+    let contains = Some(EvalMetric::Contains);
+    assert_eq!(task.answer_metric(contains), contains);
+    let mut classification = task.clone();
+    classification.choices = Some((Vec::new(), Vec::new()));
+    assert_eq!(classification.answer_metric(None), None);
+    assert_eq!(classification.answer_metric(contains), contains);
 
     // --eval-data replaces valid.jsonl.
     let other = write_jsonl("other-valid.jsonl", &chats(2));
