@@ -111,7 +111,7 @@ pub fn encode(
 
 /// [`encode`] without truncation.
 fn encode_full(sample: &Sample, tok: &TextTokenizer) -> Result<Encoded, DataError> {
-    let (prompt_len, mut ids, earlier_answers) = match sample {
+    let (prompt_len, ids, earlier_answers) = match sample {
         Sample::Chat(messages) => chat_ids(sample, messages, tok)?,
         Sample::Completion { prompt, completion } if tok.chat_template().is_some() => {
             let messages = [
@@ -140,7 +140,6 @@ fn encode_full(sample: &Sample, tok: &TextTokenizer) -> Result<Encoded, DataErro
         .map(|r: Range<usize>| r.start.max(1)..r.end)
         .filter(|r| !r.is_empty())
         .collect();
-    ids.shrink_to_fit();
     Ok(Encoded {
         ids,
         prompt_len,
@@ -202,10 +201,12 @@ pub fn encode_all(
 ///
 /// 5 prompt tokens + 3 answer tokens ⇒ `[0, 0, 0, 0, 0, 1, 1, 1]`.
 pub fn label_mask(e: &Encoded) -> Vec<f32> {
-    let mut mask = vec![0.0; e.ids.len()];
+    let len = e.ids.len();
+    let mut mask = vec![0.0; len];
     for span in e.answer_spans() {
-        for m in &mut mask[span.start.max(1)..span.end] {
-            *m = 1.0;
+        let (start, end) = (span.start.max(1), span.end.min(len));
+        if start < end {
+            mask[start..end].fill(1.0);
         }
     }
     mask

@@ -5,7 +5,8 @@
 //!   {"role": "user", ...}, {"role": "assistant", ...}, ...]}` — an optional system message,
 //!   then any number of turns ending with the assistant's;
 //! - ShareGPT: `{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", ...}]}`
-//!   (`from`: `system`, `human`, `gpt`; `user` and `assistant` are accepted too);
+//!   (`from`: `system`, `human`, `gpt`); either array takes either pair of keys and either set
+//!   of role names, as exports mix them;
 //! - prompt/completion: `{"prompt": "...", "completion": "..."}`;
 //! - Alpaca: `{"instruction": "...", "input": "...", "output": "..."}` (`input` and a `system`
 //!   string optional) — one user turn, `instruction` and `input` joined by a newline, answered
@@ -85,13 +86,8 @@ fn parse_example(value: &Value) -> Result<Sample, String> {
     .filter_map(|(name, found)| found.then_some(name))
     .collect();
     match shapes[..] {
-        ["messages"] => {
-            parse_chat(&obj["messages"], "messages", Role::from_openai).map(Sample::Chat)
-        }
-        ["conversations"] => {
-            parse_chat(&obj["conversations"], "conversations", Role::from_sharegpt)
-                .map(Sample::Chat)
-        }
+        ["messages"] => parse_chat(&obj["messages"], "messages").map(Sample::Chat),
+        ["conversations"] => parse_chat(&obj["conversations"], "conversations").map(Sample::Chat),
         ["prompt/completion"] => parse_completion(obj),
         ["instruction/output"] => parse_alpaca(obj),
         ["text"] => {
@@ -132,34 +128,22 @@ impl Role {
         }
     }
 
-    /// OpenAI / Hugging Face `role` values.
-    fn from_openai(role: &str) -> Option<Role> {
-        match role {
+    /// OpenAI / Hugging Face `role` values and ShareGPT `from` values (FastChat's
+    /// `human`/`gpt`/`system`); exports of either kind mix the two sets of names.
+    fn parse(name: &str) -> Option<Role> {
+        match name {
             "system" => Some(Role::System),
-            "user" => Some(Role::User),
-            "assistant" => Some(Role::Assistant),
+            "user" | "human" => Some(Role::User),
+            "assistant" | "gpt" => Some(Role::Assistant),
             _ => None,
-        }
-    }
-
-    /// ShareGPT `from` values (FastChat's `human`/`gpt`/`system`), plus the OpenAI names some
-    /// ShareGPT exports use.
-    fn from_sharegpt(from: &str) -> Option<Role> {
-        match from {
-            "human" => Some(Role::User),
-            "gpt" => Some(Role::Assistant),
-            other => Role::from_openai(other),
         }
     }
 }
 
 /// A `messages` (`role`/`content`) or ShareGPT `conversations` (`from`/`value`) array → chat
-/// messages; `key` names the array in errors. Each message may use either pair of keys.
-fn parse_chat(
-    value: &Value,
-    key: &str,
-    role_of: fn(&str) -> Option<Role>,
-) -> Result<Vec<ChatMessage>, String> {
+/// messages; `key` names the array in errors. Each message may use either pair of keys and
+/// either set of role names.
+fn parse_chat(value: &Value, key: &str) -> Result<Vec<ChatMessage>, String> {
     let Value::Array(items) = value else {
         return Err(format!("\"{key}\" must be an array, found {}", kind(value)));
     };
@@ -183,7 +167,7 @@ fn parse_chat(
         };
         let at = |e: String| format!("{key}[{j}]: {e}");
         let name = string_field(m, role_key).map_err(at)?;
-        let role = role_of(&name).ok_or_else(|| {
+        let role = Role::parse(&name).ok_or_else(|| {
             at(format!(
                 "unknown {role_key} {name:?}; use \"system\", \"user\" or \"assistant\" (ShareGPT: \"system\", \"human\" or \"gpt\")"
             ))
