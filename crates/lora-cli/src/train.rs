@@ -311,7 +311,7 @@ impl Observer for Console {
         // With stderr piped or redirected indicatif draws nothing: a plain line every 10
         // steps (and at the last) keeps the progress, rate and ETA visible in a log.
         let last = bar.length() == Some(m.step as u64);
-        if bar.is_hidden() && (m.step % 10 == 0 || last) {
+        if bar.is_hidden() && (m.step.is_multiple_of(10) || last) {
             eprintln!(
                 "step {}/{} · {status} · ETA {}s",
                 m.step,

@@ -28,6 +28,10 @@ use crate::error::TrainError;
 /// Every 20th example of a single data file is held out.
 const HOLD_OUT_EVERY: usize = 20;
 
+/// A classification task's held-out side: `(prompt ids, class index)` per held-out example,
+/// and each class's answer ids (owned; [`crate::eval::Choices`] borrows it).
+pub type TrecChoices = (Vec<(Vec<u32>, usize)>, Vec<Vec<u32>>);
+
 /// Tokenized training and held-out examples, the held-out questions, and (for classification)
 /// the choices.
 #[derive(Debug, Clone)]
@@ -39,7 +43,7 @@ pub struct Task {
     /// Held-out examples.
     pub test: Vec<Encoded>,
     /// For TREC: `(prompt ids, class index)` per held-out example, and each class's answer ids.
-    pub choices: Option<(Vec<(Vec<u32>, usize)>, Vec<Vec<u32>>)>,
+    pub choices: Option<TrecChoices>,
     /// Examples dropped because no answer token fit in `seq_len`.
     pub skipped: usize,
     /// The held-out examples that have a reference answer, as questions for exact match.
@@ -266,7 +270,7 @@ fn trec_choices(
     labels: &[TrecExample],
     tok: &TextTokenizer,
     seq_len: usize,
-) -> Result<(Vec<(Vec<u32>, usize)>, Vec<Vec<u32>>), TrainError> {
+) -> Result<TrecChoices, TrainError> {
     if held_out.skipped > 0 {
         return Err(TrainError::Config(format!(
             "{} held-out TREC examples do not fit in --seq-len {seq_len}; raise it",

@@ -111,7 +111,7 @@ pub fn encode(
 
 /// [`encode`] without truncation.
 fn encode_full(sample: &Sample, tok: &TextTokenizer) -> Result<Encoded, DataError> {
-    let (prompt_len, ids, earlier_answers) = match sample {
+    let mut e = match sample {
         Sample::Chat(messages) => chat_ids(sample, messages, tok)?,
         Sample::Completion { prompt, completion } if tok.chat_template().is_some() => {
             let messages = [
@@ -125,26 +125,22 @@ fn encode_full(sample: &Sample, tok: &TextTokenizer) -> Result<Encoded, DataErro
             let mut full = tok.encode(&format!("{prompt}{completion}"), true)?;
             check_prefix(sample, &prompt_ids, &full)?;
             push_eos(&mut full, tok);
-            (prompt_ids.len(), full, Vec::new())
+            Encoded::new(full, prompt_ids.len())
         }
         Sample::Text(text) => {
             let mut ids = tok.encode(text, true)?;
             push_eos(&mut ids, tok);
-            (1, ids, Vec::new())
+            Encoded::new(ids, 1)
         }
     };
     // Token 0 is never predicted, so an answer cannot start there.
-    let prompt_len = prompt_len.max(1);
-    let earlier_answers = earlier_answers
+    e.prompt_len = e.prompt_len.max(1);
+    e.earlier_answers = std::mem::take(&mut e.earlier_answers)
         .into_iter()
-        .map(|r: Range<usize>| r.start.max(1)..r.end)
+        .map(|r| r.start.max(1)..r.end)
         .filter(|r| !r.is_empty())
         .collect();
-    Ok(Encoded {
-        ids,
-        prompt_len,
-        earlier_answers,
-    })
+    Ok(e)
 }
 
 /// Cuts `e` to at most `max_len` tokens (see [`encode`]); `None` when no answer token is left.
@@ -260,13 +256,13 @@ fn no_template(sample: &Sample) -> DataError {
     }
 }
 
-/// `(prompt_len, full ids, earlier answer spans)` of a chat rendered with the tokenizer's
-/// template (see the module docs for the spans).
+/// A chat rendered with the tokenizer's template: the full ids, where the last answer starts,
+/// and the earlier answers' spans (see the module docs).
 fn chat_ids(
     sample: &Sample,
     messages: &[ChatMessage],
     tok: &TextTokenizer,
-) -> Result<(usize, Vec<u32>, Vec<Range<usize>>), DataError> {
+) -> Result<Encoded, DataError> {
     let context = match messages.split_last() {
         Some((last, context)) if last.role == "assistant" => context,
         _ => return Err(not_ending_with_answer(sample)),
@@ -293,7 +289,11 @@ fn chat_ids(
     let full_ids = render(messages)?;
     check_prefix(sample, &before_turn, &prompt_ids)?;
     check_prefix(sample, &prompt_ids, &full_ids)?;
-    Ok((prompt_ids.len(), full_ids, earlier))
+    Ok(Encoded {
+        ids: full_ids,
+        prompt_len: prompt_ids.len(),
+        earlier_answers: earlier,
+    })
 }
 
 fn not_ending_with_answer(sample: &Sample) -> DataError {
