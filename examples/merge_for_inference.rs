@@ -128,6 +128,7 @@ fn main() -> Result<()> {
             Encoded {
                 ids: [prompt, answer].concat(),
                 prompt_len: 12,
+                earlier_answers: Vec::new(),
             }
         })
         .collect();

@@ -10,7 +10,7 @@ use clap::Args as ClapArgs;
 use lora_core::{BackendKind, Nf4Config, select_device};
 use lora_models::tokenizer::{ChatMessage, TextTokenizer};
 use lora_models::{LoadOptions, Pretrained, cache};
-use lora_train::config::{QuantMethod, QuantSection};
+use lora_train::config::{EvalMetric, QuantMethod, QuantSection};
 
 /// `--quant`, `--quant-block-size`, `--no-double-quant`.
 #[derive(ClapArgs, Debug, Clone, Default)]
@@ -72,6 +72,33 @@ impl QuantArgs {
             double_quant: !self.no_double_quant,
         };
         section.to_nf4().map_err(anyhow::Error::msg)
+    }
+}
+
+/// The values of `--eval-metric` (config key `eval_metric`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricFlag {
+    /// The answer equals the reference (trimmed, lowercased).
+    Exact,
+    /// The answer contains the reference (trimmed, lowercased).
+    Contains,
+}
+
+impl MetricFlag {
+    /// The config's value.
+    pub fn metric(self) -> EvalMetric {
+        match self {
+            MetricFlag::Exact => EvalMetric::Exact,
+            MetricFlag::Contains => EvalMetric::Contains,
+        }
+    }
+
+    /// The config key's TOML value.
+    pub fn toml(self) -> toml::Value {
+        match self {
+            MetricFlag::Exact => "exact".into(),
+            MetricFlag::Contains => "contains".into(),
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! - [`llama`]: the model, top to bottom like the architecture (RMSNorm, RoPE, grouped-query
 //!   attention, SwiGLU), every linear layer a [`lora_core::LoraLinear`] so LoRA can attach to it
 //!   by its Hugging Face module path;
-//! - [`kv_cache`] and [`generate`]: incremental decoding and sampling;
+//! - [`kv_cache`] and [`generate`]: incremental decoding and sampling, and batched greedy
+//!   decoding of prompts of different lengths, left-padded under [`left_padding`]'s mask;
 //! - [`checkpoint`]: GGUF files and Hugging Face directories in, merged Hugging Face directories
 //!   out, with the one GGUF → HF name table in [`checkpoint::names`];
 //! - [`gguf`]: the GGUF reader, writer, dequantizer and quantizers (burn has none);
@@ -22,6 +23,7 @@ pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
+pub mod left_padding;
 pub mod llama;
 pub mod pretrained;
 pub mod tokenizer;

@@ -20,6 +20,7 @@ use lora_core::LoraLinear;
 
 use crate::config::LlamaConfig;
 use crate::kv_cache::{KvCache, LayerCache};
+pub use crate::left_padding::left_padded_causal_mask;
 
 /// Root-mean-square layer norm: `y = x / √(mean(x²) + ε) · g`.
 #[derive(Module, Debug)]
@@ -129,17 +130,19 @@ impl Attention {
     /// `softmax(Q·Kᵀ/√E + causal mask)·V`, then the output projection. With a cache, the new
     /// keys/values are appended and the new queries attend to everything cached.
     ///
-    /// `mask` is [`causal_mask`] for this call's `T`, `S` and cache offset, built once per forward
-    /// by [`LlamaModel::forward`] and shared by every layer (`None` when nothing is masked).
+    /// `mask` is [`causal_mask`] for this call's `T`, `S` and cache offset (or, for a batch of
+    /// left-padded prompts, [`left_padded_causal_mask`]), built once per forward by
+    /// [`LlamaModel::forward`] and shared by every layer (`None` when nothing is masked).
     ///
     /// # Shapes
     /// - `x`: `[B, T, D]` → `[B, T, D]`
-    /// - `mask`: `[G·T, S]` with `G = H/K`, `true` where a query may not look
+    /// - `mask`: `[1, G·T, S]` (the same for every row) or `[B, G·T, S]` (per row), with
+    ///   `G = H/K`, `true` where a query may not look
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
-        mask: Option<&Tensor<2, Bool>>,
+        mask: Option<&Tensor<3, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
@@ -178,7 +181,8 @@ impl Attention {
         let q = q.reshape([b, k, g * t, e]); // [B, K, G·T, E], row j·T + i = head k·G + j, query i
         let scores = q.matmul(key.swap_dims(2, 3)); // [B, K, G·T, S]
         let scores = match mask {
-            Some(m) => scores.mask_fill(m.clone().unsqueeze::<4>(), f32::NEG_INFINITY),
+            // [1 or B, 1, G·T, S] broadcast over the K key/value heads.
+            Some(m) => scores.mask_fill(m.clone().unsqueeze_dim::<4>(1), f32::NEG_INFINITY),
             None => scores,
         };
         let probs = softmax(scores, 3);
@@ -258,7 +262,7 @@ impl DecoderLayer {
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
-        mask: Option<&Tensor<2, Bool>>,
+        mask: Option<&Tensor<3, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let x = x.clone()
@@ -302,14 +306,46 @@ impl LlamaModel {
     ///
     /// # Shapes
     /// `tokens`: `[B, T]` → `[B, T, D]`
-    pub fn forward(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.forward_left_padded(tokens, cache, &[])
+    }
+
+    /// [`LlamaModel::forward`] for a batch of prompts of different lengths, left-padded to one
+    /// length: row `b` starts with `left_pad[b]` padding tokens, which no real token attends to
+    /// ([`left_padded_causal_mask`]). An empty `left_pad` means no padding.
+    ///
+    /// Positions stay the padded indices (row `b`'s first real token is at `left_pad[b]`): RoPE
+    /// makes `q·k` depend only on the distance between the two positions (Su et al. 2021, §3.4),
+    /// so shifting a whole row changes no attention score — transformers instead counts
+    /// positions from the attention mask (`position_ids = cumsum(mask) − 1`); the two agree up
+    /// to rounding.
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, T]` → `[B, T, D]`; `left_pad`: `[B]` or empty
+    pub(crate) fn forward_left_padded(
+        &self,
+        tokens: Tensor<2, Int>,
+        mut cache: Option<&mut KvCache>,
+        left_pad: &[usize],
+    ) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let mut x = self.embed_tokens.forward(tokens);
         // One mask for all layers (they share T, S and the grouping of query heads).
         let mask = self.layers.first().and_then(|l| {
             let a = &l.self_attn;
-            causal_mask(t, offset + t, offset, a.n_heads / a.n_kv_heads, &x.device())
+            let groups = a.n_heads / a.n_kv_heads;
+            if left_pad.iter().any(|&p| p > 0) {
+                Some(left_padded_causal_mask(
+                    t,
+                    offset,
+                    groups,
+                    left_pad,
+                    &x.device(),
+                ))
+            } else {
+                causal_mask(t, offset + t, offset, groups, &x.device()).map(|m| m.unsqueeze())
+            }
         });
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
