@@ -4,6 +4,7 @@
 //! `[d_in, d_out]` tensor — the stored one, or the NF4 weight dequantized on the fly (QLoRA).
 
 use burn::module::{Module, Param};
+use burn::tensor::module::linear;
 use burn::tensor::{Shape, Tensor};
 
 use crate::error::LoraError;
@@ -29,6 +30,18 @@ impl BaseWeight {
         match self {
             BaseWeight::Dense(w) => w.val(),
             BaseWeight::Nf4(q) => q.dequantize(),
+        }
+    }
+
+    /// `x·W`: a dense weight through burn's matmul, an NF4 weight through
+    /// [`Nf4Weight::matmul`] (dequantized again in backward, never kept in f32).
+    ///
+    /// # Shapes
+    /// `x`: `[..., d_in]` → `[..., d_out]`
+    pub fn matmul<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            BaseWeight::Dense(w) => linear(x, w.val(), None),
+            BaseWeight::Nf4(q) => q.matmul(x),
         }
     }
 

@@ -17,7 +17,6 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
-use burn::tensor::module::linear;
 
 use crate::adapter::Adapter;
 use crate::base_weight::BaseWeight;
@@ -81,11 +80,10 @@ impl LoraLinear {
     /// # Shapes
     /// `x`: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = linear(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
+        let mut base = self.weight.matmul(x.clone());
+        if let Some(b) = &self.bias {
+            base = base + b.val().unsqueeze::<D>();
+        }
         match &self.adapter {
             Some(adapter) if !self.merged => base + adapter.forward(x),
             _ => base,
