@@ -58,6 +58,7 @@ from fixturegen.common import (
 from fixturegen.adalora import make_adalora_fixtures
 from fixturegen.checks import check_adapter, check_merged, run_check, self_test
 from fixturegen.dequant import make_dequant_fixture
+from fixturegen.bf16 import make_smollm2_bf16
 from fixturegen.gguf_quants import make_gguf_quants_fixture
 from fixturegen.nf4 import make_nf4_fixture, make_smollm2_nf4
 from fixturegen.peft_parts import make_peft_fixtures
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
         log("NF4 (bitsandbytes) fixture")
         make_nf4_fixture(out / "nf4", out / "tiny-llama", seed=SEEDS["nf4"])
     model = args.model or DEFAULT_MODEL
-    if parts & {"smollm2", "smollm2-peft", "smollm2-nf4"} and not model.exists():
+    if parts & {"smollm2", "smollm2-peft", "smollm2-nf4", "smollm2-bf16"} and not model.exists():
         log(f"error: {model} not found (pass --model, or leave smollm2 / smollm2-peft out of --parts)")
         return 1
     if "smollm2" in parts:
@@ -139,6 +140,9 @@ def main(argv=None) -> int:
     if "smollm2-nf4" in parts:
         log(f"SmolLM2 with an NF4 base (bitsandbytes) from {model}")
         make_smollm2_nf4(model, out)
+    if "smollm2-bf16" in parts:
+        log(f"SmolLM2 in bf16 (transformers torch_dtype=bfloat16) from {model}")
+        make_smollm2_bf16(model, out)
     if "smollm2-peft" in parts:
         log(f"PEFT adapter on SmolLM2 from {model}")
         make_smollm2_peft(model, out, seed=SEEDS["smollm2_peft"])

@@ -37,8 +37,9 @@ SMOLLM2_CHAT_MESSAGES = [{"role": "user", "content": "What is the capital of Fra
 
 # Every fixture part, in the order they are written; the default --parts. `smollm2-peft` is not in
 # the default set: it loads the real model a second time and is slow on a small machine.
-ALL_PARTS = ["tiny", "peft", "adalora", "dequant", "gguf-quants", "nf4", "smollm2", "smollm2-nf4", "smollm2-peft"]
-DEFAULT_PARTS = ["tiny", "peft", "adalora", "dequant", "gguf-quants", "nf4", "smollm2", "smollm2-nf4"]
+ALL_PARTS = ["tiny", "peft", "adalora", "dequant", "gguf-quants", "nf4", "smollm2", "smollm2-nf4", "smollm2-bf16",
+             "smollm2-peft"]
+DEFAULT_PARTS = ["tiny", "peft", "adalora", "dequant", "gguf-quants", "nf4", "smollm2", "smollm2-nf4", "smollm2-bf16"]
 
 
 # --------------------------------------------------------------------------------------------

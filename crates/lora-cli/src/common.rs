@@ -7,14 +7,19 @@ use std::time::Instant;
 use anyhow::Result;
 use burn::tensor::Device;
 use clap::Args as ClapArgs;
-use lora_core::{BackendKind, Nf4Config, select_device};
+use lora_core::{BackendKind, BaseDtype, Nf4Config, select_device};
 use lora_models::tokenizer::{ChatMessage, TextTokenizer};
 use lora_models::{LoadOptions, Pretrained, cache};
 use lora_train::config::{EvalMetric, QuantMethod, QuantSection};
 
-/// `--quant`, `--quant-block-size`, `--no-double-quant`.
+/// How the frozen base is stored: `--base-dtype`, `--quant`, `--quant-block-size`,
+/// `--no-double-quant`.
 #[derive(ClapArgs, Debug, Clone, Default)]
 pub struct QuantArgs {
+    /// The type the frozen base weights are stored and multiplied in: f32 (default), bf16 or
+    /// f16; adapters, gradients and optimizer state stay f32 [base_dtype].
+    #[arg(long)]
+    pub base_dtype: Option<BaseDtype>,
     /// Base-weight quantization: `none` (default) or `nf4` (QLoRA's 4-bit NormalFloat, every
     /// linear layer except lm_head; dequantized in each forward).
     #[arg(long, value_enum, ignore_case = true)]
@@ -142,6 +147,7 @@ impl ModelArgs {
         let options = LoadOptions {
             nf4: self.quant.nf4()?,
             adapter: self.adapter.clone(),
+            base_dtype: self.quant.base_dtype.unwrap_or_default(),
         };
         let loaded = lora_models::load_with(&path, &options, device)?;
         eprintln!(

@@ -7,6 +7,7 @@ use burn::module::{Module, Param};
 use burn::tensor::module::linear;
 use burn::tensor::{Shape, Tensor};
 
+use crate::base_dtype::BaseDtype;
 use crate::error::LoraError;
 use crate::quant::{Nf4Config, Nf4Weight};
 
@@ -38,10 +39,32 @@ impl BaseWeight {
     ///
     /// # Shapes
     /// `x`: `[..., d_in]` → `[..., d_out]`
+    ///
+    /// A weight stored in another float type than `x` (`--base-dtype bf16|f16`) multiplies in
+    /// its own type: `x` is cast to it and the product back to `x`'s type, so the activations
+    /// around the layer stay f32.
     pub fn matmul<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            BaseWeight::Dense(w) => linear(x, w.val(), None),
+            BaseWeight::Dense(w) => {
+                let w = w.val();
+                let (wt, xt) = (w.dtype(), x.dtype());
+                if wt == xt {
+                    linear(x, w, None)
+                } else {
+                    linear(x.cast(wt), w, None).cast(xt)
+                }
+            }
             BaseWeight::Nf4(q) => q.matmul(x),
+        }
+    }
+
+    /// Stores a dense weight in `dtype` (an NF4 weight is left as it is: it dequantizes to f32).
+    pub fn cast(self, dtype: BaseDtype) -> Self {
+        match self {
+            BaseWeight::Dense(w) if w.val().dtype() != dtype.dtype() => {
+                BaseWeight::dense(w.val().cast(dtype.dtype()).detach())
+            }
+            other => other,
         }
     }
 

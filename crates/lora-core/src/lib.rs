@@ -28,13 +28,15 @@
 //! 5. [`inject`] — [`LoraModel`] (a model's linear layers by path), [`apply_lora`],
 //!    [`merge_and_unload`];
 //! 6. [`peft`] — adapter files both ways ([`peft::load_adapter`], [`peft::save_adapter`]);
-//! 7. [`base_weight`] and [`quant`] — the frozen `W`: dense or NF4 (QLoRA);
+//! 7. [`base_weight`], [`base_dtype`] and [`quant`] — the frozen `W`: dense (f32, bf16 or f16)
+//!    or NF4 (QLoRA);
 //! 8. [`adalora`] — AdaLoRA: the SVD-form adapter and its rank allocator;
 //! 9. [`tensor_io`], [`backend`], [`error`] — safetensors on the host, devices, the error type.
 
 pub mod adalora;
 pub mod adapter;
 pub mod backend;
+pub mod base_dtype;
 pub mod base_weight;
 pub mod config;
 pub mod error;
@@ -48,6 +50,7 @@ pub mod tensor_io;
 
 pub use adapter::Adapter;
 pub use backend::{BackendKind, select_device};
+pub use base_dtype::{BaseDtype, cast_base};
 pub use base_weight::BaseWeight;
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
 pub use error::LoraError;

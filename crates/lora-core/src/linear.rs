@@ -19,6 +19,7 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
 use crate::adapter::Adapter;
+use crate::base_dtype::BaseDtype;
 use crate::base_weight::BaseWeight;
 use crate::error::LoraError;
 use crate::quant::{Nf4Config, RequantizeReport, requantize_report_weight};
@@ -74,6 +75,21 @@ impl LoraLinear {
         Ok(())
     }
 
+    /// Stores the base weight in `dtype` (`--base-dtype`); the adapter stays f32.
+    ///
+    /// # Errors
+    /// [`LoraError::MergeState`] if an adapter is merged into `W` (casting would round `ΔW`).
+    pub fn cast_base(&mut self, dtype: BaseDtype, path: &str) -> Result<(), LoraError> {
+        if self.merged {
+            return Err(LoraError::MergeState {
+                path: path.into(),
+                what: "is merged; unmerge before changing the base dtype".into(),
+            });
+        }
+        self.weight = self.weight.clone().cast(dtype);
+        Ok(())
+    }
+
     /// `y = x·W + b + scaling · (dropout(x)·A)·B`; the base output is never scaled, and a merged
     /// layer does not add the update a second time.
     ///
@@ -123,8 +139,12 @@ impl LoraLinear {
     /// [`LoraError::MergeState`] if there is no adapter or the layer is already merged.
     pub fn merge(&mut self, path: &str) -> Result<(), LoraError> {
         let delta = self.delta_for(path, false)?;
-        // An NF4 base is dequantized and stays dense: re-quantizing would round ΔW away.
-        self.weight = self.weight.clone().map(|w| w + delta);
+        // An NF4 base is dequantized and stays dense: re-quantizing would round ΔW away. A
+        // bf16/f16 base stays in its type, as PEFT merges (ΔW rounded to it).
+        self.weight = self.weight.clone().map(|w| {
+            let dtype = w.dtype();
+            w + delta.cast(dtype)
+        });
         self.merged = true;
         Ok(())
     }
@@ -135,7 +155,10 @@ impl LoraLinear {
     /// [`LoraError::MergeState`] if there is no adapter or the layer is not merged.
     pub fn unmerge(&mut self, path: &str) -> Result<(), LoraError> {
         let delta = self.delta_for(path, true)?;
-        self.weight = self.weight.clone().map(|w| w - delta);
+        self.weight = self.weight.clone().map(|w| {
+            let dtype = w.dtype();
+            w - delta.cast(dtype)
+        });
         self.merged = false;
         Ok(())
     }

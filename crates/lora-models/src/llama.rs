@@ -15,7 +15,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::embedding;
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Distribution, Int, Tensor, TensorData};
 use lora_core::LoraLinear;
 
 use crate::config::LlamaConfig;
@@ -281,10 +281,18 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// The rows come out in f32 whatever type the table is stored in (`--base-dtype`): the
+    /// activations between layers stay f32.
+    ///
     /// # Shapes
     /// `tokens`: `[B, T]` → `[B, T, D]`
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        embedding(self.weight.val(), tokens)
+        let rows = embedding(self.weight.val(), tokens);
+        if rows.dtype() == DType::F32 {
+            rows
+        } else {
+            rows.cast(DType::F32)
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use lora_core::AdaptReport;
+use lora_core::{AdaptReport, BaseDtype};
 use lora_core::peft::{self, AdapterConfig};
 use lora_core::quant::{Nf4Config, QuantReport, quantize_base};
 
@@ -77,8 +77,8 @@ pub fn load_hf_model(dir: &Path, device: &Device) -> Result<Llama, ModelError> {
     checkpoint::build_llama(&config, weights, opts, device)
 }
 
-/// How to load a model for inference or evaluation: the base as stored or in NF4, with or
-/// without an adapter.
+/// How to load a model for inference or evaluation: the base as stored, in bf16/f16 or in NF4,
+/// with or without an adapter.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Store every linear layer except `lm_head` in NF4 (QLoRA's base; dequantized in each
@@ -86,6 +86,9 @@ pub struct LoadOptions {
     pub nf4: Option<Nf4Config>,
     /// A PEFT adapter directory (LoRA or AdaLoRA, ours or PEFT's) to attach.
     pub adapter: Option<PathBuf>,
+    /// The type the frozen weights are stored and multiplied in (after NF4 quantization, what
+    /// stays dense: the embedding and `lm_head`).
+    pub base_dtype: BaseDtype,
 }
 
 /// A model loaded with [`load_with`], and what was done to it.
@@ -114,6 +117,9 @@ pub fn load_with(
         Some(nf4) => Some(quantize_base(&mut pretrained.model, nf4, &["lm_head"])?),
         None => None,
     };
+    if options.base_dtype != BaseDtype::F32 {
+        pretrained.model.cast_base(options.base_dtype)?;
+    }
     let adapter = match &options.adapter {
         Some(dir) => {
             let (model, config, report) = peft::load_adapter(pretrained.model, dir, device)?;

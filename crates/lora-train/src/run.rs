@@ -30,7 +30,7 @@ use lora_core::adalora::{RankAllocator, apply_adalora};
 use lora_core::peft::{self, AdapterConfig};
 use lora_core::quant::quantize_base;
 use lora_core::tensor_io::write_atomic;
-use lora_core::{AdaptReport, BackendKind, apply_lora, select_device};
+use lora_core::{AdaptReport, BackendKind, BaseDtype, apply_lora, select_device};
 use lora_models::tokenizer::TextTokenizer;
 use lora_models::{Llama, cache};
 use serde::Serialize;
@@ -344,6 +344,24 @@ fn quantize_if_asked(
     }))
 }
 
+/// Stores the frozen base in `cfg.base_dtype` (what NF4 left dense, with `--quant nf4`).
+fn cast_if_asked(
+    model: &mut Llama,
+    cfg: &TrainConfig,
+    observer: &mut dyn Observer,
+) -> Result<(), TrainError> {
+    if cfg.base_dtype == BaseDtype::F32 {
+        return Ok(());
+    }
+    let bytes = model.cast_base(cfg.base_dtype)?;
+    observer.on_message(&format!(
+        "base weights in {}: {:.1} MiB of dense weights (embedding, linear layers not in NF4); adapters, gradients and optimizer state in f32",
+        cfg.base_dtype,
+        bytes as f64 / (1u64 << 20) as f64
+    ));
+    Ok(())
+}
+
 /// The adapter kind the run trains and saves.
 fn adapter_config(cfg: &TrainConfig) -> AdapterConfig {
     match cfg.method {
@@ -391,13 +409,20 @@ pub fn run_training(
         .backend
         .parse()
         .map_err(|e: lora_core::LoraError| TrainError::Config(e.to_string()))?;
-    let device = select_device(kind)?.autodiff();
+    // The model lives on the device the steps run on: with checkpointing, one whose autodiff
+    // recomputes memory-bound activations in the backward pass.
+    let device = if cfg.gradient_checkpointing {
+        select_device(kind)?.autodiff().gradient_checkpointing()
+    } else {
+        select_device(kind)?.autodiff()
+    };
     let model_path = match &cfg.model {
         Some(p) => p.clone(),
         None => cache::ensure_default_model()?,
     };
     let mut pretrained = lora_models::load(&model_path, &device)?;
     let quant = quantize_if_asked(&mut pretrained.model, cfg, observer)?;
+    cast_if_asked(&mut pretrained.model, cfg, observer)?;
     let tok = pretrained.tokenizer.clone();
     let base_name = pretrained.name();
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
