@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
+use lora_core::BaseDtype;
 use lora_models::cache;
 use lora_train::bench::peft::default_python;
-use lora_core::BaseDtype;
 use lora_train::bench::scale::{ScaleBase, ScaleShape};
 use lora_train::bench::{
     BenchConfig, ChildCommand, JobSpec, Progress, SweepEval, TargetSet, TrainSettings, parse_impl,
@@ -123,8 +123,16 @@ impl Args {
         let at_scale = scale.is_some();
         let (warmup, steps, rounds) = match (self.quick, at_scale) {
             (true, _) => (1, 3, 2),
-            (false, true) => (self.warmup.unwrap_or(1), self.steps.unwrap_or(3), self.rounds),
-            (false, false) => (self.warmup.unwrap_or(3), self.steps.unwrap_or(10), self.rounds),
+            (false, true) => (
+                self.warmup.unwrap_or(1),
+                self.steps.unwrap_or(3),
+                self.rounds,
+            ),
+            (false, false) => (
+                self.warmup.unwrap_or(3),
+                self.steps.unwrap_or(10),
+                self.rounds,
+            ),
         };
         let rank = self.rank.unwrap_or(if at_scale { 16 } else { 8 });
         let parts: Vec<String> = parse_list(&self.parts, |s| Ok(s.to_string()))?;

@@ -31,7 +31,8 @@
 //! 7. [`base_weight`], [`base_dtype`] and [`quant`] — the frozen `W`: dense (f32, bf16 or f16)
 //!    or NF4 (QLoRA);
 //! 8. [`adalora`] — AdaLoRA: the SVD-form adapter and its rank allocator;
-//! 9. [`tensor_io`], [`backend`], [`error`] — safetensors on the host, devices, the error type.
+//! 9. [`recompute`] — block-level gradient checkpointing (a layer runs again in backward);
+//! 10. [`tensor_io`], [`backend`], [`error`] — safetensors on the host, devices, the error type.
 
 pub mod adalora;
 pub mod adapter;
@@ -45,6 +46,7 @@ pub mod linear;
 pub mod lora;
 pub mod peft;
 pub mod quant;
+pub mod recompute;
 pub mod targets;
 pub mod tensor_io;
 

@@ -26,6 +26,7 @@ pub mod kv_cache;
 pub mod left_padding;
 pub mod llama;
 pub mod pretrained;
+mod recompute;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;

@@ -355,9 +355,16 @@ impl LlamaModel {
                 causal_mask(t, offset + t, offset, groups, &x.device()).map(|m| m.unsqueeze())
             }
         });
+        // With gradient checkpointing (training only: no cache) each layer keeps only its input
+        // for the backward pass and runs again there.
+        let recompute = cache.is_none() && crate::recompute::wants_recompute(&x);
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
-            x = layer.forward(x, &self.rotary_emb, mask.as_ref(), layer_cache);
+            x = if recompute {
+                crate::recompute::recomputed_layer(layer, x, &self.rotary_emb, mask.as_ref())
+            } else {
+                let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
+                layer.forward(x, &self.rotary_emb, mask.as_ref(), layer_cache)
+            };
         }
         self.norm.forward(x)
     }

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use lora_core::{AdaptReport, BaseDtype};
 use lora_core::peft::{self, AdapterConfig};
 use lora_core::quant::{Nf4Config, QuantReport, quantize_base};
+use lora_core::{AdaptReport, BaseDtype};
 
 use crate::checkpoint::{self, BuildOptions};
 use crate::error::ModelError;

@@ -34,7 +34,10 @@ fn bf16_base_gives_transformers_bf16_top5_on_smollm2() {
         base_dtype: BaseDtype::Bf16,
         ..LoadOptions::default()
     };
-    let model = lora_models::load_with(&path, &options, &d).unwrap().pretrained.model;
+    let model = lora_models::load_with(&path, &options, &d)
+        .unwrap()
+        .pretrained
+        .model;
     assert_eq!(
         model.model.embed_tokens.weight.val().dtype(),
         burn::tensor::DType::BF16
@@ -49,7 +52,10 @@ fn bf16_base_gives_transformers_bf16_top5_on_smollm2() {
         let logits = lora_models::generate::step(&model, &ids, &mut cache).unwrap();
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        let want: Vec<usize> = as_ids(&prompt["top5"]).iter().map(|&i| i as usize).collect();
+        let want: Vec<usize> = as_ids(&prompt["top5"])
+            .iter()
+            .map(|&i| i as usize)
+            .collect();
         let (mut ours_vs_bf16, mut ours_vs_f32) = (0f32, 0f32);
         for e in prompt["top20"].as_array().unwrap() {
             let id = e["id"].as_u64().unwrap() as usize;
@@ -98,7 +104,10 @@ fn bf16_base_gives_transformers_bf16_top5_on_smollm2() {
             }
         }
         for &(id, l) in reference.iter().filter(|(_, l)| *l > sixth + LOGIT_BOUND) {
-            assert!(order[..5].contains(&id), "{text:?}: {id} ({l}) missing from our top 5");
+            assert!(
+                order[..5].contains(&id),
+                "{text:?}: {id} ({l}) missing from our top 5"
+            );
         }
         assert!(want.iter().zip(&reference).all(|(w, (r, _))| w == r));
         assert!(ours_vs_bf16 <= LOGIT_BOUND, "{text:?}: {ours_vs_bf16}");

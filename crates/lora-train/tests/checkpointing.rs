@@ -1,8 +1,8 @@
-//! `--gradient-checkpointing` (burn's balanced checkpointing: memory-bound activations are
-//! recomputed in the backward pass instead of kept) changes what is stored, never what is
-//! computed: the same loss and the same adapter gradients as without it, on an f32 base and on
-//! an NF4 base (whose own backward step dequantizes again), and the same losses over steps of
-//! training.
+//! `--gradient-checkpointing` (each decoder layer keeps only its input and runs again in the
+//! backward pass, `lora_core::recompute`, inside burn's balanced checkpointing) changes what is
+//! stored, not what is computed: the same loss and the same adapter gradients as without it (up
+//! to the order of f32 additions), on an f32 base and on an NF4 base (whose own backward step
+//! dequantizes again), and the same losses over steps of training.
 
 #[path = "../../lora-models/tests/common/mod.rs"]
 mod common;
@@ -20,6 +20,14 @@ use lora_train::data::Encoded;
 use lora_train::eval::EvalReport;
 use lora_train::loss::causal_lm_loss;
 use lora_train::trainer::{Observer, StepMetrics, TrainLoop, train};
+
+/// burn's random generator is process-wide, and a checkpointed layer re-seeds it (for its
+/// dropout masks): the tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The tiny Llama with the PEFT fixture adapter (non-zero `B`), on `device`, optionally NF4.
 fn adapted(device: &Device, nf4: bool) -> Llama {
@@ -51,6 +59,7 @@ fn loss_and_grads(m: &Llama) -> (f32, Vec<Vec<f32>>) {
 
 #[test]
 fn checkpointing_keeps_the_loss_and_every_adapter_gradient() {
+    let _turn = serial();
     for nf4 in [false, true] {
         let plain = loss_and_grads(&adapted(&device().autodiff(), nf4));
         let ckpt = device().autodiff().gradient_checkpointing();
@@ -62,10 +71,15 @@ fn checkpointing_keeps_the_loss_and_every_adapter_gradient() {
             plain.0,
             recomputed.0
         );
+        // The recomputed layers hand their gradients over at layer boundaries, so the residual
+        // stream's contributions are added in another order: equal up to f32 rounding.
+        let mut worst = 0f32;
         for (i, (a, b)) in plain.1.iter().zip(&recomputed.1).enumerate() {
             let err = rel_err(b, a);
-            assert!(err <= 1e-6, "nf4 {nf4}: gradient {i}: {err}");
+            worst = worst.max(err);
+            assert!(err <= 1e-5, "nf4 {nf4}: gradient {i}: {err}");
         }
+        eprintln!("nf4 {nf4}: largest relative gradient difference {worst:.1e}");
     }
 }
 
@@ -113,6 +127,7 @@ fn train_losses(device: &Device, dir: &std::path::Path) -> Vec<f64> {
 
 #[test]
 fn training_with_checkpointing_gives_the_same_losses() {
+    let _turn = serial();
     let dir = std::env::temp_dir().join(format!("burn-lora-ckpt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -123,6 +138,10 @@ fn training_with_checkpointing_gives_the_same_losses() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(plain.len(), 5);
     for (step, (a, b)) in plain.iter().zip(&recomputed).enumerate() {
-        assert!((a - b).abs() <= 1e-6 * a.abs(), "step {}: {a} vs {b}", step + 1);
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs(),
+            "step {}: {a} vs {b}",
+            step + 1
+        );
     }
 }

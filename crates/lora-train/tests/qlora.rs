@@ -233,7 +233,10 @@ fn nf4_backward_recomputing_w_gives_the_gradients_of_a_stored_dequantized_w() {
     };
     let (loss, grads) = grads_of(&m);
     let (loss_dense, grads_dense) = grads_of(&dense);
-    assert!((loss - loss_dense).abs() <= 1e-6 * loss_dense.abs(), "{loss} vs {loss_dense}");
+    assert!(
+        (loss - loss_dense).abs() <= 1e-6 * loss_dense.abs(),
+        "{loss} vs {loss_dense}"
+    );
     assert_eq!(grads.len(), 28, "14 adapted layers × (A, B)");
     for (i, (g, e)) in grads.iter().zip(&grads_dense).enumerate() {
         let err = rel_err(g, e);

@@ -299,7 +299,10 @@ pub fn run_one(spec: &JobSpec, progress: &mut dyn FnMut(Progress<'_>)) -> Result
 
 /// The autodiff device of a training job: with checkpointing, one that recomputes memory-bound
 /// activations in the backward pass.
-pub(super) fn training_device(device: &burn::tensor::Device, s: &TrainSettings) -> burn::tensor::Device {
+pub(super) fn training_device(
+    device: &burn::tensor::Device,
+    s: &TrainSettings,
+) -> burn::tensor::Device {
     if s.checkpointing {
         device.clone().autodiff().gradient_checkpointing()
     } else {

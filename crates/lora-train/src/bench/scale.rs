@@ -340,9 +340,21 @@ mod tests {
     fn shapes_have_the_parameter_counts_of_the_llama_releases() {
         // Llama-3.2-1B / 3B / 3.1-8B with a 49,152-token vocabulary instead of 128,256.
         let n = |s: ScaleShape| s.config().num_params() as f64 / 1e9;
-        assert!((n(ScaleShape::B1) - 1.074).abs() < 0.01, "{}", n(ScaleShape::B1));
-        assert!((n(ScaleShape::B3) - 2.97).abs() < 0.01, "{}", n(ScaleShape::B3));
-        assert!((n(ScaleShape::B8) - 7.38).abs() < 0.01, "{}", n(ScaleShape::B8));
+        assert!(
+            (n(ScaleShape::B1) - 1.074).abs() < 0.01,
+            "{}",
+            n(ScaleShape::B1)
+        );
+        assert!(
+            (n(ScaleShape::B3) - 2.97).abs() < 0.01,
+            "{}",
+            n(ScaleShape::B3)
+        );
+        assert!(
+            (n(ScaleShape::B8) - 7.38).abs() < 0.01,
+            "{}",
+            n(ScaleShape::B8)
+        );
         for s in [ScaleShape::B1, ScaleShape::B3, ScaleShape::B8] {
             s.config().validate().unwrap();
             assert_eq!(ScaleShape::parse(s.name()).unwrap(), s);
