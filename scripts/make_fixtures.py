@@ -56,9 +56,9 @@ from fixturegen.common import (
     ALL_PARTS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_PARTS, SEEDS, describe_safetensors, log, quiet_libraries,
 )
 from fixturegen.adalora import make_adalora_fixtures
+from fixturegen.bf16 import make_smollm2_bf16
 from fixturegen.checks import check_adapter, check_merged, run_check, self_test
 from fixturegen.dequant import make_dequant_fixture
-from fixturegen.bf16 import make_smollm2_bf16
 from fixturegen.gguf_quants import make_gguf_quants_fixture
 from fixturegen.nf4 import make_nf4_fixture, make_smollm2_nf4
 from fixturegen.peft_parts import make_peft_fixtures

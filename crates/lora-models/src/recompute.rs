@@ -24,7 +24,7 @@ struct LayerBlock {
     untracked: DecoderLayer,
     rope: RotaryEmbedding,
     untracked_rope: RotaryEmbedding,
-    mask: Option<Tensor<2, Bool>>,
+    mask: Option<Tensor<3, Bool>>,
 }
 
 impl Recompute for LayerBlock {
@@ -82,7 +82,7 @@ pub(crate) fn recomputed_layer(
     layer: &DecoderLayer,
     x: Tensor<3>,
     rope: &RotaryEmbedding,
-    mask: Option<&Tensor<2, Bool>>,
+    mask: Option<&Tensor<3, Bool>>,
 ) -> Tensor<3> {
     let seed = Tensor::<1, Int>::random([1], Distribution::Uniform(0.0, 2147483647.0), &x.device())
         .into_scalar::<i64>() as u64;

@@ -108,6 +108,7 @@ fn train_losses(device: &Device, dir: &std::path::Path) -> Vec<f64> {
         .map(|i| Encoded {
             ids: vec![10 + i, 20 + i, 30 + i, 40 + i, 100 + 7 * i, 200 + 3 * i],
             prompt_len: 4,
+            earlier_answers: Vec::new(),
         })
         .collect();
     let ck = RunCheckpoint::new(dir, AdapterConfig::Lora(cfg.lora.clone()), "tiny-llama");
