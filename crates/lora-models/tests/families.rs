@@ -33,6 +33,7 @@ fn hf_logits_match(family: &str) {
         err < 1e-4,
         "{family}: max abs error / max abs value = {err}"
     );
+    eprintln!("{family} HF logits: relative error {err:.2e}");
 }
 
 fn kv_cache_decoding_matches(family: &str) {
@@ -74,6 +75,7 @@ fn gguf_logits_match(family: &str) {
         err < 1e-4,
         "{family} GGUF: max abs error / max abs value = {err}"
     );
+    eprintln!("{family} GGUF logits: relative error {err:.2e}");
 }
 
 fn gguf_tokenizer_matches(family: &str) {
@@ -103,6 +105,7 @@ fn peft_adapter_round_trips(family: &str) {
     let logits = host(model.forward(ids(&r["input_ids"], &d), None));
     let err = rel_err(&logits, &r["logits_adapter"].data);
     assert!(err < 1e-4, "{family} + PEFT adapter: {err}");
+    eprintln!("{family} + PEFT adapter logits: relative error {err:.2e}");
 
     // Written back, the file holds PEFT's tensors under PEFT's names, nothing more.
     let out = std::env::temp_dir().join(format!(
