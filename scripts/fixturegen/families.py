@@ -1,7 +1,8 @@
 """Part `families`: a tiny random model of each family beyond Llama (Qwen2, Qwen3, Mistral, Gemma 3).
 
 For each family, in `fixtures/tiny-<family>/`:
-- an HF directory (`config.json`, `model.safetensors`) written by transformers, and `reference.safetensors`
+- an HF directory (`config.json`, `model.safetensors`, and the tokenizer below as `tokenizer.json`)
+  written by transformers, and `reference.safetensors`
   with its logits on TINY_INPUT_IDS, a KV-cache greedy decode (8 steps, past the sliding window), and
   the logits with a PEFT LoRA adapter (`peft-adapter/`, r=4, alpha=8 on all 7 linear layers, B random);
 - a GGUF (`model.gguf`) written with gguf-py the way llama.cpp's `convert_hf_to_gguf.py` writes that
@@ -297,6 +298,9 @@ def gguf_reference(family: str, out_dir: Path, cfg) -> dict:
     model = AutoModelForCausalLM.from_pretrained(str(out_dir), gguf_file="model.gguf", dtype=torch.float32,
                                                  **kwargs).eval()
     tok = AutoTokenizer.from_pretrained(str(out_dir), gguf_file="model.gguf")
+    # The same tokenizer next to the HF weights, so the directory is a complete model for both
+    # transformers/PEFT and burn-lora (scripts/check_families_peft.sh uses that).
+    tok.save_pretrained(str(out_dir))
     ids = torch.tensor(TINY_INPUT_IDS, dtype=torch.int64)
     with torch.no_grad():
         logits = model(ids).logits.float()
