@@ -113,6 +113,26 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+# Strings the real-model tokenizer references are recorded for; each model adds one with its own
+# special tokens.
+ROUND_TRIP_SAMPLES = [
+    "Hello world",
+    "   leading spaces and  double  spaces",
+    "Numbers 12345 and 3.14159, year 2024",
+    "café naïve 東京 🙂",
+    "line one\nline two\n\n\ttabbed\tend",
+]
+
+
+def tokenizer_round_trips(tok, samples: list[str]) -> list[dict]:
+    """ids (no special tokens added; special-token text is still matched), tokens and decoded text."""
+    out = []
+    for s in samples:
+        ids = tok(s, add_special_tokens=False)["input_ids"]
+        out.append({"text": s, "ids": ids, "tokens": tok.convert_ids_to_tokens(ids), "decoded": tok.decode(ids)})
+    return out
+
+
 def last_logits(model, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return model(torch.tensor([ids], dtype=torch.int64)).logits[0, -1].float()

@@ -26,7 +26,7 @@ import torch
 
 from .common import TINY_INPUT_IDS, LORA_TARGETS, log, set_determinism, save_tensors, write_json
 from .peft_parts import randomize_lora_b, save_adapter
-from .tiny import greedy_decode_with_cache, TINY_GREEDY_NEW_TOKENS
+from .tiny import logits_and_greedy
 
 FAMILIES = ["qwen2", "qwen3", "mistral", "gemma3"]
 VOCAB = 300
@@ -332,15 +332,7 @@ def make_family(out_root: Path, family: str, seed: int) -> None:
     (out_dir / "generation_config.json").unlink(missing_ok=True)
     model = cls.from_pretrained(str(out_dir), dtype=torch.float32).eval()
 
-    input_ids = torch.tensor(TINY_INPUT_IDS, dtype=torch.int64)
-    with torch.no_grad():
-        logits = model(input_ids).logits.float()
-    greedy_ids, step_logits = greedy_decode_with_cache(model, input_ids[0], TINY_GREEDY_NEW_TOKENS)
-    with torch.no_grad():
-        full = model(greedy_ids[:-1].unsqueeze(0)).logits[0, input_ids.shape[1] - 1:]
-    assert torch.allclose(full, step_logits, atol=1e-4), f"{family}: cached decode differs from full forward"
-    top2 = torch.topk(step_logits, 2, dim=-1).values
-    margin = float((top2[:, 0] - top2[:, 1]).min())
+    input_ids, logits, greedy_ids, step_logits, margin = logits_and_greedy(model)
     # An f32 implementation must not be able to flip a greedy choice by rounding.
     assert margin > 0.01, f"{family}: greedy top-1/top-2 margin {margin} too small; pick another seed"
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .common import REPO_ROOT, log, write_json, load_causal_lm, load_tokenizer
+from .common import (
+    REPO_ROOT, ROUND_TRIP_SAMPLES, log, write_json, load_causal_lm, load_tokenizer, tokenizer_round_trips,
+)
 from .smollm2 import top_k_entries
 
 DEFAULT_GEMMA3 = Path.home() / ".cache" / "burn-lora" / "models" / "gemma-3-270m-q4_k_m.gguf"
@@ -53,19 +55,7 @@ def make_gemma3_reference(model_path: Path, out: Path) -> None:
                              temperature=None, top_p=None, top_k=None)
     new_ids = gen[0, len(first):].tolist()
 
-    samples = [
-        "Hello world",
-        "   leading spaces and  double  spaces",
-        "Numbers 12345 and 3.14159, year 2024",
-        "café naïve 東京 🙂",
-        "line one\nline two\n\n\ttabbed\tend",
-        "<start_of_turn>user\nhi<end_of_turn>",
-    ]
-    round_trips = []
-    for s in samples:
-        ids = tok(s, add_special_tokens=False)["input_ids"]
-        round_trips.append({"text": s, "ids": ids, "tokens": tok.convert_ids_to_tokens(ids),
-                            "decoded": tok.decode(ids)})
+    round_trips = tokenizer_round_trips(tok, ROUND_TRIP_SAMPLES + ["<start_of_turn>user\nhi<end_of_turn>"])
 
     result = {
         "model_file": model_path.name,

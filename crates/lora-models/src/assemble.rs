@@ -94,9 +94,12 @@ pub fn assemble(config: &LlamaConfig, src: &mut impl WeightSource) -> Result<Lla
         let p = format!("model.layers.{i}");
         let a = format!("{p}.self_attn");
         let (qkv_b, o_b, mlp_b) = (var.qkv_bias, var.o_bias, var.mlp_bias);
-        let qk_norm = |src: &mut _, which: &str| match var.qk_norm {
-            true => norm(src, &format!("{a}.{which}"), e, config).map(Some),
-            false => Ok(None),
+        let qk_norm = |src: &mut _, which: &str| {
+            if var.qk_norm {
+                norm(src, &format!("{a}.{which}"), e, config).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         let self_attn = Attention {
             q_proj: src.linear(&format!("{a}.q_proj"), d, h * e, qkv_b)?,

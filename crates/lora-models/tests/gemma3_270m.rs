@@ -10,7 +10,6 @@ mod common;
 use common::*;
 use lora_models::cache::GEMMA3_270M;
 use lora_models::generate::{SamplingConfig, generate, step};
-use lora_models::tokenizer::ChatMessage;
 use lora_models::{Family, Pretrained};
 use serde_json::Value;
 
@@ -31,17 +30,7 @@ fn gemma3_270m_top5_logits_and_ids_match_transformers() {
     assert_eq!(p.chat_template_fallback, Some(Family::Gemma3));
     for prompt in reference()["prompts"].as_array().unwrap() {
         let text = prompt["text"].as_str().unwrap();
-        let ids = match prompt["kind"].as_str().unwrap() {
-            "chat" => {
-                let msgs: Vec<ChatMessage> =
-                    serde_json::from_value(prompt["messages"].clone()).unwrap();
-                let rendered = p.tokenizer.apply_chat_template(&msgs, true).unwrap();
-                assert_eq!(rendered, text, "chat template renders as transformers does");
-                p.tokenizer.encode(&rendered, false).unwrap()
-            }
-            _ => p.tokenizer.encode(text, true).unwrap(),
-        };
-        assert_eq!(ids, json_ids(&prompt["ids"]), "token ids of {text:?}");
+        let ids = prompt_ids(&p.tokenizer, prompt);
         let mut cache = p.model.new_cache();
         let logits = step(&p.model, &ids, &mut cache).unwrap();
         let worst = assert_top5(&logits, &prompt["top5"], 1e-2, text);

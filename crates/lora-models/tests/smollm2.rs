@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use lora_models::generate::{SamplingConfig, generate};
-use lora_models::tokenizer::ChatMessage;
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -21,26 +20,7 @@ fn top5_logits_match_transformers_on_smollm2() {
     let r = reference();
     for prompt in r["prompts"].as_array().unwrap() {
         let text = prompt["text"].as_str().unwrap();
-        let ids = match prompt["kind"].as_str().unwrap() {
-            "chat" => {
-                let msgs: Vec<ChatMessage> = prompt["messages"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|m| {
-                        ChatMessage::new(
-                            m["role"].as_str().unwrap(),
-                            m["content"].as_str().unwrap(),
-                        )
-                    })
-                    .collect();
-                let rendered = p.tokenizer.apply_chat_template(&msgs, true).unwrap();
-                assert_eq!(rendered, text, "chat template renders as transformers does");
-                p.tokenizer.encode(&rendered, false).unwrap()
-            }
-            _ => p.tokenizer.encode(text, true).unwrap(),
-        };
-        assert_eq!(ids, json_ids(&prompt["ids"]), "token ids of {text:?}");
+        let ids = prompt_ids(&p.tokenizer, prompt);
         let mut cache = p.model.new_cache();
         let logits = lora_models::generate::step(&p.model, &ids, &mut cache).unwrap();
         let worst = assert_top5(&logits, &prompt["top5"], 1e-2, text);

@@ -134,13 +134,11 @@ pub fn model_weights(
                     .map(|s| &s.post_feedforward_layernorm),
             ),
         ];
-        for (name, norm) in norms {
-            if let Some(norm) = norm {
-                out.insert(
-                    format!("{p}.{name}.weight"),
-                    HostTensor::from_tensor(norm.weight.val())?,
-                );
-            }
+        for (name, norm) in norms.into_iter().filter_map(|(n, x)| Some((n, x?))) {
+            out.insert(
+                format!("{p}.{name}.weight"),
+                HostTensor::from_tensor(norm.weight.val())?,
+            );
         }
         for (lin, n) in [
             (&a.q_proj, "q_proj"),

@@ -297,9 +297,14 @@ impl HfConfig {
             .and_then(|w| w.rope_theta)
             .unwrap_or(config.rope_theta);
         let layer_types = (0..config.n_layers)
-            .map(|i| match window.is_some_and(|w| w.applies_to(i)) {
-                true => "sliding_attention".to_string(),
-                false => "full_attention".to_string(),
+            .map(|i| {
+                let sliding = window.is_some_and(|w| w.applies_to(i));
+                (if sliding {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                })
+                .to_string()
             })
             .collect();
         let is = |f: Family| family == f;

@@ -72,6 +72,27 @@ pub fn reference_json(name: &str) -> serde_json::Value {
         .expect("valid JSON")
 }
 
+/// The ids of a reference prompt (`{"kind": "plain"|"chat", "text", "ids", "messages"?}`) as
+/// `tok` makes them: a chat prompt through the chat template, which must render exactly
+/// `text`; a plain one with the tokenizer's special tokens. Asserts they equal `ids`.
+pub fn prompt_ids(
+    tok: &lora_models::tokenizer::TextTokenizer,
+    prompt: &serde_json::Value,
+) -> Vec<u32> {
+    let text = prompt["text"].as_str().expect("text");
+    let ids = if prompt["kind"] == "chat" {
+        let msgs: Vec<lora_models::tokenizer::ChatMessage> =
+            serde_json::from_value(prompt["messages"].clone()).expect("messages");
+        let rendered = tok.apply_chat_template(&msgs, true).expect("chat template");
+        assert_eq!(rendered, text, "chat template renders as transformers does");
+        tok.encode(&rendered, false).expect("encode")
+    } else {
+        tok.encode(text, true).expect("encode")
+    };
+    assert_eq!(ids, json_ids(&prompt["ids"]), "token ids of {text:?}");
+    ids
+}
+
 /// Checks next-token logits against a reference `top5` list (`[{"id", "logit"}, ...]`): the same
 /// five ids in the same order, each logit within `tol`. Returns the largest difference.
 pub fn assert_top5(logits: &[f32], top5: &serde_json::Value, tol: f32, what: &str) -> f32 {
