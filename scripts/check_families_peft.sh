@@ -3,7 +3,9 @@
 # burn-lora trains a LoRA adapter on all linear layers for a few steps (so lora_B is no longer
 # zero), prints its next-token logits (`burn-lora logits --json`), and PEFT loads the adapter onto
 # transformers' model of the same directory and must give the same top-5 ids with logits within
-# 1e-4 (`make_fixtures.py --check-adapter`, which also fails on any key PEFT would ignore).
+# 1e-4 (`make_fixtures.py --check-adapter`, which also fails on any key PEFT would ignore). Then
+# burn-lora merges the adapter into a Hugging Face directory (`burn-lora merge`), and transformers
+# must load it as that family and give the same logits (`make_fixtures.py --check-merged`).
 #
 # Usage: scripts/check_families_peft.sh [PYTHON]   (default: ~/.cache/burn-lora/venv/bin/python)
 # Prints one PASS/FAIL line per family; exits non-zero if any fails.
@@ -34,9 +36,17 @@ open(path, "w").write(json.dumps(exp))
 PYEOF
   if "$PY" scripts/make_fixtures.py --check-adapter "$out/adapter" --model "$model" \
        --expect "$out.logits.json" --atol 1e-4 > "$out.check.log" 2>&1; then
-    echo "PASS $family: $(grep -E '^(PASS|  max)' "$out.check.log" | tr '\n' ' ')"
+    echo "PASS $family adapter in PEFT: $(grep -E '^  max \|logit' "$out.check.log")"
   else
-    echo "FAIL $family:"; cat "$out.check.log"; status=1
+    echo "FAIL $family adapter in PEFT:"; cat "$out.check.log"; status=1
+  fi
+  cargo xtask merge --model "$model" --adapter "$out/adapter" --out "$out/merged" > "$out.merge.log" 2>&1 \
+    || { echo "FAIL $family: merge failed"; tail -5 "$out.merge.log"; status=1; continue; }
+  if "$PY" scripts/make_fixtures.py --check-merged "$out/merged" --expect "$out.logits.json" \
+       --atol 1e-4 > "$out.merged.log" 2>&1; then
+    echo "PASS $family merged in transformers: $(grep -E '^  max \|logit' "$out.merged.log")"
+  else
+    echo "FAIL $family merged in transformers:"; cat "$out.merged.log"; status=1
   fi
 done
 exit $status

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::family::{Family, Variant};
 
+/// The most values a RoPE table may hold (`max_seq_len × head_dim`): 2^28, 1 GiB of f32.
+const MAX_ROPE_TABLE: usize = 1 << 28;
+
 /// Hyper-parameters of a Llama-style decoder (of any [`Family`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
@@ -157,6 +160,15 @@ impl LlamaConfig {
             {
                 return Err(format!("{name} must be a positive finite number, got {v}"));
             }
+        }
+        // The RoPE tables hold max_seq_len × head_dim values each; refuse sizes no real model has
+        // rather than allocate without bound (Llama 3.1: 131072 × 128 = 2^24).
+        let table = self.max_seq_len.checked_mul(self.head_dim);
+        if table.is_none_or(|n| n > MAX_ROPE_TABLE) {
+            return Err(format!(
+                "max_position_embeddings ({}) × head_dim ({}) is over {MAX_ROPE_TABLE} values per RoPE table; lower max_position_embeddings in the config",
+                self.max_seq_len, self.head_dim
+            ));
         }
         if let Some(w) = &self.sliding_window {
             if w.size == 0 {

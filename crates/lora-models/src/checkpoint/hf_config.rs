@@ -81,9 +81,11 @@ pub struct HfConfig {
     /// transformers 5.x: `"full_attention"` or `"sliding_attention"` per layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
-    /// Gemma: scores are scaled by `query_pre_attn_scalar^-½` (default 256).
+    /// Gemma: scores are scaled by `query_pre_attn_scalar^-½` (default 256). A JSON number;
+    /// written as an integer when it is one (transformers' `Gemma3TextConfig` declares an `int`
+    /// and its strict validation refuses `256.0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query_pre_attn_scalar: Option<f64>,
+    pub query_pre_attn_scalar: Option<serde_json::Number>,
     /// Gemma 2: tanh soft-capping of attention scores; must be `null` (Gemma 3 has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_logit_softcapping: Option<f64>,
@@ -279,7 +281,12 @@ impl HfConfig {
             variant,
             sliding_window: self.sliding_window(family, local_theta)?,
             query_pre_attn_scalar: match family {
-                Family::Gemma3 => Some(self.query_pre_attn_scalar.unwrap_or(256.0)),
+                Family::Gemma3 => Some(
+                    self.query_pre_attn_scalar
+                        .as_ref()
+                        .and_then(serde_json::Number::as_f64)
+                        .unwrap_or(256.0),
+                ),
                 _ => None,
             },
         };
@@ -341,7 +348,13 @@ impl HfConfig {
             // MistralConfig warns on `layer_types` (its window applies to every layer).
             layer_types: (is(Family::Qwen2) || is(Family::Qwen3) || is(Family::Gemma3))
                 .then_some(layer_types),
-            query_pre_attn_scalar: config.query_pre_attn_scalar,
+            query_pre_attn_scalar: config.query_pre_attn_scalar.and_then(|v| {
+                if v.fract() == 0.0 && v >= 0.0 && v < u64::MAX as f64 {
+                    Some(serde_json::Number::from(v as u64))
+                } else {
+                    serde_json::Number::from_f64(v)
+                }
+            }),
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
             use_bidirectional_attention: None,

@@ -30,6 +30,9 @@ use crate::gguf::GgufFile;
 /// SentencePiece's word-boundary mark (U+2581), which stands for a space in the vocabulary.
 const SPACE_MARK: &str = "\u{2581}";
 
+/// Tokens longer than this many bytes are not split into merges (see [`generate_merges`]).
+const MAX_SPLIT_LEN: usize = 1024;
+
 /// GGUF token types (llama.cpp `llama_token_type`): CONTROL, USER_DEFINED.
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
@@ -41,7 +44,9 @@ const USER_DEFINED: i32 = 4;
 /// is this one, so equal keys keep the token order.
 ///
 /// `tokens[i]` has id `i` and score `scores[i]`; a token listed twice keeps its last id and
-/// score, at the place of its first listing (a Python dict built from the list).
+/// score, at the place of its first listing (a Python dict built from the list). Tokens longer
+/// than 1024 bytes are left unsplit (transformers has no such limit; no real vocabulary has
+/// such tokens).
 pub fn generate_merges(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
     let mut id: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
     let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
@@ -55,6 +60,11 @@ pub fn generate_merges(tokens: &[String], scores: &[f64]) -> Vec<(String, String
     // (score, left length, right length, left, right), lengths in characters as Python counts.
     let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
     for token in order {
+        // Splitting costs O(len²) per token; real vocabularies stay under ~100 characters, so a
+        // longer "token" (a corrupt or hostile file) is not split rather than stall the build.
+        if token.len() > MAX_SPLIT_LEN {
+            continue;
+        }
         let mut local: Vec<(usize, usize, &str, &str)> = Vec::new();
         for (at, _) in token.char_indices().skip(1) {
             let (left, right) = token.split_at(at);
