@@ -14,7 +14,7 @@ import torch
 from .common import (
     REPO_ROOT, ROUND_TRIP_SAMPLES, log, write_json, load_causal_lm, load_tokenizer, tokenizer_round_trips,
 )
-from .smollm2 import top_k_entries
+from .smollm2 import next_token_fn
 
 DEFAULT_GEMMA3 = Path.home() / ".cache" / "burn-lora" / "models" / "gemma-3-270m-q4_k_m.gguf"
 TEMPLATE = REPO_ROOT / "crates" / "lora-models" / "src" / "tokenizer" / "templates" / "gemma3.jinja"
@@ -30,11 +30,7 @@ def make_gemma3_reference(model_path: Path, out: Path) -> None:
     template = TEMPLATE.read_text(encoding="utf-8")
     model = load_causal_lm(model_path)
     cfg = model.config
-
-    def next_token(ids: list[int]) -> list[dict]:
-        with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0, -1]
-        return top_k_entries(tok, logits)
+    next_token = next_token_fn(model, tok)
 
     chat_text = tok.apply_chat_template(CHAT_MESSAGES, chat_template=template, add_generation_prompt=True,
                                         tokenize=False)

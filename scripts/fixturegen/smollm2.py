@@ -26,6 +26,15 @@ def top_k_entries(tok, logits: torch.Tensor, k: int = 5) -> list[dict]:
     return [{"id": int(i), "token": tok.decode([int(i)]), "logit": float(v)} for v, i in zip(vals, idx)]
 
 
+def next_token_fn(model, tok):
+    """ids -> the model's top-5 next tokens after them."""
+    def next_token(ids: list[int]) -> list[dict]:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        return top_k_entries(tok, logits)
+    return next_token
+
+
 def llama_cpp_permute_rows(n_rows: int, n_head: int) -> np.ndarray:
     """Index map of convert_hf_to_gguf.py's q/k permutation: file_row = perm[hf_row].
 
@@ -48,11 +57,7 @@ def make_smollm2_reference(model_path: Path, out: Path) -> None:
     tok = load_tokenizer(model_path)
     model = load_causal_lm(model_path)
     cfg = model.config
-
-    def next_token(ids: list[int]) -> list[dict]:
-        with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0, -1]
-        return top_k_entries(tok, logits)
+    next_token = next_token_fn(model, tok)
 
     messages = SMOLLM2_CHAT_MESSAGES
     chat_text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

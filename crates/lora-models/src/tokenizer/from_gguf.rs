@@ -65,6 +65,28 @@ pub(super) fn byte_to_char() -> [char; 256] {
     table
 }
 
+/// transformers `add_gguf_special_tokens`: the tokens typed CONTROL become special added tokens
+/// (those `control_ok` accepts), the USER_DEFINED ones that are in the vocabulary plain added
+/// tokens; both are matched whole in the text and never normalized.
+pub(super) fn add_gguf_special_tokens(
+    inner: &mut Tokenizer,
+    tokens: &[&str],
+    types: &[i32],
+    control_ok: impl Fn(&str) -> bool,
+) {
+    let typed = |ty: i32| tokens.iter().zip(types).filter(move |(_, t)| **t == ty);
+    let control: Vec<AddedToken> = typed(TOKEN_TYPE_CONTROL)
+        .filter(|(t, _)| control_ok(t))
+        .map(|(t, _)| AddedToken::from(*t, true).normalized(false))
+        .collect();
+    inner.add_special_tokens(&control);
+    let user: Vec<AddedToken> = typed(TOKEN_TYPE_USER_DEFINED)
+        .filter(|(t, _)| inner.token_to_id(t).is_some())
+        .map(|(t, _)| AddedToken::from(*t, false).normalized(false))
+        .collect();
+    inner.add_tokens(&user);
+}
+
 /// The byte-level BPE of a `tokenizer.ggml.model = "gpt2"` vocabulary, as transformers'
 /// `byte_level_tokenizer` + `add_gguf_special_tokens` + `set_split_regex` build it.
 ///
@@ -113,25 +135,8 @@ fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str], token_types: &[i32]) -> Resu
         })?;
     let mut inner = Tokenizer::new(bpe);
 
-    // transformers `add_gguf_special_tokens`: CONTROL tokens become special added tokens,
-    // skipping any spelled outside the byte alphabet (a llama.cpp mislabel); USER_DEFINED
-    // ones become plain added tokens, matched whole and never normalized.
-    let typed = |ty: i32| {
-        tokens
-            .iter()
-            .zip(token_types)
-            .filter(move |(_, t)| **t == ty)
-    };
-    let control: Vec<AddedToken> = typed(TOKEN_TYPE_CONTROL)
-        .filter(|(t, _)| in_alphabet(t))
-        .map(|(t, _)| AddedToken::from(*t, true))
-        .collect();
-    inner.add_special_tokens(&control);
-    let user: Vec<AddedToken> = typed(TOKEN_TYPE_USER_DEFINED)
-        .filter(|(t, _)| inner.token_to_id(t).is_some())
-        .map(|(t, _)| AddedToken::from(*t, false).normalized(false))
-        .collect();
-    inner.add_tokens(&user);
+    // A CONTROL token spelled outside the byte alphabet is a llama.cpp mislabel: skipped.
+    add_gguf_special_tokens(&mut inner, tokens, token_types, in_alphabet);
 
     let pre = gguf
         .get_opt::<&str>("tokenizer.ggml.pre")?

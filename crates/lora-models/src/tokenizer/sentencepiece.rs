@@ -22,8 +22,9 @@ use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 
+use super::from_gguf::add_gguf_special_tokens;
 use super::{Result, TokenizerError};
 use crate::gguf::GgufFile;
 
@@ -32,10 +33,6 @@ const SPACE_MARK: &str = "\u{2581}";
 
 /// Tokens longer than this many bytes are not split into merges (see [`generate_merges`]).
 const MAX_SPLIT_LEN: usize = 1024;
-
-/// GGUF token types (llama.cpp `llama_token_type`): CONTROL, USER_DEFINED.
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
 
 /// The merges a vocabulary implies, as transformers' `generate_merges(vocab, vocab_scores)`
 /// derives them: for every token, each split into a left and right piece that are both tokens
@@ -170,18 +167,7 @@ pub(super) fn build(gguf: &GgufFile, tokens: &[&str], types: &[i32]) -> Result<T
     }
     inner.with_decoder(Some(DecoderSequence::new(decoders)));
 
-    // add_gguf_special_tokens: CONTROL tokens as special added tokens, USER_DEFINED ones (those
-    // in the vocabulary as spelled) as plain added tokens; both matched whole, never normalized.
-    let typed = |ty: i32| tokens.iter().zip(types).filter(move |(_, t)| **t == ty);
-    let control: Vec<AddedToken> = typed(CONTROL)
-        .map(|(t, _)| AddedToken::from(*t, true).normalized(false))
-        .collect();
-    inner.add_special_tokens(&control);
-    let user: Vec<AddedToken> = typed(USER_DEFINED)
-        .filter(|(t, _)| inner.token_to_id(t).is_some())
-        .map(|(t, _)| AddedToken::from(*t, false).normalized(false))
-        .collect();
-    inner.add_tokens(&user);
+    add_gguf_special_tokens(&mut inner, tokens, types, |_| true);
     Ok(inner)
 }
 
