@@ -393,7 +393,7 @@ pub fn run_training(
         .map_err(|e: lora_core::LoraError| TrainError::Config(e.to_string()))?;
     let device = select_device(kind)?.autodiff();
     let model_path = match &cfg.model {
-        Some(p) => p.clone(),
+        Some(p) => cache::resolve_model(p)?,
         None => cache::ensure_default_model()?,
     };
     let mut pretrained = lora_models::load(&model_path, &device)?;
