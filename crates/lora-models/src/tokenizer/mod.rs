@@ -13,6 +13,7 @@
 mod chat;
 mod from_gguf;
 mod sentencepiece;
+mod special_tokens;
 mod templates;
 #[cfg(test)]
 mod tests;

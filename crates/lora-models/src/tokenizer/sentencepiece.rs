@@ -24,7 +24,7 @@ use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 
-use super::from_gguf::add_gguf_special_tokens;
+use super::special_tokens::add_gguf_special_tokens;
 use super::{Result, TokenizerError};
 use crate::gguf::GgufFile;
 
