@@ -139,7 +139,7 @@ impl Args {
         Ok(BenchConfig {
             backend: self.backend.clone(),
             model: match (&self.model, at_scale) {
-                (Some(p), _) => p.clone(),
+                (Some(p), _) => cache::resolve_model(p)?,
                 // The scale rows build their own random models.
                 (None, true) => PathBuf::from("random-weights"),
                 (None, false) => cache::ensure_default_model()?,

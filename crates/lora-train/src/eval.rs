@@ -20,7 +20,7 @@ use crate::data::{Batch, Encoded, index_tensor, make_batch};
 use crate::error::TrainError;
 use crate::exact_match::{Answer, answer_questions, match_rate, max_new_tokens};
 use crate::loss::weighted_cross_entropy;
-use crate::task::Task;
+use crate::task::{Choices, Task};
 
 /// Numbers from an evaluation pass.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -88,10 +88,6 @@ pub fn evaluate_task(
     report.exact_match_examples = given.len();
     Ok((report, given))
 }
-
-/// A classification task's held-out side: `(prompt ids, class index)` per example, and each
-/// class's answer ids (`candidates[c]`).
-pub type Choices<'a> = (&'a [(Vec<u32>, usize)], &'a [Vec<u32>]);
 
 /// A float tensor's values on the host.
 fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TrainError> {

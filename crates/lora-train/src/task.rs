@@ -29,8 +29,12 @@ use crate::error::TrainError;
 const HOLD_OUT_EVERY: usize = 20;
 
 /// A classification task's held-out side: `(prompt ids, class index)` per held-out example,
-/// and each class's answer ids (owned; [`crate::eval::Choices`] borrows it).
+/// and each class's answer ids (owned; [`Choices`] borrows it).
 pub type TrecChoices = (Vec<(Vec<u32>, usize)>, Vec<Vec<u32>>);
+
+/// A classification task's held-out side: `(prompt ids, class index)` per example, and each
+/// class's answer ids (`candidates[c]`).
+pub type Choices<'a> = (&'a [(Vec<u32>, usize)], &'a [Vec<u32>]);
 
 /// Tokenized training and held-out examples, the held-out questions, and (for classification)
 /// the choices.
@@ -66,7 +70,7 @@ impl Task {
     }
 
     /// The choices as slices, for [`crate::eval::evaluate`].
-    pub fn choices(&self) -> Option<crate::eval::Choices<'_>> {
+    pub fn choices(&self) -> Option<Choices<'_>> {
         self.choices
             .as_ref()
             .map(|(items, cands)| (&items[..], &cands[..]))

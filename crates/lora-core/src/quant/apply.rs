@@ -19,6 +19,27 @@ pub struct QuantReport {
 }
 
 impl QuantReport {
+    /// What is stored in NF4 in `model` now (e.g. after loading straight into NF4); the f32
+    /// size is 4 bytes per weight.
+    pub fn of<M: LoraModel>(model: &M) -> Self {
+        let mut report = QuantReport {
+            modules: Vec::new(),
+            weights: 0,
+            storage_bytes: 0,
+            dense_bytes: 0,
+        };
+        model.visit_linears(&mut |path, lin| {
+            if lin.weight.is_quantized() {
+                let n = lin.weight.shape().num_elements();
+                report.modules.push(path.to_string());
+                report.weights += n;
+                report.storage_bytes += lin.weight.storage_bytes();
+                report.dense_bytes += 4 * n;
+            }
+        });
+        report
+    }
+
     /// Device storage of the quantized weights in bits per weight (≈ 4.127 with double
     /// quantization and block size 64, 4.5 without).
     pub fn bits_per_weight(&self) -> f64 {

@@ -1,30 +1,36 @@
 //! Building a [`Llama`] from named weights: every tensor the model needs must be present with
 //! the right shape, and every tensor in the checkpoint must be used. No silent partial loads.
+//!
+//! Streaming: the tensors are [`LazyTensor`]s, decoded one at a time as [`assemble`] asks for
+//! them and converted at once to the weights' [`Storage`] (f32, bf16, f16, NF4;
+//! `checkpoint/convert.rs`), so the load holds the model built so far plus one tensor in f32.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use burn::module::Param;
 use burn::tensor::{Device, Tensor};
 use lora_core::LoraLinear;
 use lora_core::tensor_io::HostTensor;
 
+use crate::assemble::{WeightSource, assemble};
+use crate::checkpoint::convert::{self, Storage};
+use crate::checkpoint::lazy::LazyTensor;
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
-use crate::llama::{
-    Attention, DecoderLayer, Embedding, Llama, LlamaModel, Mlp, RmsNorm, RotaryEmbedding,
-};
+use crate::llama::Llama;
 
-/// Weights by Hugging Face name, in PyTorch layout (a linear weight is `[out, in]`).
+/// Weights by Hugging Face name, in PyTorch layout (a linear weight is `[out, in]`), not
+/// decoded yet.
 #[derive(Debug)]
-pub struct NamedWeights {
+pub struct NamedWeights<'a> {
     /// The file (or directory) the weights came from, for error messages.
     pub source: PathBuf,
     /// Tensors by name.
-    pub tensors: BTreeMap<String, HostTensor>,
+    pub tensors: BTreeMap<String, LazyTensor<'a>>,
 }
 
-impl NamedWeights {
+impl NamedWeights<'_> {
+    /// Decodes the tensor `name` after checking its shape.
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
         let t = self
             .tensors
@@ -41,137 +47,120 @@ impl NamedWeights {
                 message: format!("shape {:?}, expected {shape:?}", t.shape),
             });
         }
-        Ok(t)
+        t.load()
+    }
+}
+
+/// [`NamedWeights`] being consumed onto a device.
+struct Loader<'a> {
+    weights: NamedWeights<'a>,
+    storage: Storage,
+    device: Device,
+    /// Whether the head is tied to the embedding: then it is made from the embedding's values
+    /// while they are decoded (never a second f32 copy kept around).
+    tied: bool,
+    /// The tied head, made with the embedding.
+    head: Option<LoraLinear>,
+}
+
+impl WeightSource for Loader<'_> {
+    fn device(&self) -> &Device {
+        &self.device
     }
 
-    fn frozen<const D: usize>(t: HostTensor, device: &Device) -> Param<Tensor<D>> {
-        Param::from_tensor(t.to_tensor::<D>(device)).set_require_grad(false)
-    }
-
-    /// A linear layer from `{prefix}.weight` (`[out, in]` → burn `[in, out]`, the one place
-    /// this transpose happens) and, if `bias`, `{prefix}.bias`.
+    /// `[out, in]` → burn `[in, out]` (or NF4 blocks of `[out, in]`): the one place this
+    /// transpose happens. transformers keeps `lm_head` out of NF4 (`llm_int8_skip_modules`);
+    /// so do we.
     fn linear(
         &mut self,
         prefix: &str,
         d_in: usize,
         d_out: usize,
         bias: bool,
-        device: &Device,
     ) -> Result<LoraLinear, ModelError> {
-        let w = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let w = self
+            .weights
+            .take(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let weight = convert::linear_weight(w, &self.storage, prefix != "lm_head", &self.device)?;
         let b = if bias {
-            Some(
-                self.take(&format!("{prefix}.bias"), &[d_out])?
-                    .to_tensor::<1>(device),
-            )
+            let b = self.weights.take(&format!("{prefix}.bias"), &[d_out])?;
+            Some(b.into_tensor::<1>(&self.device))
         } else {
             None
         };
-        Ok(LoraLinear::new(w.transposed_2d().to_tensor::<2>(device), b))
+        Ok(LoraLinear::from_base(weight, b))
     }
 
-    fn norm(
-        &mut self,
-        name: &str,
-        d: usize,
-        eps: f64,
-        device: &Device,
-    ) -> Result<RmsNorm, ModelError> {
-        Ok(RmsNorm {
-            weight: Self::frozen(self.take(name, &[d])?, device),
-            eps,
-        })
+    fn vector(&mut self, name: &str, len: usize, _neutral: f32) -> Result<Tensor<1>, ModelError> {
+        Ok(self
+            .weights
+            .take(name, &[len])?
+            .into_tensor::<1>(&self.device))
+    }
+
+    fn embedding(&mut self, vocab: usize, d_model: usize) -> Result<Tensor<2>, ModelError> {
+        let host = self
+            .weights
+            .take("model.embed_tokens.weight", &[vocab, d_model])?;
+        let dtype = self.storage.dtype;
+        if self.tied {
+            let head = convert::dense_transposed(&host, dtype, &self.device);
+            self.head = Some(LoraLinear::new(head, None));
+        }
+        Ok(convert::dense::<2>(host, dtype, &self.device))
+    }
+
+    fn tied_head(&mut self, embed: &Tensor<2>) -> LoraLinear {
+        // Some tied checkpoints still carry a copy of the head; it must equal the embedding.
+        self.weights.tensors.remove("lm_head.weight");
+        match self.head.take() {
+            Some(head) => head,
+            None => LoraLinear::new(embed.clone().transpose(), None),
+        }
     }
 }
 
-/// Options that are not part of the model's shape.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BuildOptions {
-    /// Whether q/k/v/o projections carry biases (`attention_bias`).
-    pub attention_bias: bool,
-    /// Whether the MLP projections carry biases (`mlp_bias`).
-    pub mlp_bias: bool,
-}
-
-/// Builds the model from `ckpt`, consuming it.
+/// Builds the model from `ckpt`, consuming it, every weight in f32.
 ///
 /// # Errors
 /// [`ModelError::Tensor`] for a missing or misshaped tensor, or for tensors left unused (named).
 pub fn build_llama(
     config: &LlamaConfig,
-    mut ckpt: NamedWeights,
-    opts: BuildOptions,
+    ckpt: NamedWeights<'_>,
     device: &Device,
 ) -> Result<Llama, ModelError> {
-    let (d, h, k, e, f, v) = (
-        config.d_model,
-        config.n_heads,
-        config.n_kv_heads,
-        config.head_dim,
-        config.d_ff,
-        config.vocab_size,
-    );
-    let eps = config.rms_norm_eps;
-    let embed_host = ckpt.take("model.embed_tokens.weight", &[v, d])?;
-    let embed = embed_host.to_tensor::<2>(device);
-    let mut layers = Vec::with_capacity(config.n_layers);
-    for i in 0..config.n_layers {
-        let p = format!("model.layers.{i}");
-        let (ab, mb) = (opts.attention_bias, opts.mlp_bias);
-        layers.push(DecoderLayer {
-            input_layernorm: ckpt.norm(&format!("{p}.input_layernorm.weight"), d, eps, device)?,
-            self_attn: Attention {
-                q_proj: ckpt.linear(&format!("{p}.self_attn.q_proj"), d, h * e, ab, device)?,
-                k_proj: ckpt.linear(&format!("{p}.self_attn.k_proj"), d, k * e, ab, device)?,
-                v_proj: ckpt.linear(&format!("{p}.self_attn.v_proj"), d, k * e, ab, device)?,
-                o_proj: ckpt.linear(&format!("{p}.self_attn.o_proj"), h * e, d, ab, device)?,
-                n_heads: h,
-                n_kv_heads: k,
-                head_dim: e,
-            },
-            post_attention_layernorm: ckpt.norm(
-                &format!("{p}.post_attention_layernorm.weight"),
-                d,
-                eps,
-                device,
-            )?,
-            mlp: Mlp {
-                gate_proj: ckpt.linear(&format!("{p}.mlp.gate_proj"), d, f, mb, device)?,
-                up_proj: ckpt.linear(&format!("{p}.mlp.up_proj"), d, f, mb, device)?,
-                down_proj: ckpt.linear(&format!("{p}.mlp.down_proj"), f, d, mb, device)?,
-            },
-        });
-    }
-    let norm = ckpt.norm("model.norm.weight", d, eps, device)?;
-    let lm_head = if config.tie_word_embeddings {
-        // Some tied checkpoints still carry a copy of the head; it must equal the embedding.
-        ckpt.tensors.remove("lm_head.weight");
-        // A contiguous `[D, V]` copy: a transposed view of the embedding would be copied into
-        // contiguous memory by the matmul at every forward (measured: most of decode time).
-        LoraLinear::new(embed_host.transposed_2d().to_tensor::<2>(device), None)
-    } else {
-        ckpt.linear("lm_head", d, v, false, device)?
+    build_llama_as(config, ckpt, &Storage::default(), device)
+}
+
+/// Builds the model from `ckpt`, consuming it, every weight stored as `storage` says.
+///
+/// # Errors
+/// As [`build_llama`]; [`ModelError::Lora`] for a bad NF4 block size.
+pub fn build_llama_as(
+    config: &LlamaConfig,
+    ckpt: NamedWeights<'_>,
+    storage: &Storage,
+    device: &Device,
+) -> Result<Llama, ModelError> {
+    let mut loader = Loader {
+        weights: ckpt,
+        storage: *storage,
+        device: device.clone(),
+        tied: config.tie_word_embeddings,
+        head: None,
     };
-    if let Some(name) = ckpt.tensors.keys().next() {
+    let model = assemble(config, &mut loader)?;
+    let left = &loader.weights;
+    if let Some(name) = left.tensors.keys().next() {
         return Err(ModelError::Tensor {
-            path: ckpt.source.clone(),
+            path: left.source.clone(),
             name: name.clone(),
             message: format!(
-                "unused: the model has no place for it ({} unused tensors in all)",
-                ckpt.tensors.len()
+                "unused: the {} model has no place for it ({} unused tensors in all)",
+                config.family,
+                left.tensors.len()
             ),
         });
     }
-    Ok(Llama {
-        model: LlamaModel {
-            embed_tokens: Embedding {
-                weight: Param::from_tensor(embed).set_require_grad(false),
-            },
-            layers,
-            norm,
-            rotary_emb: RotaryEmbedding::new(e, config.max_seq_len, config.rope_theta, device),
-        },
-        lm_head,
-        config: config.clone(),
-    })
+    Ok(model)
 }

@@ -2,8 +2,12 @@
 //! one name table in [`names`]), and a merged model becomes a Hugging Face directory again.
 
 pub mod build;
+pub mod convert;
 pub mod gguf;
 pub mod hf;
+pub mod hf_config;
+pub mod lazy;
 pub mod names;
 
-pub use build::{BuildOptions, NamedWeights, build_llama};
+pub use build::{NamedWeights, build_llama, build_llama_as};
+pub use convert::Storage;

@@ -94,7 +94,7 @@ pub fn adapter_gguf(
         rescaled: Vec::new(),
     };
     for (path, a, b, scaling, _, r) in pairs {
-        let (name, fixup) = hf_to_gguf(&format!("{path}.weight"))
+        let (name, fixup) = hf_to_gguf(model.config.family, &format!("{path}.weight"))
             .ok_or_else(|| err(format!("{path} has no GGUF name")))?;
         // burn A [d_in, r] → lora_A [r, d_in]; burn B [r, d_out] → lora_B [d_out, r].
         let a = a?.transposed_2d();

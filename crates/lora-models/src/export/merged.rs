@@ -149,7 +149,8 @@ fn check_no_adapters(model: &Llama, out: &Path) -> Result<(), ModelError> {
     }
 }
 
-/// A tensor in GGUF order: q/k rows permuted, everything else as is.
+/// A tensor as the GGUF file stores it: the inverse of the loader's fixup — q/k rows permuted
+/// for llama.cpp's RoPE, Gemma's norm gains stored as `1 + w` — everything else as is.
 pub(super) fn to_gguf_rows(
     t: HostTensor,
     fixup: Fixup,
@@ -157,6 +158,13 @@ pub(super) fn to_gguf_rows(
 ) -> Result<HostTensor, ModelError> {
     let n_head = match fixup {
         Fixup::None => return Ok(t),
+        Fixup::MinusOne => {
+            let data = t.data.iter().map(|w| w + 1.0).collect();
+            return Ok(HostTensor {
+                shape: t.shape,
+                data,
+            });
+        }
         Fixup::UnpermuteQ => config.n_heads,
         Fixup::UnpermuteK => config.n_kv_heads,
     };
@@ -208,8 +216,8 @@ pub fn merged_gguf(
         w.set(k.clone(), v.clone())?;
     }
     for (hf, t) in model_weights(model, head_is_tied(model))? {
-        let (name, fixup) =
-            hf_to_gguf(&hf).ok_or_else(|| export_err(format!("weight {hf:?} has no GGUF name")))?;
+        let (name, fixup) = hf_to_gguf(model.config.family, &hf)
+            .ok_or_else(|| export_err(format!("weight {hf:?} has no GGUF name")))?;
         let t = to_gguf_rows(t, fixup, &model.config)?;
         let dtype = tensor_type(&name, &t.shape, target);
         w.add_tensor(name, &t.shape, dtype, t.data)?;

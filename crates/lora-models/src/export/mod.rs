@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use lora_core::tensor_io::write_atomic;
 
 use crate::error::ModelError;
+use crate::family::Family;
 use crate::gguf::{GgmlType, GgufFile, GgufValue};
+use crate::llama::Llama;
 use crate::pretrained::Pretrained;
 pub use adapter::AdapterExport;
 pub use merged::parse_weight_type;
@@ -94,6 +96,7 @@ pub fn export_merged_gguf(
     out: &Path,
     target: GgmlType,
 ) -> Result<MergedExport, ModelError> {
+    check_exportable(&pretrained.model, out)?;
     let survival = if target == GgmlType::F32 {
         Vec::new()
     } else {
@@ -135,6 +138,7 @@ pub fn export_adapter_gguf(
     pretrained: &Pretrained,
     out: &Path,
 ) -> Result<AdapterExport, ModelError> {
+    check_exportable(&pretrained.model, out)?;
     let general = vec![(
         "general.name".to_string(),
         GgufValue::String(format!("{} LoRA adapter", pretrained.name())),
@@ -142,4 +146,23 @@ pub fn export_adapter_gguf(
     let (writer, export) = adapter::adapter_gguf(&pretrained.model, &general, out)?;
     writer.write_file(out)?;
     Ok(export)
+}
+
+/// GGUF export writes llama.cpp's `llama` architecture (metadata keys, tensor names, q/k row
+/// order), which is what llama.cpp's converter writes for Llama and Mistral checkpoints. The
+/// other families need their own metadata writer: refused until it exists, rather than written as
+/// a file llama.cpp would misread.
+///
+/// # Errors
+/// [`ModelError::Export`] naming the family.
+fn check_exportable(model: &Llama, out: &Path) -> Result<(), ModelError> {
+    match model.config.family {
+        Family::Llama | Family::Mistral => Ok(()),
+        other => Err(ModelError::Export {
+            path: out.to_path_buf(),
+            message: format!(
+                "GGUF export writes the llama architecture (Llama, SmolLM2, Mistral); {other} is not supported yet — merge to a Hugging Face directory instead (--format hf)"
+            ),
+        }),
+    }
 }

@@ -93,8 +93,8 @@ pub fn merge_survival(model: &Llama, target: GgmlType) -> Result<Vec<LayerSurviv
     Ok(layers
         .into_iter()
         .filter_map(|(path, w, d)| {
-            let name =
-                hf_to_gguf(&format!("{path}.weight")).map_or_else(|| path.clone(), |(n, _)| n);
+            let name = hf_to_gguf(model.config.family, &format!("{path}.weight"))
+                .map_or_else(|| path.clone(), |(n, _)| n);
             let dtype = tensor_type(&name, &w.shape, target);
             let report = storage_survival(&w.data, &d.data, dtype)?;
             Some(LayerSurvival {

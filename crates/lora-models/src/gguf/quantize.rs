@@ -20,7 +20,7 @@
 use half::f16;
 
 use super::GgmlType;
-use super::quantize_k::{q4_k, q6_k};
+use super::quantize_k::{half_bytes, q4_k, q6_k};
 
 /// Whether [`quantize`] can encode `dtype`: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q6_K.
 pub fn can_quantize(dtype: GgmlType) -> bool {
@@ -78,11 +78,6 @@ pub(super) fn f32_to_bf16(v: f32) -> u16 {
         return ((bits >> 16) | 64) as u16;
     }
     ((u64::from(bits) + 0x7fff + u64::from((bits >> 16) & 1)) >> 16) as u16
-}
-
-/// The f16 bytes of a block scale (`GGML_FP32_TO_FP16`: round to nearest even).
-pub(super) fn half_bytes(v: f32) -> [u8; 2] {
-    f16::from_f32(v).to_le_bytes()
 }
 
 /// The value of largest magnitude in `x`, the first one on ties, as the `_ref` kernels find it

@@ -5,10 +5,15 @@
 //! Evaluation order matters for bit-identity: every sum below accumulates left to right, and
 //! products are grouped as in the C source (`w*x[i]*l` is `(w·x)·l`).
 
-use super::quantize::half_bytes;
+use half::f16;
 
 /// `GROUP_MAX_EPS`: a sub-block whose largest magnitude is below this is all zero.
 const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// The f16 bytes of a block scale (`GGML_FP32_TO_FP16`: round to nearest even).
+pub(super) fn half_bytes(v: f32) -> [u8; 2] {
+    f16::from_f32(v).to_le_bytes()
+}
 
 /// `nearest_int`: round to nearest, ties to even, by adding 1.5·2²³ and reading the mantissa
 /// (valid for |x| ≤ 4194303, which the kernels guarantee by construction).

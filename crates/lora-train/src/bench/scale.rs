@@ -8,16 +8,12 @@
 
 use std::time::Instant;
 
-use burn::module::Param;
-use burn::tensor::{Device, Distribution, Tensor};
-use lora_core::quant::{Nf4Config, Nf4Weight, quantize_nf4};
-use lora_core::{
-    BaseDtype, BaseWeight, LoraConfig, LoraLinear, LoraModel, TargetModules, apply_lora,
-};
-use lora_models::llama::{
-    Attention, DecoderLayer, Embedding, LlamaModel, Mlp, RmsNorm, RotaryEmbedding,
-};
-use lora_models::{Llama, LlamaConfig};
+use burn::tensor::Device;
+use lora_core::quant::Nf4Config;
+use lora_core::{BaseDtype, LoraConfig, LoraModel, TargetModules, apply_lora};
+use lora_models::checkpoint::Storage;
+use lora_models::family::Variant;
+use lora_models::{Family, Llama, LlamaConfig};
 use serde::{Deserialize, Serialize};
 
 use super::Progress;
@@ -27,9 +23,6 @@ use crate::error::TrainError;
 /// The vocabulary of every scale shape: SmolLM2's tokenizer (49,152 tokens), so the embedding
 /// and head are the size a fine-tune with that tokenizer would have.
 pub const SCALE_VOCAB: usize = 49152;
-
-/// Weights are drawn from N(0, 0.02²), the usual Llama initialisation.
-const INIT: Distribution = Distribution::Normal(0.0, 0.02);
 
 /// A real-size Llama shape (`--scale 1b,3b,8b`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +72,7 @@ impl ScaleShape {
             ScaleShape::B8 => (4096, 32, 32, 14336, false),
         };
         LlamaConfig {
+            family: Family::Llama,
             vocab_size: SCALE_VOCAB,
             d_model,
             n_layers,
@@ -90,6 +84,9 @@ impl ScaleShape {
             rms_norm_eps: 1e-5,
             max_seq_len: 2048,
             tie_word_embeddings: tied,
+            variant: Variant::default(),
+            sliding_window: None,
+            query_pre_attn_scalar: None,
         }
     }
 }
@@ -192,39 +189,14 @@ pub fn does_not_fit(shape: ScaleShape, base: ScaleBase, available: Option<u64>) 
     })
 }
 
-/// One random frozen linear layer `[d_in, d_out]`, converted as soon as it is drawn.
-fn random_linear(
-    d_in: usize,
-    d_out: usize,
-    base: ScaleBase,
-    nf4: &Nf4Config,
-    device: &Device,
-) -> Result<LoraLinear, TrainError> {
-    match base {
-        ScaleBase::Nf4 => {
-            // Drawn in PyTorch layout `[d_out, d_in]` (any layout is random), quantized on the
-            // host, uploaded packed: the f32 values live only inside this block.
-            let values = Tensor::<2>::random([d_out, d_in], INIT, device)
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| TrainError::Bench(format!("reading random weights: {e:?}")))?;
-            let q = quantize_nf4(&values, nf4)?;
-            drop(values);
-            let mut layer = LoraLinear::new(Tensor::<2>::zeros([1, 1], device), None);
-            layer.weight = BaseWeight::Nf4(Nf4Weight::from_host(&q, [d_out, d_in], device));
-            Ok(layer)
-        }
-        ScaleBase::F32 | ScaleBase::Bf16 => {
-            let w = Tensor::<2>::random([d_in, d_out], INIT, device);
-            let mut layer = LoraLinear::new(w, None);
-            layer.cast_base(base.dense(), "random")?;
-            Ok(layer)
+impl ScaleBase {
+    /// How the model stores its frozen weights in this base.
+    pub fn storage(self) -> Storage {
+        Storage {
+            dtype: self.dense(),
+            nf4: (self == ScaleBase::Nf4).then(Nf4Config::default),
         }
     }
-}
-
-fn frozen_ones(len: usize, device: &Device) -> Param<Tensor<1>> {
-    Param::from_tensor(Tensor::ones([len], device)).set_require_grad(false)
 }
 
 /// A random-weight model of `shape` in `base` on `device`, built tensor by tensor (see the
@@ -237,62 +209,7 @@ pub fn random_model(
     base: ScaleBase,
     device: &Device,
 ) -> Result<Llama, TrainError> {
-    let config = shape.config();
-    let nf4 = Nf4Config::default();
-    let (d, h, k, e, f) = (
-        config.d_model,
-        config.n_heads,
-        config.n_kv_heads,
-        config.head_dim,
-        config.d_ff,
-    );
-    let lin = |d_in, d_out| random_linear(d_in, d_out, base, &nf4, device);
-    let norm = || RmsNorm {
-        weight: frozen_ones(d, device),
-        eps: config.rms_norm_eps,
-    };
-    let mut layers = Vec::with_capacity(config.n_layers);
-    for _ in 0..config.n_layers {
-        layers.push(DecoderLayer {
-            input_layernorm: norm(),
-            self_attn: Attention {
-                q_proj: lin(d, h * e)?,
-                k_proj: lin(d, k * e)?,
-                v_proj: lin(d, k * e)?,
-                o_proj: lin(h * e, d)?,
-                n_heads: h,
-                n_kv_heads: k,
-                head_dim: e,
-            },
-            post_attention_layernorm: norm(),
-            mlp: Mlp {
-                gate_proj: lin(d, f)?,
-                up_proj: lin(d, f)?,
-                down_proj: lin(f, d)?,
-            },
-        });
-    }
-    let dense = base.dense().dtype();
-    let embed = Tensor::<2>::random([config.vocab_size, d], INIT, device).cast(dense);
-    // transformers keeps lm_head out of NF4 (`llm_int8_skip_modules`); so do we.
-    let lm_head = if config.tie_word_embeddings {
-        LoraLinear::new(embed.clone().transpose(), None)
-    } else {
-        let w = Tensor::<2>::random([d, config.vocab_size], INIT, device).cast(dense);
-        LoraLinear::new(w, None)
-    };
-    Ok(Llama {
-        model: LlamaModel {
-            embed_tokens: Embedding {
-                weight: Param::from_tensor(embed).set_require_grad(false),
-            },
-            layers,
-            norm: norm(),
-            rotary_emb: RotaryEmbedding::new(e, config.max_seq_len, config.rope_theta, device),
-        },
-        lm_head,
-        config,
-    })
+    Ok(shape.config().init_stored(&base.storage(), device)?)
 }
 
 /// Storage of the frozen linear weights but `lm_head`, bits per weight, from what is stored.
@@ -375,16 +292,23 @@ mod tests {
     }
 
     #[test]
-    fn a_random_linear_layer_is_stored_as_its_base_says() {
+    fn a_random_model_is_stored_as_its_base_says() {
         let d = select_device(BackendKind::Flex).unwrap();
-        let nf4 = Nf4Config::default();
-        let q = random_linear(128, 64, ScaleBase::Nf4, &nf4, &d).unwrap();
-        assert!(q.weight.is_quantized());
-        assert_eq!(q.dims(), (128, 64));
-        let b = random_linear(128, 64, ScaleBase::Bf16, &nf4, &d).unwrap();
-        assert_eq!(b.weight.val().dtype(), burn::tensor::DType::BF16);
+        let mut config = LlamaConfig::tiny();
+        config.tie_word_embeddings = false;
+        let q = config.init_stored(&ScaleBase::Nf4.storage(), &d).unwrap();
+        let p = &q.model.layers[0].self_attn.q_proj;
+        assert!(p.weight.is_quantized());
+        assert_eq!(p.dims(), (config.d_model, config.n_heads * config.head_dim));
+        assert!(!q.lm_head.weight.is_quantized(), "lm_head stays dense");
+        let b = config.init_stored(&ScaleBase::Bf16.storage(), &d).unwrap();
+        let up = &b.model.layers[0].mlp.up_proj;
+        assert_eq!(up.weight.val().dtype(), burn::tensor::DType::BF16);
         // The layer still computes in f32 around its bf16 product.
-        let y = b.forward(Tensor::<2>::ones([3, 128], &d));
-        assert_eq!((y.dims(), y.dtype()), ([3, 64], burn::tensor::DType::F32));
+        let y = up.forward(burn::tensor::Tensor::<2>::ones([3, config.d_model], &d));
+        assert_eq!(
+            (y.dims(), y.dtype()),
+            ([3, config.d_ff], burn::tensor::DType::F32)
+        );
     }
 }
