@@ -81,7 +81,10 @@ fn a_streamed_nf4_or_bf16_load_equals_converting_the_f32_model_for_every_family(
             let streamed = load_hf_model_as(&path, &storage, &d).unwrap();
             let q = &streamed.model.layers[0].mlp.down_proj.weight;
             assert_eq!(q.is_quantized(), storage.nf4.is_some(), "{name} {label}");
-            assert!(!streamed.lm_head.weight.is_quantized(), "{name}: lm_head dense");
+            assert!(
+                !streamed.lm_head.weight.is_quantized(),
+                "{name}: lm_head dense"
+            );
             let old = converted(load_hf_model(&path, &d).unwrap(), &storage);
             assert_eq!(
                 logits(&streamed, &path),

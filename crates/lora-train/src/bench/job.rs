@@ -6,13 +6,14 @@ use std::path::PathBuf;
 
 use burn::module::{Lora, Module, ParamGroup};
 use burn::tensor::{Distribution, Tensor};
-use lora_core::quant::{Nf4Config, quantize_base};
+use lora_core::quant::{Nf4Config, QuantReport, quantize_base};
 use lora_core::targets::TargetMatcher;
 use lora_core::{
     Adapter, BackendKind, BaseDtype, LoraConfig, LoraModel, TargetModules, apply_lora,
     select_device,
 };
 use lora_models::Llama;
+use lora_models::checkpoint::Storage;
 use serde::{Deserialize, Serialize};
 
 use super::scale::{ScaleBase, ScaleShape, base_bits_per_weight};
@@ -49,6 +50,23 @@ pub enum Implementation {
 }
 
 impl Implementation {
+    /// How this implementation's rows store the frozen base, streamed in at load: ours in
+    /// `--base-dtype`, QLoRA's with every linear layer but `lm_head` in NF4 (as `burn-lora train
+    /// --quant nf4`), burn's `apply_lora` on the f32 weights.
+    fn storage(self, s: &TrainSettings) -> Storage {
+        match self {
+            Implementation::Ours => Storage {
+                dtype: s.base_dtype,
+                nf4: None,
+            },
+            Implementation::OursNf4 => Storage {
+                dtype: s.base_dtype,
+                nf4: Some(Nf4Config::default()),
+            },
+            _ => Storage::default(),
+        }
+    }
+
     /// How the table names it.
     pub fn label(self) -> &'static str {
         match self {
@@ -273,7 +291,8 @@ pub fn run_one(spec: &JobSpec, progress: &mut dyn FnMut(Progress<'_>)) -> Result
         } => {
             let device = training_device(&device, settings);
             let t0 = std::time::Instant::now();
-            let base = load_model(&spec.model, &device)?;
+            let storage = implementation.storage(settings);
+            let base = load_model(&spec.model, &storage, &device)?;
             let load_s = t0.elapsed().as_secs_f64();
             device.seed(settings.seed);
             let (model, base_bits) = adapt(base, *implementation, *targets, settings, &device)?;
@@ -283,7 +302,7 @@ pub fn run_one(spec: &JobSpec, progress: &mut dyn FnMut(Progress<'_>)) -> Result
             )?)?
         }
         Job::Inference(settings) => {
-            let base = load_model(&spec.model, &device)?;
+            let base = load_model(&spec.model, &Storage::default(), &device)?;
             json(&run_inference(base, settings, progress)?)?
         }
         Job::Scale {
@@ -357,20 +376,25 @@ pub(super) fn timed_training(
 }
 
 /// The model alone (a Hugging Face directory needs no tokenizer here, so the tiny test fixtures
-/// work too).
-fn load_model(path: &std::path::Path, device: &burn::tensor::Device) -> Result<Llama> {
+/// work too), each weight streamed into `storage`.
+fn load_model(
+    path: &std::path::Path,
+    storage: &Storage,
+    device: &burn::tensor::Device,
+) -> Result<Llama> {
     let model = if path.is_dir() {
-        lora_models::pretrained::load_hf_model(path, device)
+        lora_models::pretrained::load_hf_model_as(path, storage, device)
     } else {
-        lora_models::load(path, device).map(|p| p.model)
+        lora_models::load_stored(path, storage, device).map(|p| p.model)
     };
     Ok(model?)
 }
 
-/// Puts trainable adapters on `base` with `implementation`'s mechanism; returns the model and
-/// the storage of its frozen linear weights in bits per weight.
+/// Puts trainable adapters on `base` (stored as [`Implementation::storage`] says) with
+/// `implementation`'s mechanism; returns the model and the storage of its frozen linear weights
+/// in bits per weight.
 fn adapt(
-    mut base: Llama,
+    base: Llama,
     implementation: Implementation,
     targets: TargetSet,
     s: &TrainSettings,
@@ -379,18 +403,13 @@ fn adapt(
     let config = lora_config(targets, s.rank, s.alpha);
     match implementation {
         Implementation::Ours => {
-            base.cast_base(s.base_dtype)?;
             let bits = base_bits_per_weight(&base);
             Ok((apply_lora(base, &config, device)?.0, bits))
         }
         Implementation::OursNf4 => {
-            // As `burn-lora train --quant nf4`: quantize first, then put the f32 adapters on.
-            let report = quantize_base(&mut base, &Nf4Config::default(), &["lm_head"])?;
-            base.cast_base(s.base_dtype)?;
-            Ok((
-                apply_lora(base, &config, device)?.0,
-                report.bits_per_weight(),
-            ))
+            // As `burn-lora train --quant nf4`: the f32 adapters on the NF4 base.
+            let bits = QuantReport::of(&base).bits_per_weight();
+            Ok((apply_lora(base, &config, device)?.0, bits))
         }
         Implementation::Burn => {
             // The same weights as ours: the `.weight.Dense` parameter of every selected linear layer.
