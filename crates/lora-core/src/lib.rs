@@ -23,6 +23,7 @@
 //! 1. [`linear`] — [`LoraLinear`]: `y = x·W + b + adapter(x)`, merge and unmerge;
 //! 2. [`lora`] — [`LoraAdapter`]: LoRA's `scaling · (dropout(x)·A)·B` and its initialisation;
 //! 3. [`adapter`] — [`Adapter`]: the kinds of update a layer can carry, dispatched in one place;
+//!    [`dora`] — [`DoraAdapter`]: DoRA's magnitude and direction on top of LoRA's factors;
 //! 4. [`config`] and [`targets`] — [`LoraConfig`] (PEFT's names and defaults) and which module
 //!    paths it selects;
 //! 5. [`inject`] — [`LoraModel`] (a model's linear layers by path), [`apply_lora`],
@@ -37,6 +38,7 @@ pub mod adapter;
 pub mod backend;
 pub mod base_weight;
 pub mod config;
+pub mod dora;
 pub mod error;
 pub mod inject;
 pub mod linear;
@@ -50,6 +52,7 @@ pub use adapter::Adapter;
 pub use backend::{BackendKind, select_device};
 pub use base_weight::BaseWeight;
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
+pub use dora::DoraAdapter;
 pub use error::LoraError;
 pub use inject::{
     AdaptReport, AdaptedModule, LinearVisitor, LoraModel, Slot, apply_lora, attach_adapters,
