@@ -21,10 +21,12 @@ scripts/requirements.txt):
 Modes:
 
     # (default) write the default parts (tiny, peft, dequant, smollm2) into <repo>/fixtures/
-    python scripts/make_fixtures.py [--out DIR] [--model GGUF] [--parts tiny,peft,adalora,dequant,nf4,smollm2]
+    python scripts/make_fixtures.py [--out DIR] [--model GGUF]
+        [--parts tiny,peft,adalora,dora,loraplus,combine,dequant,nf4,smollm2,smollm2-nf4]
 
-    # the PEFT adapter on the real SmolLM2 (not in the default set: it loads the model again)
-    python scripts/make_fixtures.py --parts smollm2-peft
+    # the PEFT LoRA / DoRA adapters on the real SmolLM2 (not in the default set: each loads the
+    # model again)
+    python scripts/make_fixtures.py --parts smollm2-peft,smollm2-dora
 
     # load a base model (GGUF file or HF directory) plus a PEFT adapter directory and compare the
     # next-token logits with FILE.json (as printed by `burn-lora logits --json`, plus "prompt")
@@ -39,8 +41,8 @@ Modes:
 Each check mode prints one line starting with PASS or FAIL and exits 0 or 1.
 
 This file is the command line only; the code is in scripts/fixturegen/ (common.py: constants and
-helpers; tiny.py, peft_parts.py, adalora.py, dequant.py, nf4.py, smollm2.py: one module per fixture part; checks.py: the
-check modes).
+helpers; tiny.py, peft_parts.py, adalora.py, dora.py (dora, loraplus), combine.py, dequant.py, nf4.py, smollm2.py: one
+module per fixture part; checks.py: the check modes).
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ from fixturegen.common import (
 )
 from fixturegen.adalora import make_adalora_fixtures
 from fixturegen.checks import check_adapter, check_merged, run_check, self_test
+from fixturegen.combine import make_combine_fixtures
 from fixturegen.dequant import make_dequant_fixture
+from fixturegen.dora import make_dora_fixtures, make_loraplus_fixture
 from fixturegen.nf4 import make_nf4_fixture, make_smollm2_nf4
 from fixturegen.peft_parts import make_peft_fixtures
 from fixturegen.smollm2 import make_smollm2_peft, make_smollm2_reference
@@ -119,6 +123,15 @@ def main(argv=None) -> int:
     if "adalora" in parts:
         log("PEFT AdaLoRA training run")
         make_adalora_fixtures(out / "tiny-llama", seed=SEEDS["adalora"])
+    if "dora" in parts:
+        log("PEFT DoRA adapter")
+        make_dora_fixtures(out / "tiny-llama", seed=SEEDS["dora"])
+    if "loraplus" in parts:
+        log("PEFT LoRA+ optimizer step")
+        make_loraplus_fixture(out / "tiny-llama")
+    if "combine" in parts:
+        log("PEFT add_weighted_adapter combinations")
+        make_combine_fixtures(out / "tiny-llama", seed=SEEDS["combine"])
     if "dequant" in parts:
         log("GGUF dequantization fixture")
         make_dequant_fixture(out, seed=SEEDS["dequant"])
@@ -126,7 +139,7 @@ def main(argv=None) -> int:
         log("NF4 (bitsandbytes) fixture")
         make_nf4_fixture(out / "nf4", out / "tiny-llama", seed=SEEDS["nf4"])
     model = args.model or DEFAULT_MODEL
-    if parts & {"smollm2", "smollm2-peft", "smollm2-nf4"} and not model.exists():
+    if parts & {"smollm2", "smollm2-peft", "smollm2-nf4", "smollm2-dora"} and not model.exists():
         log(f"error: {model} not found (pass --model, or leave smollm2 / smollm2-peft out of --parts)")
         return 1
     if "smollm2" in parts:
@@ -138,6 +151,9 @@ def main(argv=None) -> int:
     if "smollm2-peft" in parts:
         log(f"PEFT adapter on SmolLM2 from {model}")
         make_smollm2_peft(model, out, seed=SEEDS["smollm2_peft"])
+    if "smollm2-dora" in parts:
+        log(f"PEFT DoRA adapter on SmolLM2 from {model}")
+        make_smollm2_peft(model, out, seed=SEEDS["smollm2_dora"], dora=True)
 
     total = 0
     log("written:")
