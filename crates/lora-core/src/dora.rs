@@ -163,6 +163,33 @@ mod tests {
         assert_eq!(host(dora.forward(x, &base, &w)), vec![0.0, 0.0]);
     }
 
+    /// With dropout active, PEFT recomputes the base term from the dropped input. With B = 0,
+    /// W = [[1]] and m = 2‖W‖ = 2, DoRA's term is (2 − 1)·dropout(x)·W: for x = 1 and p = 0.5 each
+    /// output is 0 or 2 — never 1, which reusing the layer's x·W would give. Without dropout
+    /// (no autodiff device: inference) every output is exactly 1.
+    #[test]
+    fn with_dropout_both_terms_see_the_same_dropped_input() {
+        let d = select_device(BackendKind::Flex).unwrap();
+        for (device, training) in [(d.clone().autodiff(), true), (d, false)] {
+            let w = Tensor::<2>::ones([1, 1], &device);
+            let cfg = LoraConfig {
+                lora_dropout: 0.5,
+                ..LoraConfig::new(1, 1.0, TargetModules::AllLinear)
+            };
+            let lora = LoraAdapter::init(1, 1, 1, 1.0, &cfg, &device).unwrap();
+            let dora = DoraAdapter::from_parts(lora, Tensor::ones([1, 1], &device) * 2.0);
+            let x = Tensor::<2>::ones([256, 1], &device);
+            let base = x.clone().matmul(w.clone());
+            let out = host(dora.forward(x, &base, &w));
+            if training {
+                assert!(out.iter().all(|v| *v == 0.0 || *v == 2.0), "{out:?}");
+                assert!(out.contains(&0.0) && out.contains(&2.0), "{out:?}");
+            } else {
+                assert!(out.iter().all(|v| *v == 1.0), "{out:?}");
+            }
+        }
+    }
+
     /// Hand-computed: W = [[3, 0], [4, 1]], A = [[1], [0]], B = [[0, 1]], s = 2, m = [10, 1].
     /// W + s·A·B = [[3, 2], [4, 1]]: norms 5 and √5. For x = [1, 2]: x·W = [11, 2],
     /// s·(x·A)·B = [0, 2]; y − x·W = (m/‖·‖ − 1)·x·W + (m/‖·‖)·lora
