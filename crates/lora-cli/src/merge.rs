@@ -1,4 +1,5 @@
-//! `burn-lora merge`: fold a LoRA adapter into the base weights and write a Hugging Face
+//! `burn-lora merge`: fold a LoRA / DoRA / AdaLoRA adapter — or a weighted combination of
+//! several (`--adapter NAME=DIR … --weights …`) — into the base weights and write a Hugging Face
 //! directory (`config.json`, `model.safetensors`, tokenizer files) that transformers loads.
 //!
 //! With `--quant nf4` the adapter is merged into the dequantized weights, which are written in
@@ -62,8 +63,10 @@ fn print_summary(s: &RequantizeSummary) {
 
 /// Runs `merge`.
 pub fn run(args: Args) -> Result<()> {
-    if args.model.adapter.is_none() {
-        bail!("merge needs --adapter DIR (a PEFT LoRA adapter directory)");
+    if !args.model.has_adapter() {
+        bail!(
+            "merge needs --adapter DIR (a PEFT adapter directory), or several --adapter NAME=DIR with --weights"
+        );
     }
     let dtype = match args.dtype.as_str() {
         "f32" | "float32" => DiskDtype::F32,

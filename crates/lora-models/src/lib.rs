@@ -27,4 +27,4 @@ pub use config::LlamaConfig;
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
-pub use pretrained::{LoadOptions, Loaded, Pretrained, load, load_with};
+pub use pretrained::{COMBINED, LoadOptions, Loaded, Pretrained, load, load_with};
