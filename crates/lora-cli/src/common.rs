@@ -175,12 +175,13 @@ impl ModelArgs {
     /// Loads the model (in NF4 and with the adapters, if asked) on `device`, saying what was
     /// loaded on stderr.
     pub fn load(&self, device: &Device) -> Result<Pretrained> {
-        let path = self.model_path()?;
-        let t0 = Instant::now();
+        // The flags are checked before the default model is fetched.
         let options = LoadOptions {
             nf4: self.quant.nf4()?,
             ..self.adapter_options()?
         };
+        let path = self.model_path()?;
+        let t0 = Instant::now();
         let loaded = lora_models::load_with(&path, &options, device)?;
         eprintln!(
             "loaded {} in {:.1}s",
