@@ -60,7 +60,8 @@ impl DoraAdapter {
     pub fn from_parts(lora: LoraAdapter, magnitude: Tensor<2>) -> Self {
         DoraAdapter {
             lora,
-            magnitude: Param::from_tensor(magnitude),
+            // A trainable parameter must be a leaf of the autodiff graph (burn panics otherwise).
+            magnitude: Param::from_tensor(magnitude.detach()),
             merged_norm: None,
         }
     }

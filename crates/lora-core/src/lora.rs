@@ -95,8 +95,10 @@ impl LoraAdapter {
     ) -> Self {
         let r = lora_a.dims()[1];
         LoraAdapter {
-            lora_a: Param::from_tensor(lora_a),
-            lora_b: Param::from_tensor(lora_b),
+            // Trainable parameters must be leaves of the autodiff graph (a combined adapter's
+            // factors come out of tensor ops; burn panics on a non-leaf).
+            lora_a: Param::from_tensor(lora_a.detach()),
+            lora_b: Param::from_tensor(lora_b.detach()),
             dropout: DropoutConfig::new(config.lora_dropout).init(),
             r,
             lora_alpha,

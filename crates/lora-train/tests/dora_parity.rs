@@ -136,6 +136,54 @@ fn fresh_dora_magnitude_is_the_norm_of_w_as_peft_initialises_it() {
     );
 }
 
+/// Regression: a fresh DoRA magnitude is computed from `W` with tensor ops; on the autodiff
+/// device it must still become a trainable leaf, and one step moves A, B and m (not W).
+#[test]
+fn fresh_dora_adapters_train_on_the_autodiff_device() {
+    use burn::optim::{AdamWConfig, GradientsParams};
+    let d = device().autodiff();
+    let r = reference("tiny-llama/dora-reference.safetensors");
+    let cfg = LoraConfig {
+        init_lora_weights: InitLoraWeights::Random,
+        ..dora_config(&["q_proj", "v_proj"])
+    };
+    let (model, _) = apply_lora(load_hf_model(&tiny(), &d).unwrap(), &cfg, &d).unwrap();
+    let snapshot = |m: &lora_models::Llama| {
+        let mut v = Vec::new();
+        m.visit_linears(&mut |_, lin| {
+            v.push(host(lin.weight.val()));
+            if let Some(a) = lin.adapter.as_ref().and_then(|a| a.as_dora()) {
+                v.push(host(a.lora.lora_a.val()));
+                v.push(host(a.lora.lora_b.val()));
+                v.push(host(a.magnitude.val()));
+            }
+        });
+        v
+    };
+    let before = snapshot(&model);
+    let loss = causal_lm_loss(
+        model.forward(ids(&r["input_ids"], &d), None),
+        ids(&r["labels"], &d),
+    );
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = AdamWConfig::new().init().step(1e-3, model, grads);
+    let after = snapshot(&model);
+    let changed: Vec<bool> = before.iter().zip(&after).map(|(b, a)| b != a).collect();
+    // Per DoRA layer: W unchanged, then A, B, m changed; other layers: W unchanged.
+    let mut i = 0;
+    model.visit_linears(&mut |path, lin| {
+        assert!(!changed[i], "{path}: W moved");
+        i += 1;
+        if lin.adapter.is_some() {
+            assert!(
+                changed[i] && changed[i + 1] && changed[i + 2],
+                "{path}: A, B, m move"
+            );
+            i += 3;
+        }
+    });
+}
+
 #[test]
 fn dora_merged_forward_equals_unmerged_and_unmerge_restores_the_model() {
     let d = device();
