@@ -96,7 +96,7 @@ fn no_change_at_init(w: &Tensor<2>, device: &Device) -> Result<()> {
     let x = Tensor::<2>::random([8, D_IN], Distribution::Normal(0.0, 1.0), device);
     let base = host(x.clone().matmul(w.clone()))?;
     let diff = max_abs_diff(&host(layer.forward(x))?, &base);
-    println!("  max |y_dora − y_base| = {diff:e}");
+    println!("  max |y_dora − y_base| = {diff}");
     check(
         diff == 0.0,
         "a fresh DoRA adapter leaves the output unchanged",
