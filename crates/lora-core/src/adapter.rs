@@ -21,6 +21,10 @@ use crate::error::LoraError;
 use crate::lora::LoraAdapter;
 
 /// The update of one adapted linear layer, in burn layout (`[d_in, ·]` / `[·, d_out]`).
+// One adapter per linear layer (a few hundred per model): the variants' size difference (DoRA
+// carries LoRA's fields plus its magnitude) costs nothing worth a box, which burn's Module
+// derive would not see through.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Adapter {
     /// LoRA: `A` `[d_in, r]`, `B` `[r, d_out]`.
