@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -34,8 +33,6 @@ def make_combine_fixtures(tiny_dir: Path, seed: int) -> None:
     pm_b = get_peft_model(tiny_base(tiny_dir), cfg_b)
     randomize_lora_b(pm_b, "default", seed + 1)
     out_b = tiny_dir / "peft-adapter-b"
-    if out_b.exists():
-        shutil.rmtree(out_b)
     save_adapter(pm_b, out_b)
 
     pm = PeftModel.from_pretrained(tiny_base(tiny_dir), str(tiny_dir / "peft-adapter"), adapter_name="a")

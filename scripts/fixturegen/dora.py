@@ -5,13 +5,12 @@ gradients, magnitude vectors included), and one LoRA+ optimizer step (PEFT's
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import torch
 
 from .common import TINY_INPUT_IDS, PROMPT_MASK, LORA_TARGETS, log, set_determinism, save_tensors, write_json
-from .peft_parts import randomize_lora_b, save_adapter
+from .peft_parts import randomize_lora_b, save_adapter, scale_dora_magnitudes
 
 # LoRA+ settings of the fixture: PEFT's example ratio, AdamW as our trainer builds it.
 LORAPLUS = {"lr": 1e-3, "loraplus_lr_ratio": 16.0, "loraplus_weight_decay": 0.01, "eps": 1e-8,
@@ -61,17 +60,9 @@ def make_dora_fixtures(tiny_dir: Path, seed: int) -> None:
             init[f"init.{path}.{which}"] = p.detach().clone()
     assert len(init) == 2 * len(LORA_TARGETS), sorted(init)
     randomize_lora_b(pm, "default", seed + 1)
-    gen = torch.Generator().manual_seed(seed + 2)
-    with torch.no_grad():
-        for name, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
-            if "lora_magnitude_vector" in name:
-                p.mul_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+    scale_dora_magnitudes(pm, seed + 2, std=0.1)
     pm.eval()
-
-    out = tiny_dir / "peft-dora"
-    if out.exists():
-        shutil.rmtree(out)
-    save_adapter(pm, out)
+    save_adapter(pm, tiny_dir / "peft-dora")
 
     with torch.no_grad():
         logits_base = tiny_base(tiny_dir)(input_ids).logits

@@ -25,7 +25,20 @@ def randomize_lora_b(peft_model, adapter: str, seed: int, std: float = 0.1) -> N
                 p.copy_(std * torch.randn(p.shape, generator=gen))
 
 
+def scale_dora_magnitudes(peft_model, seed: int, std: float) -> None:
+    """DoRA's magnitude starts at ‖W‖; scale it by (1 + std·N(0, 1)) so a fixture checks that the
+    loaded magnitudes are used, not recomputed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(peft_model.named_parameters(), key=lambda kv: kv[0]):
+            if "lora_magnitude_vector" in name:
+                p.mul_(1.0 + std * torch.randn(p.shape, generator=gen))
+
+
 def save_adapter(peft_model, out: Path) -> None:
+    """save_pretrained into a fresh `out` (an older copy is removed first)."""
+    if out.exists():
+        shutil.rmtree(out)
     peft_model.save_pretrained(str(out))
     (out / "README.md").unlink(missing_ok=True)  # PEFT writes a model-card stub; not needed
     # PEFT writes target_modules from a set, so its order changes from run to run (hash seed).
@@ -65,8 +78,6 @@ def make_peft_fixtures(tiny_dir: Path, seed: int) -> None:
     pm.eval()
 
     out = tiny_dir / "peft-adapter"
-    if out.exists():
-        shutil.rmtree(out)
     save_adapter(pm, out)
 
     with torch.no_grad():
@@ -107,8 +118,6 @@ def make_peft_fixtures(tiny_dir: Path, seed: int) -> None:
     assert all(".layers.1." in n for n in lora_names) and len(lora_names) == 4, lora_names
 
     out_rs = tiny_dir / "peft-adapter-rslora"
-    if out_rs.exists():
-        shutil.rmtree(out_rs)
     save_adapter(pm_rs, out_rs)
     with torch.no_grad():
         logits_rs = pm_rs(input_ids).logits

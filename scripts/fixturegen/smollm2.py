@@ -13,7 +13,7 @@ import torch
 from .common import (
     SMOLLM2_CHAT_MESSAGES, log, set_determinism, write_json, load_causal_lm, load_tokenizer, last_logits,
 )
-from .peft_parts import randomize_lora_b, save_adapter
+from .peft_parts import randomize_lora_b, save_adapter, scale_dora_magnitudes
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,11 +226,7 @@ def make_smollm2_peft(model_path: Path, out: Path, seed: int, dora: bool = False
     pm = get_peft_model(model, cfg)
     randomize_lora_b(pm, "default", seed + 1, std=0.02)
     if dora:
-        gen = torch.Generator().manual_seed(seed + 2)
-        with torch.no_grad():
-            for name, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
-                if "lora_magnitude_vector" in name:
-                    p.mul_(1.0 + 0.02 * torch.randn(p.shape, generator=gen))
+        scale_dora_magnitudes(pm, seed + 2, std=0.02)
     pm.eval()
     n_modules = sum(1 for n, _ in pm.named_parameters() if ".lora_A.default." in n)
     assert n_modules == 2 * pm.config.num_hidden_layers == 60, n_modules

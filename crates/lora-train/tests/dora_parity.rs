@@ -337,26 +337,9 @@ fn peft_dora_adapter_on_smollm2_gives_peft_logits() {
     assert!(cfg.as_lora().unwrap().use_dora);
     let (mut worst_abs, mut worst_rel) = (0f32, 0f32);
     for prompt in r["prompts"].as_array().unwrap() {
-        let ids: Vec<u32> = prompt["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+        let (ids, top) = prompt_ids_and_logits(prompt, "top20");
         let logits = lora_models::generate::step(&model, &ids, &mut model.new_cache()).unwrap();
-        let top: Vec<(usize, f32)> = prompt["top20"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["id"].as_u64().unwrap() as usize,
-                    e["logit"].as_f64().unwrap() as f32,
-                )
-            })
-            .collect();
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let order = ranked(&logits);
         let want_top5: Vec<usize> = top[..5].iter().map(|t| t.0).collect();
         assert_eq!(order[..5], want_top5[..], "top-5 ids (ours vs PEFT)");
         let scale = top.iter().fold(0f32, |m, t| m.max(t.1.abs()));
