@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .common import TINY_INPUT_IDS, PROMPT_MASK, LORA_TARGETS, log, set_determinism, save_tensors, write_json
-from .peft_parts import randomize_lora_b, save_adapter, scale_dora_magnitudes
+from .peft_parts import adapter_gradients, adapter_key, randomize_lora_b, save_adapter, scale_dora_magnitudes
 
 # LoRA+ settings of the fixture: PEFT's example ratio, AdamW as our trainer builds it.
 LORAPLUS = {"lr": 1e-3, "loraplus_lr_ratio": 16.0, "loraplus_weight_decay": 0.01, "eps": 1e-8,
@@ -32,13 +32,6 @@ def tiny_batch():
     labels = input_ids.clone()
     labels[:, :PROMPT_MASK] = -100
     return input_ids, labels
-
-
-def adapter_key(name: str) -> tuple[str, str]:
-    """`base_model.model.<path>.lora_A.default.weight` -> (path, "lora_A"); the magnitude vector's
-    `...lora_magnitude_vector.default.weight` -> (path, "lora_magnitude_vector")."""
-    module_path, _, rest = name.removeprefix("base_model.model.").partition(".lora_")
-    return module_path, "lora_" + rest.split(".")[0]
 
 
 def make_dora_fixtures(tiny_dir: Path, seed: int) -> None:
@@ -76,14 +69,7 @@ def make_dora_fixtures(tiny_dir: Path, seed: int) -> None:
     pm.zero_grad(set_to_none=True)
     result = pm(input_ids=input_ids, labels=labels)
     result.loss.backward()
-    grads = {}
-    for name, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
-        if ".lora_" not in name:
-            assert p.grad is None, f"frozen parameter {name} got a gradient"
-            continue
-        assert p.grad is not None and p.grad.abs().max() > 0, f"{name} got no gradient"
-        path, which = adapter_key(name)
-        grads[f"grad.{path}.{which}"] = p.grad.detach().clone()
+    grads = adapter_gradients(pm)
     assert len(grads) == 3 * 2 * len(LORA_TARGETS), sorted(grads)
     log(f"  dora: loss {result.loss.item():.6f}, max |logits - base| {moved:.4f}")
 
