@@ -145,6 +145,11 @@ pub fn load_with(
             adapters = Some(set);
             config.map(|c| (c, AdaptReport::of(&pretrained.model)))
         }
+        (None, true) if options.combine.is_some() => {
+            return Err(ModelError::Lora(lora_core::LoraError::InvalidConfig(
+                "a combination needs named adapters (LoadOptions::adapters)".into(),
+            )));
+        }
         (None, true) => None,
     };
     Ok(Loaded {

@@ -285,6 +285,11 @@ impl TrainConfig {
         }
         self.quant.to_nf4()?;
         self.lora.validate().map_err(|e| e.to_string())?;
+        if self.method == Method::Adalora && self.lora.use_dora {
+            return Err(
+                "lora.use_dora applies to method = \"lora\" (PEFT's AdaLoRA has no DoRA form); drop --use-dora or --method adalora".into(),
+            );
+        }
         if self.method == Method::Adalora {
             self.adalora_config()
                 .validate_training()

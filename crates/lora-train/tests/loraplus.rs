@@ -97,7 +97,7 @@ fn loraplus_step_equals_peft_loraplus_optimizer_on_the_same_gradients() {
 }
 
 #[test]
-fn loraplus_ratio_is_checked_when_the_config_is_built() {
+fn loraplus_ratio_and_dora_settings_are_checked_when_the_config_is_built() {
     for bad in [0.0, -1.0, f64::NAN, 2000.0] {
         let cfg = TrainConfig {
             loraplus_lr_ratio: Some(bad),
@@ -106,6 +106,15 @@ fn loraplus_ratio_is_checked_when_the_config_is_built() {
         let err = cfg.validate().unwrap_err();
         assert!(err.contains("loraplus_lr_ratio"), "{err}");
     }
+    let dora_adalora = TrainConfig {
+        method: lora_train::config::Method::Adalora,
+        lora: lora_core::LoraConfig {
+            use_dora: true,
+            ..TrainConfig::default().lora
+        },
+        ..TrainConfig::default()
+    };
+    assert!(dora_adalora.validate().unwrap_err().contains("use_dora"));
     let layer = toml::toml! { loraplus_lr_ratio = 16.0 };
     let cfg = TrainConfig::layered(&[("flags", layer)]).unwrap();
     assert_eq!(cfg.loraplus_lr_ratio, Some(16.0));
