@@ -104,6 +104,7 @@ fn main() -> Result<()> {
                 .map(|_| rng.range(3, 300))
                 .collect(),
             prompt_len: PROMPT_LEN,
+            earlier_answers: Vec::new(),
         })
         .collect();
 

@@ -55,6 +55,7 @@ fn model_config() -> LlamaConfig {
         rms_norm_eps: 1e-5,
         max_seq_len: 256,
         tie_word_embeddings: false,
+        ..LlamaConfig::tiny()
     }
 }
 
@@ -128,6 +129,7 @@ fn main() -> Result<()> {
             Encoded {
                 ids: [prompt, answer].concat(),
                 prompt_len: 12,
+                earlier_answers: Vec::new(),
             }
         })
         .collect();

@@ -20,9 +20,12 @@ scripts/requirements.txt):
 
 Modes:
 
-    # (default) write the default parts (tiny, peft, dequant, smollm2) into <repo>/fixtures/
+    # (default) write the default parts (tiny, peft, dora, dequant, families, smollm2, …) into <repo>/fixtures/
     python scripts/make_fixtures.py [--out DIR] [--model GGUF]
-        [--parts tiny,peft,adalora,dora,loraplus,combine,dequant,nf4,smollm2,smollm2-nf4]
+        [--parts tiny,peft,adalora,dora,loraplus,combine,dequant,gguf-quants,nf4,families,smollm2,smollm2-nf4]
+
+    # the real Gemma 3 270M's reference (not in the default set: `cargo xtask fetch --model gemma3-270m` first)
+    python scripts/make_fixtures.py --parts gemma3-270m
 
     # the PEFT LoRA / DoRA adapters on the real SmolLM2 (not in the default set: each loads the
     # model again)
@@ -41,8 +44,9 @@ Modes:
 Each check mode prints one line starting with PASS or FAIL and exits 0 or 1.
 
 This file is the command line only; the code is in scripts/fixturegen/ (common.py: constants and
-helpers; tiny.py, peft_parts.py, adalora.py, dora.py (dora, loraplus), combine.py, dequant.py, nf4.py, smollm2.py: one
-module per fixture part; checks.py: the check modes).
+helpers; tiny.py, peft_parts.py, adalora.py, dora.py (dora, loraplus), combine.py, dequant.py, gguf_quants.py, nf4.py,
+smollm2.py: one module per fixture part; checks.py: the check modes; families.py: a tiny model of each family beyond
+Llama; gemma3.py: the real Gemma 3 270M).
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ from fixturegen.checks import check_adapter, check_merged, run_check, self_test
 from fixturegen.combine import make_combine_fixtures
 from fixturegen.dequant import make_dequant_fixture
 from fixturegen.dora import make_dora_fixtures, make_loraplus_fixture
+from fixturegen.gguf_quants import make_gguf_quants_fixture
+from fixturegen.families import make_family_fixtures
+from fixturegen.gemma3 import DEFAULT_GEMMA3, make_gemma3_reference
 from fixturegen.nf4 import make_nf4_fixture, make_smollm2_nf4
 from fixturegen.peft_parts import make_peft_fixtures
 from fixturegen.smollm2 import make_smollm2_peft, make_smollm2_reference
@@ -135,9 +142,22 @@ def main(argv=None) -> int:
     if "dequant" in parts:
         log("GGUF dequantization fixture")
         make_dequant_fixture(out, seed=SEEDS["dequant"])
+    if "gguf-quants" in parts:
+        log("GGUF quantizer reference blocks (gguf-py; Q4_K / Q6_K from llama.cpp)")
+        make_gguf_quants_fixture(out, seed=SEEDS["gguf_quants"])
     if "nf4" in parts:
         log("NF4 (bitsandbytes) fixture")
         make_nf4_fixture(out / "nf4", out / "tiny-llama", seed=SEEDS["nf4"])
+    if "families" in parts:
+        log("tiny models of the other families (qwen2, qwen3, mistral, gemma3), HF + GGUF + PEFT")
+        make_family_fixtures(out, seed=SEEDS["families"])
+    if "gemma3-270m" in parts:
+        gemma = args.model if args.model and "gemma" in args.model.name else DEFAULT_GEMMA3
+        if not gemma.exists():
+            log(f"error: {gemma} not found (cargo xtask fetch --model gemma3-270m)")
+            return 1
+        log(f"Gemma 3 270M reference from {gemma}")
+        make_gemma3_reference(gemma, out)
     model = args.model or DEFAULT_MODEL
     if parts & {"smollm2", "smollm2-peft", "smollm2-nf4", "smollm2-dora"} and not model.exists():
         log(f"error: {model} not found (pass --model, or leave smollm2 / smollm2-peft out of --parts)")

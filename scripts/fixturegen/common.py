@@ -27,7 +27,8 @@ PROMPT_MASK = 3  # labels: the first 3 positions of each row are -100
 # greedy decoding does not just repeat one token and the top-1/top-2 logit gap stays > 0.04 at
 # every step: an f32 implementation then cannot flip a greedy choice by rounding.
 SEEDS = {"tiny": 1236, "tiny_tied": 1335, "peft": 1434, "dequant": 1534, "smollm2_peft": 1634, "nf4": 1734,
-         "adalora": 1834, "dora": 1934, "combine": 2034, "smollm2_dora": 2134}
+         "adalora": 1834, "dora": 1934, "combine": 2034, "smollm2_dora": 2134, "gguf_quants": 1934,
+         "families": 1934}
 TIED_EMBED_STD = 0.1
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -37,9 +38,10 @@ SMOLLM2_CHAT_MESSAGES = [{"role": "user", "content": "What is the capital of Fra
 
 # Every fixture part, in the order they are written; the default --parts. `smollm2-peft` is not in
 # the default set: it loads the real model a second time and is slow on a small machine.
-ALL_PARTS = ["tiny", "peft", "adalora", "dora", "loraplus", "combine", "dequant", "nf4", "smollm2", "smollm2-nf4",
-             "smollm2-peft", "smollm2-dora"]
-DEFAULT_PARTS = ["tiny", "peft", "adalora", "dora", "loraplus", "combine", "dequant", "nf4", "smollm2", "smollm2-nf4"]
+ALL_PARTS = ["tiny", "peft", "adalora", "dora", "loraplus", "combine", "dequant", "gguf-quants", "nf4", "families",
+             "smollm2", "smollm2-nf4", "smollm2-peft", "smollm2-dora", "gemma3-270m"]
+DEFAULT_PARTS = ["tiny", "peft", "adalora", "dora", "loraplus", "combine", "dequant", "gguf-quants", "nf4", "families",
+                 "smollm2", "smollm2-nf4"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +113,26 @@ def load_tokenizer(path: Path):
     if path.is_file() and path.suffix == ".gguf":
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return AutoTokenizer.from_pretrained(str(path))
+
+
+# Strings the real-model tokenizer references are recorded for; each model adds one with its own
+# special tokens.
+ROUND_TRIP_SAMPLES = [
+    "Hello world",
+    "   leading spaces and  double  spaces",
+    "Numbers 12345 and 3.14159, year 2024",
+    "café naïve 東京 🙂",
+    "line one\nline two\n\n\ttabbed\tend",
+]
+
+
+def tokenizer_round_trips(tok, samples: list[str]) -> list[dict]:
+    """ids (no special tokens added; special-token text is still matched), tokens and decoded text."""
+    out = []
+    for s in samples:
+        ids = tok(s, add_special_tokens=False)["input_ids"]
+        out.append({"text": s, "ids": ids, "tokens": tok.convert_ids_to_tokens(ids), "decoded": tok.decode(ids)})
+    return out
 
 
 def last_logits(model, ids: list[int]) -> torch.Tensor:

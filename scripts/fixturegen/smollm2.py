@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .common import (
-    SMOLLM2_CHAT_MESSAGES, log, set_determinism, write_json, load_causal_lm, load_tokenizer, last_logits,
+    ROUND_TRIP_SAMPLES, SMOLLM2_CHAT_MESSAGES, log, set_determinism, write_json, load_causal_lm, load_tokenizer,
+    last_logits, tokenizer_round_trips,
 )
 from .peft_parts import randomize_lora_b, save_adapter, scale_dora_magnitudes
 
@@ -23,6 +24,15 @@ from .peft_parts import randomize_lora_b, save_adapter, scale_dora_magnitudes
 def top_k_entries(tok, logits: torch.Tensor, k: int = 5) -> list[dict]:
     vals, idx = torch.topk(logits.float(), k)
     return [{"id": int(i), "token": tok.decode([int(i)]), "logit": float(v)} for v, i in zip(vals, idx)]
+
+
+def next_token_fn(model, tok):
+    """ids -> the model's top-5 next tokens after them."""
+    def next_token(ids: list[int]) -> list[dict]:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        return top_k_entries(tok, logits)
+    return next_token
 
 
 def llama_cpp_permute_rows(n_rows: int, n_head: int) -> np.ndarray:
@@ -47,11 +57,7 @@ def make_smollm2_reference(model_path: Path, out: Path) -> None:
     tok = load_tokenizer(model_path)
     model = load_causal_lm(model_path)
     cfg = model.config
-
-    def next_token(ids: list[int]) -> list[dict]:
-        with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0, -1]
-        return top_k_entries(tok, logits)
+    next_token = next_token_fn(model, tok)
 
     messages = SMOLLM2_CHAT_MESSAGES
     chat_text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -87,20 +93,7 @@ def make_smollm2_reference(model_path: Path, out: Path) -> None:
         "text_skip_special": tok.decode(new_ids, skip_special_tokens=True),
     }
 
-    # Tokenizer round trips (no special tokens added; special-token text is still matched).
-    samples = [
-        "Hello world",
-        "   leading spaces and  double  spaces",
-        "Numbers 12345 and 3.14159, year 2024",
-        "café naïve 東京 🙂",
-        "line one\nline two\n\n\ttabbed\tend",
-        "<|im_start|>user\nhi<|im_end|>",
-    ]
-    round_trips = []
-    for s in samples:
-        ids = tok(s, add_special_tokens=False)["input_ids"]
-        round_trips.append({"text": s, "ids": ids, "tokens": tok.convert_ids_to_tokens(ids),
-                            "decoded": tok.decode(ids)})
+    round_trips = tokenizer_round_trips(tok, ROUND_TRIP_SAMPLES + ["<|im_start|>user\nhi<|im_end|>"])
 
     # Raw GGUF values vs. transformers' parameters (which undo llama.cpp's q/k row permutation).
     reader = gguf.GGUFReader(str(model_path))

@@ -84,6 +84,22 @@ def greedy_decode_with_cache(model, prompt: torch.Tensor, n_new: int):
     return torch.tensor(ids, dtype=torch.int64), torch.stack(step_logits)
 
 
+def logits_and_greedy(model):
+    """The reference values of a tiny model: logits on TINY_INPUT_IDS, and a KV-cache greedy decode of
+    row 0, checked against a full forward. Returns (input_ids, logits, greedy_ids, step_logits, margin),
+    margin being the smallest top-1/top-2 logit gap over the decode steps."""
+    input_ids = torch.tensor(TINY_INPUT_IDS, dtype=torch.int64)
+    with torch.no_grad():
+        logits = model(input_ids).logits.float()
+    greedy_ids, step_logits = greedy_decode_with_cache(model, input_ids[0], TINY_GREEDY_NEW_TOKENS)
+    with torch.no_grad():
+        full = model(greedy_ids[:-1].unsqueeze(0)).logits[0, input_ids.shape[1] - 1:]
+    assert torch.allclose(full, step_logits, atol=1e-4), "KV-cache decode differs from full forward"
+    top2 = torch.topk(step_logits, 2, dim=-1).values
+    margin = float((top2[:, 0] - top2[:, 1]).min())
+    return input_ids, logits, greedy_ids, step_logits.float(), margin
+
+
 def legacy_config_json(path: Path) -> None:
     """Rewrite config.json the way transformers 4.x (and most Hub checkpoints) spell it:
     top-level "rope_theta" and "torch_dtype" instead of transformers 5's "rope_parameters" / "dtype".
@@ -120,21 +136,11 @@ def make_tiny_llama(out_dir: Path, tied: bool, seed: int) -> None:
     # Reload from disk, so the references are computed from exactly what was written.
     model = LlamaForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32).eval()
 
-    input_ids = torch.tensor(TINY_INPUT_IDS, dtype=torch.int64)
-    with torch.no_grad():
-        logits = model(input_ids).logits.float()
-
-    greedy_ids, step_logits = greedy_decode_with_cache(model, input_ids[0], TINY_GREEDY_NEW_TOKENS)
-
-    # Cross-checks: the cached decode must agree with a full forward and with generate().
-    with torch.no_grad():
-        full = model(greedy_ids[:-1].unsqueeze(0)).logits[0, input_ids.shape[1] - 1:]
-    assert torch.allclose(full, step_logits, atol=1e-4), "KV-cache decode differs from full forward"
+    input_ids, logits, greedy_ids, step_logits, margin = logits_and_greedy(model)
+    # Cross-check: the cached decode must agree with generate() too.
     gen = model.generate(input_ids[:1], max_new_tokens=TINY_GREEDY_NEW_TOKENS, do_sample=False,
                          min_new_tokens=TINY_GREEDY_NEW_TOKENS, eos_token_id=None, pad_token_id=0)
     assert gen[0].tolist() == greedy_ids.tolist(), (gen[0].tolist(), greedy_ids.tolist())
-    top2 = torch.topk(step_logits, 2, dim=-1).values
-    margin = float((top2[:, 0] - top2[:, 1]).min())
     log(f"  {out_dir.name}: greedy ids {greedy_ids.tolist()} (smallest top-1/top-2 margin {margin:.4f})")
 
     save_tensors(out_dir / "reference.safetensors", {

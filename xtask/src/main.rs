@@ -5,7 +5,7 @@
 //! profile, so tests and runs reuse a single optimized build of burn. `--backend wgpu|ndarray`
 //! also switches on that backend's cargo feature, so the default build compiles only `flex`.
 //!
-//! Commands: `train`, `eval`, `generate`, `logits`, `merge`, `fetch`, `bench` (forwarded to
+//! Commands: `train`, `eval`, `generate`, `logits`, `merge`, `export-adapter`, `fetch`, `bench` (forwarded to
 //! `burn-lora`),
 //! `test` (the whole test suite; extra arguments go to `cargo test`) and `example` (the teaching
 //! programs in `examples/`: list them, run one, or run them all).
@@ -15,7 +15,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 const USAGE: &str =
-    "usage: cargo xtask <train|eval|generate|logits|merge|fetch|bench|test|example> [args...]
+    "usage: cargo xtask <train|eval|generate|logits|merge|export-adapter|fetch|bench|test|example> [args...]
   cargo xtask train                       fine-tune SmolLM2 on TREC with LoRA (defaults)
   cargo xtask generate --chat --prompt \"What is the capital of France?\"
   cargo xtask logits --prompt \"The capital of France is\" --json
@@ -230,7 +230,8 @@ fn main() -> ExitCode {
             }
             cmd.args(rest.iter().filter(|a| !a.starts_with("--backend")));
         }
-        "train" | "eval" | "generate" | "logits" | "merge" | "fetch" | "bench" => {
+        "train" | "eval" | "generate" | "logits" | "merge" | "export-adapter" | "fetch"
+        | "bench" => {
             cmd.args(["run", "-p", "lora-cli", "--bin", "burn-lora"]);
             if let Some(f) = &features {
                 cmd.args(["--features", f]);

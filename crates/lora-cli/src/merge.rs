@@ -18,9 +18,17 @@ use crate::common::ModelArgs;
 /// Arguments of `merge`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Output directory (must not exist or be empty).
+    /// Output directory (must not exist or be empty), or with `--format gguf` the GGUF file.
     #[arg(long)]
     pub out: PathBuf,
+    /// `hf` (a Hugging Face directory, the default) or `gguf` (one file for llama.cpp / Ollama,
+    /// with a Modelfile next to it).
+    #[arg(long, default_value = "hf")]
+    pub format: String,
+    /// With `--format gguf`: the weight type, f32 (default), f16, bf16, q8_0, q6_k, q5_0, q4_k or
+    /// q4_0 (quantized by our own code as llama.cpp does; norms stay f32).
+    #[arg(long = "type", default_value = "f32")]
+    pub weight_type: String,
     /// Weight precision on disk: f32 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -63,6 +71,12 @@ fn print_summary(s: &RequantizeSummary) {
 
 /// Runs `merge`.
 pub fn run(args: Args) -> Result<()> {
+    match args.format.as_str() {
+        "hf" => {}
+        // Without --adapter the model is converted as it is (e.g. the base for `--lora`).
+        "gguf" => return crate::gguf_out::merge_to_gguf(&args.model, &args.out, &args.weight_type),
+        other => bail!("--format {other:?}: choose hf or gguf"),
+    }
     if !args.model.has_adapter() {
         bail!(
             "merge needs --adapter DIR (a PEFT adapter directory), or several --adapter NAME=DIR with --weights"

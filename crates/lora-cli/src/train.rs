@@ -10,12 +10,13 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_core::TargetModules;
+use lora_train::config::EvalMetric;
 use lora_train::eval::EvalReport;
 use lora_train::run::Summary;
 use lora_train::trainer::{EvalPoint, Observer, StepMetrics};
 use lora_train::{RunDir, TrainConfig, run_training};
 
-use crate::common::QuantArgs;
+use crate::common::{MetricFlag, QuantArgs};
 
 /// Arguments of `train`; flags override `--config`. Each flag sets one config key (in
 /// brackets); `--config` files use the same keys.
@@ -27,9 +28,24 @@ pub struct Args {
     /// GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct) [model].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// `trec` (default) or a JSONL file (`messages`, `prompt`/`completion` or `text` lines) [data].
+    /// `trec` (default), a JSONL file (every 20th example held out) or a folder with
+    /// train.jsonl, valid.jsonl and optionally test.jsonl; lines in `messages`,
+    /// `conversations` (ShareGPT), `prompt`/`completion`, `instruction`/`output` (Alpaca) or
+    /// `text` form [data].
     #[arg(long)]
     pub data: Option<String>,
+    /// Evaluate on this JSONL file instead of the held-out split of --data [eval_data].
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// How held-out answers are scored: equal to (`exact`, the default for data with answers)
+    /// or containing the reference, both trimmed and lowercased; TREC generates answers only
+    /// when this is given [eval_metric].
+    #[arg(long, value_enum)]
+    pub eval_metric: Option<MetricFlag>,
+    /// Most tokens generated per held-out answer (0 = the longest reference + 16)
+    /// [eval_max_new_tokens].
+    #[arg(long)]
+    pub eval_max_new_tokens: Option<usize>,
     /// Optimizer steps [steps].
     #[arg(long)]
     pub steps: Option<usize>,
@@ -156,6 +172,9 @@ impl Args {
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string().into());
         o.set("", "model", path(&self.model));
         o.set("", "data", text(&self.data));
+        o.set("", "eval_data", path(&self.eval_data));
+        o.set("", "eval_metric", self.eval_metric.map(MetricFlag::toml));
+        o.set("", "eval_max_new_tokens", int(self.eval_max_new_tokens));
         o.set("", "steps", int(self.steps));
         o.set("", "lr", float(self.lr));
         o.set("", "loraplus_lr_ratio", float(self.loraplus_lr_ratio));
@@ -302,7 +321,7 @@ impl Observer for Console {
         // With stderr piped or redirected indicatif draws nothing: a plain line every 10
         // steps (and at the last) keeps the progress, rate and ETA visible in a log.
         let last = bar.length() == Some(m.step as u64);
-        if bar.is_hidden() && (m.step % 10 == 0 || last) {
+        if bar.is_hidden() && (m.step.is_multiple_of(10) || last) {
             eprintln!(
                 "step {}/{} · {status} · ETA {}s",
                 m.step,
@@ -332,11 +351,29 @@ fn print_summary(s: &Summary) {
     });
     println!();
     println!("                      before      after");
-    println!(
-        "  held-out accuracy   {:>8}   {:>8}",
-        acc(&s.before),
-        acc(&s.after)
-    );
+    if s.before.accuracy.is_some() || s.after.accuracy.is_some() {
+        println!(
+            "  held-out accuracy   {:>8}   {:>8}",
+            acc(&s.before),
+            acc(&s.after)
+        );
+    }
+    if s.after.exact_match.is_some() {
+        let rate = |e: &EvalReport| {
+            e.exact_match
+                .map_or("—".to_string(), |a| format!("{:.1}%", 100.0 * a))
+        };
+        let name = match s.config.eval_metric {
+            Some(EvalMetric::Contains) => "contains   ",
+            _ => "exact match",
+        };
+        println!(
+            "  held-out {name}{:>8}   {:>8}   ({} questions)",
+            rate(&s.before),
+            rate(&s.after),
+            s.after.exact_match_examples
+        );
+    }
     println!(
         "  held-out loss       {:>8.4}   {:>8.4}",
         s.before.loss, s.after.loss
@@ -359,8 +396,13 @@ fn print_summary(s: &Summary) {
     }
     println!();
     println!(
-        "run directory: {}  (adapter/, metrics.jsonl, summary.json, loss.png{})",
+        "run directory: {}  (adapter/, metrics.jsonl, summary.json, loss.png{}{})",
         s.run_dir.display(),
+        if s.after.exact_match.is_some() {
+            ", samples.md, answers.jsonl"
+        } else {
+            ""
+        },
         if s.adalora.is_some() {
             ", ranks.png"
         } else {

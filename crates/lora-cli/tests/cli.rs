@@ -20,6 +20,27 @@ fn stderr_of(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Whether the default model has been fetched; when not, says so (the test then skips).
+fn model_fetched() -> bool {
+    let model = lora_models::cache::default_model_path();
+    if !model.exists() {
+        eprintln!(
+            "skipping: {} not fetched (run cargo xtask fetch)",
+            model.display()
+        );
+    }
+    model.exists()
+}
+
+/// Fails the test with the command's stderr unless it succeeded.
+fn assert_succeeded(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn zero_steps_is_refused() {
     let err = stderr_of(&[
@@ -164,12 +185,7 @@ fn resuming_a_directory_that_is_not_a_run_is_refused() {
 
 #[test]
 fn a_short_real_run_lowers_the_loss_and_leaves_every_file() {
-    let model = lora_models::cache::default_model_path();
-    if !model.exists() {
-        eprintln!(
-            "skipping: {} not fetched (run cargo xtask fetch)",
-            model.display()
-        );
+    if !model_fetched() {
         return;
     }
     let dir = scratch("short-run");
@@ -192,11 +208,7 @@ fn a_short_real_run_lowers_the_loss_and_leaves_every_file() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "train");
     for f in [
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
@@ -232,12 +244,7 @@ fn a_short_real_run_lowers_the_loss_and_leaves_every_file() {
 
 #[test]
 fn a_short_adalora_run_ends_at_the_target_budget_and_writes_a_pruned_peft_adapter() {
-    let model = lora_models::cache::default_model_path();
-    if !model.exists() {
-        eprintln!(
-            "skipping: {} not fetched (run cargo xtask fetch)",
-            model.display()
-        );
+    if !model_fetched() {
         return;
     }
     let dir = scratch("adalora-run");
@@ -266,11 +273,7 @@ fn a_short_adalora_run_ends_at_the_target_budget_and_writes_a_pruned_peft_adapte
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "train");
     let png = std::fs::read(dir.join("ranks.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let summary: serde_json::Value =
@@ -338,11 +341,7 @@ fn bench_on_the_tiny_model_fills_every_row_and_marks_peft_missing_without_python
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "bench");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(dir.join("bench.json").exists());
     let rows = json["training"].as_array().unwrap();
@@ -385,5 +384,69 @@ fn bench_on_the_tiny_model_fills_every_row_and_marks_peft_missing_without_python
     let inference = &json["inference"];
     assert_eq!(inference["rows"].as_array().unwrap().len(), 5);
     assert!(inference["merged_max_abs_logit_diff"].as_f64().unwrap() < 1e-4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_data_folder_run_shows_exact_match_before_and_after_and_eval_reproduces_it() {
+    if !model_fetched() {
+        return;
+    }
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/trec-chat");
+    let dir = scratch("data-folder");
+    let common = ["--eval-limit", "12"];
+    let out = bin()
+        .args([
+            "train",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--json",
+            "--data",
+        ])
+        .arg(&data)
+        .args(common)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_succeeded(&out, "train");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    for when in ["before", "after"] {
+        let m = summary[when]["exact_match"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&m), "{when}: {m}");
+        assert_eq!(summary[when]["exact_match_examples"], 12);
+    }
+    assert_eq!(summary["dataset"]["train"]["examples"], 240);
+    assert_eq!(summary["dataset"]["test"]["examples"], 60);
+    let samples = std::fs::read_to_string(dir.join("samples.md")).unwrap();
+    assert!(
+        samples.contains("| # | question | reference | base | tuned |"),
+        "{samples}"
+    );
+    let answers = std::fs::read_to_string(dir.join("answers.jsonl")).unwrap();
+    assert_eq!(answers.lines().count(), 12);
+
+    let out = bin()
+        .args(["eval", "--json", "--data"])
+        .arg(&data)
+        .args(common)
+        .arg("--adapter")
+        .arg(dir.join("adapter"))
+        .output()
+        .unwrap();
+    assert_succeeded(&out, "eval");
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eval["exact_match"], summary["after"]["exact_match"]);
+    let (a, b) = (
+        eval["loss"].as_f64().unwrap(),
+        summary["after"]["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 1e-6 * b.abs(),
+        "eval loss {a} vs train's after {b}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -183,6 +183,17 @@ pub fn write_safetensors(
     write_atomic(path, &bytes)
 }
 
+/// The temporary name an atomic write of `path` goes through: `path` + `.tmp<pid>`, in the same
+/// directory (so the final rename never crosses file systems).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 ///
 /// # Errors
@@ -192,14 +203,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoraError> {
         path: path.to_path_buf(),
         source,
     };
-    let tmp: PathBuf = {
-        let mut name = path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(format!(".tmp{}", std::process::id()));
-        path.with_file_name(name)
-    };
+    let tmp = temp_path(path);
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;

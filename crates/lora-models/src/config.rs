@@ -1,12 +1,20 @@
-//! [`LlamaConfig`]: the model's shape, in our own names. The checkpoint formats' key names
-//! (`config.json`, GGUF `llama.*`) are read in `checkpoint/` and converted into this struct; the
-//! model never sees them.
+//! [`LlamaConfig`]: the model's shape and its family's departures from Llama, in our own names.
+//! The checkpoint formats' key names (`config.json`, GGUF `llama.*`, `gemma3.*`, …) are read in
+//! `checkpoint/` and converted into this struct; the model never sees them.
 
 use serde::{Deserialize, Serialize};
 
-/// Hyper-parameters of a Llama-style decoder.
+use crate::family::{Family, Variant};
+
+/// The most values a RoPE table may hold (`max_seq_len × head_dim`): 2^28, 1 GiB of f32.
+const MAX_ROPE_TABLE: usize = 1 << 28;
+
+/// Hyper-parameters of a Llama-style decoder (of any [`Family`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
+    /// The family: names in checkpoints, and the preset of [`LlamaConfig::variant`].
+    #[serde(default)]
+    pub family: Family,
     /// Number of tokens in the vocabulary, `V`.
     pub vocab_size: usize,
     /// Width of the residual stream, `D` (`hidden_size`).
@@ -29,6 +37,38 @@ pub struct LlamaConfig {
     pub max_seq_len: usize,
     /// Whether the output head reuses the token embedding (`tie_word_embeddings`).
     pub tie_word_embeddings: bool,
+    /// Where the decoder departs from Llama's (all default for Llama).
+    #[serde(default)]
+    pub variant: Variant,
+    /// Sliding-window attention on some or all layers (Mistral, Gemma 3), or `None`.
+    #[serde(default)]
+    pub sliding_window: Option<SlidingWindow>,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-½` (Gemma's
+    /// `query_pre_attn_scalar`); `None` means `head_dim`, the usual `1/√E`.
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+}
+
+/// Sliding-window attention: a query at position `p` sees only the keys at `p − size + 1 ..= p`
+/// (transformers' `sliding_window_overlay`: `kv_idx > q_idx − sliding_window`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlidingWindow {
+    /// The window in tokens, the query's own position included (`sliding_window`).
+    pub size: usize,
+    /// For each layer, whether it uses the window (`layer_types[i] == "sliding_attention"`); the
+    /// others attend to the whole context.
+    pub layers: Vec<bool>,
+    /// The RoPE base θ of the sliding layers when it differs from [`LlamaConfig::rope_theta`]
+    /// (Gemma 3: 10 000, `rope_local_base_freq`).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+}
+
+impl SlidingWindow {
+    /// Whether layer `i` uses the window.
+    pub fn applies_to(&self, layer: usize) -> bool {
+        self.layers.get(layer).copied().unwrap_or(false)
+    }
 }
 
 impl LlamaConfig {
@@ -36,6 +76,7 @@ impl LlamaConfig {
     /// F = 1536, V = 49152, θ = 100000, tied embeddings.
     pub fn smollm2_135m() -> Self {
         LlamaConfig {
+            family: Family::Llama,
             vocab_size: 49152,
             d_model: 576,
             n_layers: 30,
@@ -47,12 +88,16 @@ impl LlamaConfig {
             rms_norm_eps: 1e-5,
             max_seq_len: 8192,
             tie_word_embeddings: true,
+            variant: Variant::default(),
+            sliding_window: None,
+            query_pre_attn_scalar: None,
         }
     }
 
     /// A tiny model for tests and examples (2 layers, D = 64, 4/2 heads, V = 300).
     pub fn tiny() -> Self {
         LlamaConfig {
+            family: Family::Llama,
             vocab_size: 300,
             d_model: 64,
             n_layers: 2,
@@ -64,6 +109,9 @@ impl LlamaConfig {
             rms_norm_eps: 1e-5,
             max_seq_len: 128,
             tie_word_embeddings: false,
+            variant: Variant::default(),
+            sliding_window: None,
+            query_pre_attn_scalar: None,
         }
     }
 
@@ -97,15 +145,71 @@ impl LlamaConfig {
                 self.head_dim
             ));
         }
+        let finite = [
+            ("rope_theta", Some(self.rope_theta)),
+            ("rms_norm_eps", Some(self.rms_norm_eps)),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            (
+                "the sliding layers' rope_theta",
+                self.sliding_window.as_ref().and_then(|w| w.rope_theta),
+            ),
+        ];
+        for (name, v) in finite {
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(format!("{name} must be a positive finite number, got {v}"));
+            }
+        }
+        // The RoPE tables hold max_seq_len × head_dim values each; refuse sizes no real model has
+        // rather than allocate without bound (Llama 3.1: 131072 × 128 = 2^24).
+        let table = self.max_seq_len.checked_mul(self.head_dim);
+        if table.is_none_or(|n| n > MAX_ROPE_TABLE) {
+            return Err(format!(
+                "max_position_embeddings ({}) × head_dim ({}) is over {MAX_ROPE_TABLE} values per RoPE table; lower max_position_embeddings in the config",
+                self.max_seq_len, self.head_dim
+            ));
+        }
+        if let Some(w) = &self.sliding_window {
+            if w.size == 0 {
+                return Err("sliding_window must be positive".into());
+            }
+            if w.layers.len() != self.n_layers {
+                return Err(format!(
+                    "layer_types lists {} layers, num_hidden_layers is {}",
+                    w.layers.len(),
+                    self.n_layers
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The factor on `Q·Kᵀ`: `1/√query_pre_attn_scalar` (Gemma) or `1/√head_dim`.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
     }
 
     /// Parameters in the model, counting a tied embedding once.
     pub fn num_params(&self) -> usize {
-        let (d, e, f) = (self.d_model, self.head_dim, self.d_ff);
-        let attn = d * self.n_heads * e * 2 + d * self.n_kv_heads * e * 2;
-        let mlp = 3 * d * f;
-        let layer = attn + mlp + 2 * d;
+        let (d, e, f, v) = (self.d_model, self.head_dim, self.d_ff, &self.variant);
+        let (h, k) = (self.n_heads, self.n_kv_heads);
+        let mut attn = d * h * e * 2 + d * k * e * 2;
+        if v.qkv_bias {
+            attn += (h + 2 * k) * e;
+        }
+        if v.o_bias {
+            attn += d;
+        }
+        if v.qk_norm {
+            attn += 2 * e;
+        }
+        let mlp = 3 * d * f + if v.mlp_bias { 2 * f + d } else { 0 };
+        let norms = if v.sandwich_norms { 4 * d } else { 2 * d };
+        let layer = attn + mlp + norms;
         let head = if self.tie_word_embeddings {
             0
         } else {

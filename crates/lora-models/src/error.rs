@@ -41,6 +41,15 @@ pub enum ModelError {
     /// LoRA / safetensors helpers from lora-core.
     #[error(transparent)]
     Lora(#[from] lora_core::LoraError),
+    /// A model or adapter cannot be exported as asked (unmerged adapters in a merged export, an
+    /// architecture the exporter does not know, a tokenizer llama.cpp could not read back).
+    #[error("export to {path}: {message}")]
+    Export {
+        /// The output file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
     /// The default model could not be fetched into the cache.
     #[error("could not get the default model: {0}")]
     Fetch(String),

@@ -188,6 +188,99 @@ pub fn generate(
     Ok(out)
 }
 
+/// Greedy decoding of several prompts at once, for evaluation: the prompts are left-padded to
+/// the longest, prefilled in one forward pass, then decoded one token per step for every row
+/// together through one KV cache ([`crate::left_padding`]). A row stops at its first stop id
+/// (not included in its output); the batch stops when every row has stopped, after
+/// `max_new_tokens`, or when the longest row reaches the model's context length. Each row's
+/// tokens are the ones [`generate`] with [`SamplingConfig::default`] (greedy) would choose for
+/// that prompt alone, up to float rounding in near-ties.
+///
+/// Rows that have stopped keep being fed `pad_id` until the whole batch stops; their outputs
+/// are ignored.
+///
+/// # Shapes
+/// `prompts`: `B` id lists of any lengths → `B` lists of at most `max_new_tokens` ids
+///
+/// # Errors
+/// [`ModelError::Generate`] for an empty prompt, a prompt that fills the context already, or
+/// device data that cannot be read.
+pub fn generate_greedy_batch(
+    model: &Llama,
+    prompts: &[&[u32]],
+    max_new_tokens: usize,
+    stop_ids: &[u32],
+    pad_id: u32,
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    let b = prompts.len();
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    if prompts.iter().any(|p| p.is_empty()) {
+        return Err(ModelError::Generate("a prompt is empty".into()));
+    }
+    let context = model.config.max_seq_len;
+    if b == 0 || max_new_tokens == 0 {
+        return Ok(vec![Vec::new(); b]);
+    }
+    if longest >= context {
+        return Err(ModelError::Generate(format!(
+            "a prompt of {longest} tokens leaves no room in the model's context of {context} positions"
+        )));
+    }
+    let max_new_tokens = max_new_tokens.min(context - longest);
+    let device = model.device();
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut ids = Vec::with_capacity(b * longest);
+    for (p, &pad) in prompts.iter().zip(&pads) {
+        ids.extend(std::iter::repeat_n(i64::from(pad_id), pad));
+        ids.extend(p.iter().map(|&t| i64::from(t)));
+    }
+    let mut input = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, longest]), &device);
+    let mut cache = model.new_cache();
+    let mut out = vec![Vec::new(); b];
+    let mut stopped = vec![false; b];
+    loop {
+        let hidden = model
+            .model
+            .forward_left_padded(input, Some(&mut cache), &pads); // [B, T, D]
+        let [_, t, d] = hidden.dims();
+        // The head only at the last position, the argmax on the device: B ids come back.
+        let next = model
+            .lm_head
+            .forward(hidden.slice([0..b, t - 1..t, 0..d])) // [B, 1, V]
+            .argmax(2) // [B, 1, 1]
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .map_err(|e| ModelError::Generate(format!("reading generated ids: {e:?}")))?;
+        for ((row, done), id) in out.iter_mut().zip(&mut stopped).zip(&next) {
+            let id = u32::try_from(*id).map_err(|_| {
+                ModelError::Generate(format!("the model chose token id {id}, not a u32"))
+            })?;
+            if *done {
+                continue;
+            }
+            if stop_ids.contains(&id) {
+                *done = true;
+            } else {
+                row.push(id);
+                *done = row.len() == max_new_tokens;
+            }
+        }
+        if stopped.iter().all(|&s| s) {
+            return Ok(out);
+        }
+        let fed: Vec<i64> = out
+            .iter()
+            .zip(&stopped)
+            .map(|(row, &done)| match (done, row.last()) {
+                (false, Some(&id)) => i64::from(id),
+                _ => i64::from(pad_id),
+            })
+            .collect();
+        input = Tensor::from_data(TensorData::new(fed, [b, 1]), &device);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,11 @@
 //! (Ainslie et al. 2023). Module paths equal the Hugging Face names
 //! (`model.layers.{i}.self_attn.q_proj`, …) because LoRA adapters are keyed by them.
 //!
+//! The other families ([`crate::family`]) are this decoder with a few named options, each
+//! marked where it acts: biases on q/k/v (Qwen2); a norm on each query/key head (`q_norm`,
+//! `k_norm`: Qwen3, Gemma 3); a sliding attention window (Mistral, Gemma 3); and for Gemma 3
+//! embeddings scaled by √D, the `1 + w` norm gain, a GELU-tanh gate and [`SandwichNorms`].
+//!
 //! # Shape legend
 //! `B` batch · `T` new tokens · `S` attended tokens (cached + new) · `D` model width ·
 //! `H` query heads · `K` key/value heads · `E` head width · `F` MLP width · `V` vocabulary.
@@ -15,93 +20,16 @@
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::embedding;
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor};
 use lora_core::LoraLinear;
 
 use crate::config::LlamaConfig;
+use crate::family::Activation;
 use crate::kv_cache::{KvCache, LayerCache};
-
-/// Root-mean-square layer norm: `y = x / √(mean(x²) + ε) · g`.
-#[derive(Module, Debug)]
-pub struct RmsNorm {
-    /// Gain `g`, `[D]`.
-    pub weight: Param<Tensor<1>>,
-    /// ε added to the mean square.
-    #[module(skip)]
-    pub eps: f64,
-}
-
-impl RmsNorm {
-    /// # Shapes
-    /// `x`: `[..., D]` → `[..., D]`
-    pub fn forward<const N: usize>(&self, x: Tensor<N>) -> Tensor<N> {
-        let rms = x
-            .clone()
-            .square()
-            .mean_dim(N - 1)
-            .add_scalar(self.eps)
-            .sqrt(); // [..., 1]
-        (x / rms) * self.weight.val().unsqueeze::<N>()
-    }
-}
-
-/// Rotary position embedding tables, rotate-half convention: the head vector is split into
-/// halves `(x₁, x₂)` and rotated as `x·cos θ + (−x₂, x₁)·sin θ`, with `θ_{p,i} = p · base^(−2i/E)`.
-#[derive(Module, Debug)]
-pub struct RotaryEmbedding {
-    /// `cos θ`, `[max_seq_len, E]` (each frequency twice: `[f₀ … f_{E/2−1}, f₀ … f_{E/2−1}]`).
-    pub cos: Tensor<2>,
-    /// `sin θ`, `[max_seq_len, E]`.
-    pub sin: Tensor<2>,
-}
-
-impl RotaryEmbedding {
-    /// Builds the tables for positions `0..max_seq_len` (computed in f64, stored as f32).
-    pub fn new(head_dim: usize, max_seq_len: usize, theta: f64, device: &Device) -> Self {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
-            .collect();
-        let mut cos = Vec::with_capacity(max_seq_len * head_dim);
-        let mut sin = Vec::with_capacity(max_seq_len * head_dim);
-        for p in 0..max_seq_len {
-            for _half in 0..2 {
-                for f in &inv_freq {
-                    let angle = (p as f64 * *f) as f32; // transformers forms the angle in f32
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
-        }
-        let shape = [max_seq_len, head_dim];
-        RotaryEmbedding {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
-        }
-    }
-
-    /// Rotates queries or keys at positions `offset..offset + T`.
-    ///
-    /// # Shapes
-    /// `x`: `[B, heads, T, E]` → `[B, heads, T, E]`
-    pub fn apply(&self, x: Tensor<4>, offset: usize) -> Tensor<4> {
-        let [_, _, t, e] = x.dims();
-        let cos = self
-            .cos
-            .clone()
-            .slice([offset..offset + t, 0..e])
-            .unsqueeze::<4>(); // [1, 1, T, E]
-        let sin = self
-            .sin
-            .clone()
-            .slice([offset..offset + t, 0..e])
-            .unsqueeze::<4>();
-        let x1 = x.clone().narrow(3, 0, e / 2);
-        let x2 = x.clone().narrow(3, e / 2, e / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3); // (−x₂, x₁)
-        x * cos + rotated * sin
-    }
-}
+pub use crate::left_padding::left_padded_causal_mask;
+pub use crate::mask::{causal_mask, sliding_window_mask};
+pub use crate::norm::RmsNorm;
+pub use crate::rope::RotaryEmbedding;
 
 /// Grouped-query self-attention: `H` query heads share `K` key/value heads.
 #[derive(Module, Debug)]
@@ -114,6 +42,10 @@ pub struct Attention {
     pub v_proj: LoraLinear,
     /// `W_O`, `[H·E, D]`.
     pub o_proj: LoraLinear,
+    /// Qwen3, Gemma 3: RMSNorm over `E` on each query head before RoPE, `[E]`.
+    pub q_norm: Option<RmsNorm>,
+    /// Qwen3, Gemma 3: the same on each key head.
+    pub k_norm: Option<RmsNorm>,
     /// `H`.
     #[module(skip)]
     pub n_heads: usize,
@@ -123,23 +55,33 @@ pub struct Attention {
     /// `E`.
     #[module(skip)]
     pub head_dim: usize,
+    /// The factor on `Q·Kᵀ`: `1/√E`, or Gemma's `1/√query_pre_attn_scalar`.
+    #[module(skip)]
+    pub scale: f64,
+    /// Mistral, Gemma 3: keys further back than this many positions are hidden (the layer then
+    /// gets the sliding-window mask and, in Gemma 3, the local RoPE table); `None` = full context.
+    #[module(skip)]
+    pub sliding_window: Option<usize>,
 }
 
 impl Attention {
-    /// `softmax(Q·Kᵀ/√E + causal mask)·V`, then the output projection. With a cache, the new
+    /// `softmax(Q·Kᵀ·scale + mask)·V`, then the output projection. With a cache, the new
     /// keys/values are appended and the new queries attend to everything cached.
     ///
-    /// `mask` is [`causal_mask`] for this call's `T`, `S` and cache offset, built once per forward
-    /// by [`LlamaModel::forward`] and shared by every layer (`None` when nothing is masked).
+    /// `mask` is [`causal_mask`] (or [`sliding_window_mask`] for a sliding layer) for this call's
+    /// `T`, `S` and cache offset, built once per forward by [`LlamaModel::forward`] and shared by
+    /// the layers of its kind (`None` when nothing is masked).
     ///
     /// # Shapes
     /// - `x`: `[B, T, D]` → `[B, T, D]`
-    /// - `mask`: `[G·T, S]` with `G = H/K`, `true` where a query may not look
+    /// - `mask`: `[1, G·T, S]` (the same for every row) or `[B, G·T, S]` (per row, for
+    ///   left-padded prompts: [`left_padded_causal_mask`]), with `G = H/K`, `true` where a query
+    ///   may not look
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
-        mask: Option<&Tensor<2, Bool>>,
+        mask: Option<&Tensor<3, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
@@ -147,23 +89,25 @@ impl Attention {
         let g = h / k; // query heads per key/value head
         let offset = cache.as_ref().map_or(0, |c| c.len());
 
-        // Project and split into heads: [B, T, heads·E] → [B, heads, T, E].
-        let q = self
-            .q_proj
-            .forward(x.clone())
-            .reshape([b, t, h, e])
-            .swap_dims(1, 2);
-        let key = self
-            .k_proj
-            .forward(x.clone())
-            .reshape([b, t, k, e])
-            .swap_dims(1, 2);
+        // Project and split into heads: [B, T, heads·E] → [B, T, heads, E].
+        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, e]);
+        let key = self.k_proj.forward(x.clone()).reshape([b, t, k, e]);
         let value = self.v_proj.forward(x).reshape([b, t, k, e]).swap_dims(1, 2);
+        // Qwen3 / Gemma 3: each head normalized over its E values, before RoPE.
+        let q = match &self.q_norm {
+            Some(norm) => norm.forward(q),
+            None => q,
+        };
+        let key = match &self.k_norm {
+            Some(norm) => norm.forward(key),
+            None => key,
+        };
+        let (q, key) = (q.swap_dims(1, 2), key.swap_dims(1, 2)); // [B, heads, T, E]
 
-        // Positions enter through the rotation of queries and keys only. The 1/√E scale goes on
-        // the queries ([B, H, T, E]) rather than the scores ([B, H, T, S]): a smaller tensor, the
+        // Positions enter through the rotation of queries and keys only. The scale goes on the
+        // queries ([B, H, T, E]) rather than the scores ([B, H, T, S]): a smaller tensor, the
         // same product.
-        let q = rope.apply(q, offset).div_scalar((e as f64).sqrt());
+        let q = rope.apply(q, offset).mul_scalar(self.scale);
         let key = rope.apply(key, offset);
 
         // The cache holds every earlier key/value: [B, K, S, E] with S = offset + T.
@@ -178,7 +122,8 @@ impl Attention {
         let q = q.reshape([b, k, g * t, e]); // [B, K, G·T, E], row j·T + i = head k·G + j, query i
         let scores = q.matmul(key.swap_dims(2, 3)); // [B, K, G·T, S]
         let scores = match mask {
-            Some(m) => scores.mask_fill(m.clone().unsqueeze::<4>(), f32::NEG_INFINITY),
+            // [1 or B, 1, G·T, S] broadcast over the K key/value heads.
+            Some(m) => scores.mask_fill(m.clone().unsqueeze_dim::<4>(1), f32::NEG_INFINITY),
             None => scores,
         };
         let probs = softmax(scores, 3);
@@ -192,33 +137,8 @@ impl Attention {
     }
 }
 
-/// The causal mask of [`Attention::forward`]'s grouped layout: query `i` sits at position
-/// `offset + i` and may see keys `0..=offset + i`; the `[T, S]` pattern repeats for each of the
-/// `G` query heads that share a key/value head. `None` when nothing is masked (one new token:
-/// decoding with a cache).
-///
-/// # Shapes
-/// returns `[G·T, S]`, `true` = masked
-pub fn causal_mask(
-    t: usize,
-    s: usize,
-    offset: usize,
-    groups: usize,
-    device: &Device,
-) -> Option<Tensor<2, Bool>> {
-    if t == 1 && s == offset + 1 {
-        return None;
-    }
-    let future: Tensor<2, Bool> = Tensor::tril_mask([t, s], offset as i64, device); // [T, S]
-    Some(
-        future
-            .unsqueeze::<3>()
-            .repeat_dim(0, groups)
-            .reshape([groups * t, s]),
-    )
-}
-
-/// The SwiGLU feed-forward block: `down(silu(gate(x)) ⊙ up(x))`.
+/// The gated feed-forward block: `down(act(gate(x)) ⊙ up(x))` — SwiGLU with SiLU (Llama, Qwen,
+/// Mistral), GeGLU with tanh-GELU (Gemma 3).
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// `[D, F]`.
@@ -227,28 +147,57 @@ pub struct Mlp {
     pub up_proj: LoraLinear,
     /// `[F, D]`.
     pub down_proj: LoraLinear,
+    /// The gate's activation.
+    #[module(skip)]
+    pub activation: Activation,
 }
 
 impl Mlp {
     /// # Shapes
     /// `x`: `[B, T, D]` → `[B, T, D]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone())); // [B, T, F]
+        let gate = self.gate_proj.forward(x.clone()); // [B, T, F]
+        let gate = match self.activation {
+            Activation::Silu => silu(gate),
+            Activation::GeluTanh => gelu_tanh(gate),
+        };
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
 }
 
-/// One pre-norm decoder layer.
+/// `gelu_pytorch_tanh` (transformers `activations.py`, `PytorchGELUTanh`):
+/// `½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`. `x³` is written as a product: a power with a
+/// float exponent would take the logarithm of negative inputs.
+fn gelu_tanh<const N: usize>(x: Tensor<N>) -> Tensor<N> {
+    let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube.mul_scalar(0.044715)).mul_scalar(sqrt_2_over_pi);
+    (x * inner.tanh().add_scalar(1.0)).mul_scalar(0.5)
+}
+
+/// Gemma's extra norms: each sublayer's output is normalized before its residual add, and the
+/// MLP gets its own input norm (transformers `Gemma3DecoderLayer`).
+#[derive(Module, Debug)]
+pub struct SandwichNorms {
+    /// RMSNorm before the MLP.
+    pub pre_feedforward_layernorm: RmsNorm,
+    /// RMSNorm on the MLP's output.
+    pub post_feedforward_layernorm: RmsNorm,
+}
+
+/// One decoder layer.
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
     /// RMSNorm before attention.
     pub input_layernorm: RmsNorm,
     /// Grouped-query self-attention.
     pub self_attn: Attention,
-    /// RMSNorm before the MLP.
+    /// RMSNorm before the MLP — or, with [`SandwichNorms`] (Gemma 3), on the attention output.
     pub post_attention_layernorm: RmsNorm,
-    /// SwiGLU MLP.
+    /// Gated MLP.
     pub mlp: Mlp,
+    /// Gemma 3 only: the MLP's own input and output norms.
+    pub sandwich: Option<SandwichNorms>,
 }
 
 impl DecoderLayer {
@@ -258,14 +207,27 @@ impl DecoderLayer {
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
-        mask: Option<&Tensor<2, Bool>>,
+        mask: Option<&Tensor<3, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, mask, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        let attn =
+            self.self_attn
+                .forward(self.input_layernorm.forward(x.clone()), rope, mask, cache);
+        match &self.sandwich {
+            // Pre-norm (Llama, Mistral, Qwen): x + attn(norm(x)), then x + mlp(norm(x)).
+            None => {
+                let x = x + attn;
+                x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+            }
+            // Gemma 3: x + norm(attn(norm(x))), then x + norm(mlp(norm(x))).
+            Some(s) => {
+                let x = x + self.post_attention_layernorm.forward(attn);
+                let h = self
+                    .mlp
+                    .forward(s.pre_feedforward_layernorm.forward(x.clone()));
+                x + s.post_feedforward_layernorm.forward(h)
+            }
+        }
     }
 }
 
@@ -274,13 +236,21 @@ impl DecoderLayer {
 pub struct Embedding {
     /// `[V, D]`.
     pub weight: Param<Tensor<2>>,
+    /// Gemma 3: the looked-up rows are multiplied by √D (`Gemma3TextScaledWordEmbedding`, the
+    /// factor rounded to f32 as transformers does); `None` for the other families.
+    #[module(skip)]
+    pub scale: Option<f32>,
 }
 
 impl Embedding {
     /// # Shapes
     /// `tokens`: `[B, T]` → `[B, T, D]`
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        embedding(self.weight.val(), tokens)
+        let x = embedding(self.weight.val(), tokens);
+        match self.scale {
+            Some(s) => x.mul_scalar(s),
+            None => x,
+        }
     }
 }
 
@@ -295,6 +265,9 @@ pub struct LlamaModel {
     pub norm: RmsNorm,
     /// RoPE tables (not parameters).
     pub rotary_emb: RotaryEmbedding,
+    /// Gemma 3: the sliding-window layers' own RoPE tables (base 10 000); `None` when every
+    /// layer uses [`LlamaModel::rotary_emb`].
+    pub rotary_emb_local: Option<RotaryEmbedding>,
 }
 
 impl LlamaModel {
@@ -302,18 +275,69 @@ impl LlamaModel {
     ///
     /// # Shapes
     /// `tokens`: `[B, T]` → `[B, T, D]`
-    pub fn forward(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.forward_left_padded(tokens, cache, &[])
+    }
+
+    /// [`LlamaModel::forward`] for a batch of prompts of different lengths, left-padded to one
+    /// length: row `b` starts with `left_pad[b]` padding tokens, which no real token attends to
+    /// ([`left_padded_causal_mask`]). An empty `left_pad` means no padding.
+    ///
+    /// Positions stay the padded indices (row `b`'s first real token is at `left_pad[b]`): RoPE
+    /// makes `q·k` depend only on the distance between the two positions (Su et al. 2021, §3.4),
+    /// so shifting a whole row changes no attention score — transformers instead counts
+    /// positions from the attention mask (`position_ids = cumsum(mask) − 1`); the two agree up
+    /// to rounding.
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, T]` → `[B, T, D]`; `left_pad`: `[B]` or empty
+    pub(crate) fn forward_left_padded(
+        &self,
+        tokens: Tensor<2, Int>,
+        mut cache: Option<&mut KvCache>,
+        left_pad: &[usize],
+    ) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let mut x = self.embed_tokens.forward(tokens);
-        // One mask for all layers (they share T, S and the grouping of query heads).
-        let mask = self.layers.first().and_then(|l| {
-            let a = &l.self_attn;
-            causal_mask(t, offset + t, offset, a.n_heads / a.n_kv_heads, &x.device())
+        // One mask per kind of layer (they share T, S and the grouping of query heads).
+        let Some(first) = self.layers.first().map(|l| &l.self_attn) else {
+            return self.norm.forward(x);
+        };
+        let groups = first.n_heads / first.n_kv_heads;
+        let device = x.device();
+        let padding = left_pad
+            .iter()
+            .any(|&p| p > 0)
+            .then(|| left_padded_causal_mask(t, offset, groups, left_pad, &device)); // [B, G·T, S]
+        let full = match &padding {
+            Some(m) => Some(m.clone()),
+            None => causal_mask(t, offset + t, offset, groups, &device).map(|m| m.unsqueeze()),
+        };
+        let window = self.layers.iter().find_map(|l| l.self_attn.sliding_window);
+        let sliding = window.and_then(|w| {
+            let local = sliding_window_mask(t, offset + t, offset, groups, w, &device)
+                .map(|m| m.unsqueeze::<3>()); // [1, G·T, S]
+            match (&padding, local) {
+                // Left padding and the window: masked if either masks (a padding query still
+                // sees itself, so no row is empty).
+                (Some(p), Some(l)) => {
+                    let [b, _, _] = p.dims();
+                    Some(p.clone().bool_or(l.repeat_dim(0, b)))
+                }
+                (Some(p), None) => Some(p.clone()),
+                (None, l) => l,
+            }
         });
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
-            x = layer.forward(x, &self.rotary_emb, mask.as_ref(), layer_cache);
+            let (rope, mask) = if layer.self_attn.sliding_window.is_some() {
+                let local = self.rotary_emb_local.as_ref();
+                (local.unwrap_or(&self.rotary_emb), sliding.as_ref())
+            } else {
+                (&self.rotary_emb, full.as_ref())
+            };
+            x = layer.forward(x, rope, mask, layer_cache);
         }
         self.norm.forward(x)
     }
@@ -369,66 +393,5 @@ impl Llama {
     /// quantized, so asking costs nothing).
     pub fn device(&self) -> Device {
         self.model.embed_tokens.weight.val().device()
-    }
-}
-
-impl LlamaConfig {
-    /// A randomly initialised model (weights ~ N(0, 0.02²), norms at 1), frozen like a
-    /// pretrained base; for tests and examples.
-    pub fn init(&self, device: &Device) -> Llama {
-        let dist = Distribution::Normal(0.0, 0.02);
-        let lin = |d_in: usize, d_out: usize| {
-            LoraLinear::new(Tensor::random([d_in, d_out], dist, device), None)
-        };
-        let norm = || RmsNorm {
-            weight: Param::from_tensor(Tensor::ones([self.d_model], device))
-                .set_require_grad(false),
-            eps: self.rms_norm_eps,
-        };
-        let (d, h, k, e, f) = (
-            self.d_model,
-            self.n_heads,
-            self.n_kv_heads,
-            self.head_dim,
-            self.d_ff,
-        );
-        let layers = (0..self.n_layers)
-            .map(|_| DecoderLayer {
-                input_layernorm: norm(),
-                self_attn: Attention {
-                    q_proj: lin(d, h * e),
-                    k_proj: lin(d, k * e),
-                    v_proj: lin(d, k * e),
-                    o_proj: lin(h * e, d),
-                    n_heads: h,
-                    n_kv_heads: k,
-                    head_dim: e,
-                },
-                post_attention_layernorm: norm(),
-                mlp: Mlp {
-                    gate_proj: lin(d, f),
-                    up_proj: lin(d, f),
-                    down_proj: lin(f, d),
-                },
-            })
-            .collect();
-        let embed = Tensor::random([self.vocab_size, d], dist, device);
-        let lm_head = if self.tie_word_embeddings {
-            LoraLinear::new(embed.clone().transpose(), None)
-        } else {
-            lin(d, self.vocab_size)
-        };
-        Llama {
-            model: LlamaModel {
-                embed_tokens: Embedding {
-                    weight: Param::from_tensor(embed).set_require_grad(false),
-                },
-                layers,
-                norm: norm(),
-                rotary_emb: RotaryEmbedding::new(e, self.max_seq_len, self.rope_theta, device),
-            },
-            lm_head,
-            config: self.clone(),
-        }
     }
 }

@@ -8,10 +8,11 @@ use lora_core::peft::{self, AdapterConfig};
 use lora_core::quant::{Nf4Config, QuantReport, quantize_base};
 use lora_core::{AdaptReport, AdapterSet, WeightedCombination};
 
-use crate::checkpoint::{self, BuildOptions};
+use crate::checkpoint;
 use crate::error::ModelError;
+use crate::family::Family;
 use crate::llama::Llama;
-use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::{TextTokenizer, family_chat_template};
 
 /// A loaded model with its tokenizer.
 #[derive(Debug)]
@@ -22,6 +23,9 @@ pub struct Pretrained {
     pub tokenizer: TextTokenizer,
     /// Where it was loaded from.
     pub source: PathBuf,
+    /// `Some(family)` when the checkpoint carried no chat template and the family's documented
+    /// one ([`family_chat_template`]) was put in its place (a note says so on stderr).
+    pub chat_template_fallback: Option<Family>,
 }
 
 impl Pretrained {
@@ -42,28 +46,33 @@ impl Pretrained {
 /// [`ModelError`] naming the file and the key or tensor that is missing, misshaped, unused or
 /// unsupported.
 pub fn load(path: &Path, device: &Device) -> Result<Pretrained, ModelError> {
-    if path.is_dir() {
-        let (config, opts) = checkpoint::hf::read_config(path)?;
+    let (model, mut tokenizer) = if path.is_dir() {
+        let config = checkpoint::hf::read_config(path)?;
         let weights = checkpoint::hf::read_weights(path)?;
-        let model = checkpoint::build_llama(&config, weights, opts, device)?;
-        let tokenizer = TextTokenizer::from_hf_dir(path)?;
-        Ok(Pretrained {
-            model,
-            tokenizer,
-            source: path.to_path_buf(),
-        })
+        let model = checkpoint::build_llama(&config, weights, device)?;
+        (model, TextTokenizer::from_hf_dir(path)?)
     } else {
         let file = checkpoint::gguf::open(path)?;
         let config = checkpoint::gguf::read_config(&file)?;
         let weights = checkpoint::gguf::read_weights(&file, &config)?;
-        let model = checkpoint::build_llama(&config, weights, BuildOptions::default(), device)?;
-        let tokenizer = TextTokenizer::from_gguf(&file)?;
-        Ok(Pretrained {
-            model,
-            tokenizer,
-            source: path.to_path_buf(),
-        })
+        let model = checkpoint::build_llama(&config, weights, device)?;
+        (model, TextTokenizer::from_gguf(&file)?)
+    };
+    let family = model.config.family;
+    let fallback = family_chat_template(family).filter(|_| tokenizer.chat_template().is_none());
+    if let Some(template) = fallback {
+        eprintln!(
+            "note: {} carries no chat template; using the documented {family} template",
+            path.display()
+        );
+        tokenizer.set_chat_template(Some(template.to_owned()));
     }
+    Ok(Pretrained {
+        model,
+        tokenizer,
+        source: path.to_path_buf(),
+        chat_template_fallback: fallback.map(|_| family),
+    })
 }
 
 /// Loads only the model from a Hugging Face directory (no tokenizer needed), e.g. the tiny test
@@ -72,9 +81,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Pretrained, ModelError> {
 /// # Errors
 /// As [`load`].
 pub fn load_hf_model(dir: &Path, device: &Device) -> Result<Llama, ModelError> {
-    let (config, opts) = checkpoint::hf::read_config(dir)?;
+    let config = checkpoint::hf::read_config(dir)?;
     let weights = checkpoint::hf::read_weights(dir)?;
-    checkpoint::build_llama(&config, weights, opts, device)
+    checkpoint::build_llama(&config, weights, device)
 }
 
 /// How to load a model for inference or evaluation: the base as stored or in NF4, with or

@@ -30,6 +30,18 @@ pub enum Method {
     Adalora,
 }
 
+/// How a generated answer is compared with the reference (both trimmed of surrounding
+/// whitespace and lowercased first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalMetric {
+    /// The answer equals the reference: for short answers (a class label, a number, a word).
+    #[default]
+    Exact,
+    /// The answer contains the reference: for answers that come with more text around them.
+    Contains,
+}
+
 /// How the frozen base weights are stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,8 +104,20 @@ pub struct TrainConfig {
     /// GGUF file or Hugging Face directory; `None` = the default SmolLM2-135M-Instruct.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,
-    /// `trec` or a JSONL file.
+    /// `trec`, a JSONL file (every 20th example held out), or a folder with `train.jsonl`,
+    /// `valid.jsonl` (held out) and optionally `test.jsonl` (never read by training).
     pub data: String,
+    /// A JSONL file to evaluate on instead of the held-out split `data` gives (then all of a
+    /// single `data` file trains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_data: Option<String>,
+    /// How held-out answers are scored: `exact` or `contains`. Unset: `exact` for data with
+    /// answers, and no generated answers for TREC (its accuracy scores the six class words
+    /// instead; generating 501 answers twice would add minutes to the default run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_metric: Option<EvalMetric>,
+    /// Most tokens generated per held-out answer; 0 = the longest reference answer + 16.
+    pub eval_max_new_tokens: usize,
     /// Optimizer steps.
     pub steps: usize,
     /// Sequences per micro-batch.
@@ -149,6 +173,9 @@ impl Default for TrainConfig {
         TrainConfig {
             model: None,
             data: "trec".into(),
+            eval_data: None,
+            eval_metric: None,
+            eval_max_new_tokens: 0,
             steps: 200,
             batch_size: 8,
             grad_accum: 1,

@@ -1,5 +1,6 @@
-//! Evaluation: mean answer loss and perplexity on held-out examples, and classification
-//! accuracy by scoring each candidate answer — one helper per job, every read-back checked.
+//! Evaluation: mean answer loss and perplexity on held-out examples, classification accuracy
+//! by scoring each candidate answer, and (through [`evaluate_task`]) exact match of generated
+//! answers — one helper per job, every read-back checked.
 //!
 //! Accuracy rule: the predicted class is the candidate whose answer tokens get the highest total
 //! log-probability after the prompt. When every candidate starts with a different token (true
@@ -12,9 +13,14 @@ use burn::tensor::activation::log_softmax;
 use lora_models::Llama;
 use serde::{Deserialize, Serialize};
 
+use lora_models::tokenizer::TextTokenizer;
+
+use crate::config::EvalMetric;
 use crate::data::{Batch, Encoded, index_tensor, make_batch};
 use crate::error::TrainError;
+use crate::exact_match::{Answer, answer_questions, match_rate, max_new_tokens};
 use crate::loss::weighted_cross_entropy;
+use crate::task::{Choices, Task};
 
 /// Numbers from an evaluation pass.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -25,13 +31,63 @@ pub struct EvalReport {
     pub perplexity: f64,
     /// Classification accuracy in [0, 1], for labelled tasks.
     pub accuracy: Option<f64>,
+    /// Share of held-out questions whose greedy answer matches the reference, in [0, 1]
+    /// ([`crate::exact_match`]; under `eval_metric = "contains"`, the share containing it).
+    #[serde(default)]
+    pub exact_match: Option<f64>,
+    /// Held-out questions answered for [`EvalReport::exact_match`].
+    #[serde(default)]
+    pub exact_match_examples: usize,
     /// Examples evaluated.
     pub examples: usize,
 }
 
-/// A classification task's held-out side: `(prompt ids, class index)` per example, and each
-/// class's answer ids (`candidates[c]`).
-pub type Choices<'a> = (&'a [(Vec<u32>, usize)], &'a [Vec<u32>]);
+/// Held-out examples per forward pass, in training's evaluations and in `eval` alike (the same
+/// batches give the same numbers).
+pub const EVAL_BATCH: usize = 32;
+
+/// How held-out answers are generated and scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnswerSettings {
+    /// Exact or contains; `None` lets [`Task::answer_metric`] decide.
+    pub metric: Option<EvalMetric>,
+    /// Token limit per answer (0 = automatic, see [`crate::exact_match::max_new_tokens`]).
+    pub max_new_tokens: usize,
+}
+
+/// [`evaluate`] on the task's held-out examples, and exact match on its held-out questions
+/// (when [`Task::answer_metric`] gives a metric): the numbers of `train`'s before/after columns
+/// and of `eval`, and the answers themselves (in question order; empty without a metric).
+/// `model` should be an evaluation view (no autodiff, dropout off).
+///
+/// # Errors
+/// As [`evaluate`] and [`answer_questions`].
+pub fn evaluate_task(
+    model: &Llama,
+    tok: &TextTokenizer,
+    task: &Task,
+    answers: AnswerSettings,
+    pad: u32,
+) -> Result<(EvalReport, Vec<Answer>), TrainError> {
+    let mut report = evaluate(model, &task.test, task.choices(), EVAL_BATCH, pad)?;
+    let Some(metric) = task.answer_metric(answers.metric) else {
+        return Ok((report, Vec::new()));
+    };
+    let limit = max_new_tokens(&task.questions, tok, answers.max_new_tokens)?;
+    let given = answer_questions(
+        model,
+        tok,
+        &task.questions,
+        &task.stop_ids,
+        metric,
+        limit,
+        EVAL_BATCH,
+        pad,
+    )?;
+    report.exact_match = match_rate(&given);
+    report.exact_match_examples = given.len();
+    Ok((report, given))
+}
 
 /// A float tensor's values on the host.
 fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TrainError> {
@@ -195,10 +251,7 @@ pub fn choice_accuracy(
             Some(firsts) => {
                 let prompts: Vec<Encoded> = chunk
                     .iter()
-                    .map(|(p, _)| Encoded {
-                        ids: p.clone(),
-                        prompt_len: p.len(),
-                    })
+                    .map(|(p, _)| Encoded::new(p.clone(), p.len()))
                     .collect();
                 let refs: Vec<&Encoded> = prompts.iter().collect();
                 score_batch(model, &make_batch(&refs, pad, &device), Some(firsts))?.class_logits
@@ -208,10 +261,9 @@ pub fn choice_accuracy(
                 let seqs: Vec<Encoded> = chunk
                     .iter()
                     .flat_map(|(p, _)| {
-                        candidates.iter().map(move |c| Encoded {
-                            ids: [&p[..], &c[..]].concat(),
-                            prompt_len: p.len(),
-                        })
+                        candidates
+                            .iter()
+                            .map(move |c| Encoded::new([&p[..], &c[..]].concat(), p.len()))
                     })
                     .collect();
                 answer_logprob_sums(model, &seqs, pad)?
@@ -254,6 +306,7 @@ pub fn evaluate(
         perplexity: loss.exp(),
         accuracy,
         examples: examples.len(),
+        ..EvalReport::default()
     };
     let one_pass = choices.and_then(|(items, cands)| {
         let aligned = items.len() == examples.len()

@@ -2,7 +2,9 @@
 //! NF4), load and split the task, attach adapters (or restore them from the run's checkpoint),
 //! evaluate the base model, train, save the adapter, evaluate again, and leave a run directory
 //! behind: `adapter/` (PEFT), `metrics.jsonl`, `eval_before.json`, `summary.json`, `loss.png`,
-//! `config.toml`, `checkpoint/` (and `ranks.png` for AdaLoRA).
+//! `config.toml`, `checkpoint/`, `samples.md` and `answers.jsonl` (the held-out answers before
+//! and after; `answers_before.json` keeps the base model's for a resumed run), and `ranks.png`
+//! for AdaLoRA.
 //!
 //! ```no_run
 //! use lora_train::{RunDir, Silent, TrainConfig, run_training};
@@ -29,20 +31,21 @@ use lora_core::peft::{self, AdapterConfig};
 use lora_core::quant::quantize_base;
 use lora_core::tensor_io::write_atomic;
 use lora_core::{AdaptReport, BackendKind, apply_lora, select_device};
+use lora_models::tokenizer::TextTokenizer;
 use lora_models::{Llama, cache};
 use serde::Serialize;
 
 use crate::checkpoint::RunCheckpoint;
 use crate::config::{Method, TrainConfig};
+use crate::data::DatasetSummary;
 use crate::error::TrainError;
-use crate::eval::{EvalReport, evaluate};
+use crate::eval::{AnswerSettings, EVAL_BATCH, EvalReport, evaluate, evaluate_task};
+use crate::exact_match::Answer;
 use crate::rank_report::{RankSummary, finish_adalora};
 use crate::report::{MetricsLog, peak_rss_bytes, plot_loss, read_metrics};
+use crate::samples::write_samples;
 use crate::task::{Task, load_task};
 use crate::trainer::{EvalPoint, Observer, Outcome, StepMetrics, TrainLoop, train};
-
-/// Held-out examples per evaluation forward pass.
-const EVAL_BATCH: usize = 32;
 
 /// `runs/<prefix>-<unix seconds>`: the default directory of a run or a benchmark (not created
 /// here).
@@ -167,6 +170,8 @@ pub struct Summary {
     pub heldout_examples: usize,
     /// Examples dropped because their answer did not fit in `seq_len`.
     pub skipped_examples: usize,
+    /// Examples per split, tokens per example, truncation, loss share.
+    pub dataset: DatasetSummary,
     /// Trainable adapter values.
     pub trainable_params: usize,
     /// Adapted linear layers.
@@ -251,19 +256,56 @@ impl Observer for Recorder<'_> {
     }
 }
 
-/// Held-out loss, perplexity and accuracy of `model` (dropout off, no autodiff), announced to
-/// `observer`.
+/// Held-out loss, perplexity, accuracy and exact match of `model` (dropout off, no autodiff),
+/// announced to `observer`, with the generated answers.
 fn evaluate_at(
     model: &Llama,
+    tok: &TextTokenizer,
     task: &Task,
+    cfg: &TrainConfig,
     pad: u32,
     at: EvalPoint,
     observer: &mut dyn Observer,
-) -> Result<EvalReport, TrainError> {
+) -> Result<(EvalReport, Vec<Answer>), TrainError> {
     observer.on_eval_start(at, task.test.len());
-    let report = evaluate(&model.valid(), &task.test, task.choices(), EVAL_BATCH, pad)?;
+    let settings = AnswerSettings {
+        metric: cfg.eval_metric,
+        max_new_tokens: cfg.eval_max_new_tokens,
+    };
+    let t = Instant::now();
+    let (report, answers) = evaluate_task(&model.valid(), tok, task, settings, pad)?;
     observer.on_eval(at, &report);
-    Ok(report)
+    observer.on_message(&format!(
+        "held-out evaluation ({}): {} examples, {} answers generated, in {:.1}s",
+        if at == EvalPoint::Before {
+            "base model"
+        } else {
+            "fine-tuned"
+        },
+        report.examples,
+        answers.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    Ok((report, answers))
+}
+
+/// Reads a JSON file the run wrote earlier (a resumed run's `eval_before.json`).
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| {
+        TrainError::Checkpoint(format!(
+            "{}: {e} (delete the file to evaluate the base model again)",
+            path.display()
+        ))
+    })
+}
+
+/// Writes `value` as pretty JSON, atomically.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    write_atomic(path, text.as_bytes())?;
+    Ok(())
 }
 
 /// Quantizes every linear layer but `lm_head` to NF4 when the config asks (QLoRA; transformers
@@ -359,7 +401,7 @@ pub fn run_training(
         .map_err(|e: lora_core::LoraError| TrainError::Config(e.to_string()))?;
     let device = select_device(kind)?.autodiff();
     let model_path = match &cfg.model {
-        Some(p) => p.clone(),
+        Some(p) => cache::resolve_model(p)?,
         None => cache::ensure_default_model()?,
     };
     let mut pretrained = lora_models::load(&model_path, &device)?;
@@ -369,7 +411,14 @@ pub fn run_training(
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
     // Sequences never exceed the context the model's RoPE tables cover.
     let seq_len = cfg.seq_len.min(pretrained.model.config.max_seq_len);
-    let task = load_task(&cfg.data, &tok, seq_len, cfg.eval_limit)?;
+    let task = load_task(
+        &cfg.data,
+        cfg.eval_data.as_deref().map(Path::new),
+        &tok,
+        seq_len,
+        cfg.eval_limit,
+    )?;
+    observer.on_message(&task.summary.to_string());
     let adapter = adapter_config(cfg);
     let checkpoint = RunCheckpoint::new(dir, adapter.clone(), &base_name);
 
@@ -407,20 +456,20 @@ pub fn run_training(
 
     // Before: the base model (B = 0, so the adapter changes nothing yet).
     let before_path = dir.join("eval_before.json");
-    let before: EvalReport = if run.is_resume() && before_path.exists() {
-        let text = std::fs::read_to_string(&before_path).map_err(io(&before_path))?;
-        serde_json::from_str(&text).map_err(|e| {
-            TrainError::Checkpoint(format!(
-                "{}: {e} (delete the file to evaluate the base model again)",
-                before_path.display()
-            ))
-        })?
+    let answers_path = dir.join("answers_before.json");
+    let (before, base_answers): (EvalReport, Option<Vec<Answer>>) = if run.is_resume()
+        && before_path.exists()
+    {
+        let answers = answers_path
+            .exists()
+            .then(|| read_json(&answers_path))
+            .transpose()?;
+        (read_json(&before_path)?, answers)
     } else {
-        let b = evaluate_at(&model, &task, pad, EvalPoint::Before, observer)?;
-        let text =
-            serde_json::to_string_pretty(&b).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        write_atomic(&before_path, text.as_bytes())?;
-        b
+        let (b, answers) = evaluate_at(&model, &tok, &task, cfg, pad, EvalPoint::Before, observer)?;
+        write_json(&before_path, &b)?;
+        write_json(&answers_path, &answers)?;
+        (b, Some(answers))
     };
 
     let mut recorder = Recorder {
@@ -455,7 +504,18 @@ pub fn run_training(
             None
         }
     };
-    let after = evaluate_at(&model, &task, pad, EvalPoint::After, observer)?;
+    let (after, tuned_answers) =
+        evaluate_at(&model, &tok, &task, cfg, pad, EvalPoint::After, observer)?;
+    if let Some(metric) = task.answer_metric(cfg.eval_metric) {
+        write_samples(
+            dir,
+            &task.name,
+            metric,
+            &task.questions,
+            base_answers.as_deref(),
+            &tuned_answers,
+        )?;
+    }
     let steps_done = match outcome {
         Outcome::Finished => cfg.steps,
         Outcome::Interrupted => checkpoint.load_state()?.step,
@@ -478,6 +538,7 @@ pub fn run_training(
         train_examples: task.train.len(),
         heldout_examples: task.test.len(),
         skipped_examples: task.skipped,
+        dataset: task.summary.clone(),
         trainable_params: report.trainable_params,
         adapted_modules: report.modules.len(),
         before,
@@ -497,8 +558,6 @@ pub fn run_training(
         quant,
         adalora,
     };
-    let json = serde_json::to_string_pretty(&summary)
-        .map_err(|e| TrainError::Checkpoint(format!("summary.json: {e}")))?;
-    write_atomic(&dir.join("summary.json"), json.as_bytes())?;
+    write_json(&dir.join("summary.json"), &summary)?;
     Ok(summary)
 }

@@ -226,6 +226,7 @@ fn adalora_training_takes_peft_losses_and_prunes_peft_triplets() {
                 .map(|x| *x as u32)
                 .collect(),
             prompt_len,
+            earlier_answers: Vec::new(),
         })
         .collect();
     // PEFT's loop: AdamW (0.9, 0.999, eps 1e-8, no decay) at a constant lr, the whole batch

@@ -3,88 +3,19 @@
 
 #[path = "../../lora-models/tests/common/mod.rs"]
 mod common;
-
-use std::path::PathBuf;
+mod data_support;
 
 use burn::tensor::{Int, Tensor};
-use common::{device, host, real_model};
-use lora_models::tokenizer::{ChatMessage, TextTokenizer};
+use common::{device, host};
+use data_support::{CHATML, chat, real_tokenizer, temp_path, tiny_tokenizer, write_jsonl};
+use lora_models::tokenizer::ChatMessage;
 use lora_train::data::*;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// A unique temp path for this test process.
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("lora-train-data-{}-{name}", std::process::id()))
-}
-
-/// A word-level tokenizer (whitespace split; `<eos>` = 1, `<pad>` = 2, the ChatML markers special)
-/// written as a Hugging Face directory, with `template` as its chat template.
-fn tiny_tokenizer(name: &str, template: Option<&str>) -> TextTokenizer {
-    let words = [
-        "<unk>",
-        "<eos>",
-        "<pad>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "user",
-        "assistant",
-        "bot",
-        "hello",
-        "there",
-        "hi",
-    ];
-    let letters: Vec<String> = ('a'..='h').map(String::from).collect();
-    let vocab: serde_json::Map<String, serde_json::Value> = words
-        .iter()
-        .map(|w| w.to_string())
-        .chain(letters)
-        .enumerate()
-        .map(|(i, w)| (w, serde_json::json!(i)))
-        .collect();
-    let added: Vec<_> = (0..5)
-        .map(|i| serde_json::json!({"id": i, "content": words[i], "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
-        .collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    let mut config =
-        serde_json::json!({"eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"});
-    if let Some(t) = template {
-        config["chat_template"] = serde_json::json!(t);
-    }
-    let dir = temp_path(&format!("tok-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
-    TextTokenizer::from_hf_dir(&dir).unwrap()
-}
-
-/// ChatML without newlines: the generation prompt is exactly how an assistant turn starts.
-const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }} {{ m.content }}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant{% endif %}";
-
 /// A broken template: the generation prompt says `assistant`, the rendered turn says `bot`.
 const MISMATCHED: &str = "{% for m in messages %}<|im_start|>{% if m.role == 'assistant' %}bot{% else %}{{ m.role }}{% endif %} {{ m.content }}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant{% endif %}";
-
-fn chat(user: &str, answer: &str) -> Sample {
-    Sample::Chat(vec![
-        ChatMessage::user(user),
-        ChatMessage::assistant(answer),
-    ])
-}
-
-fn write_jsonl(name: &str, text: &str) -> PathBuf {
-    let path = temp_path(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn real_tokenizer() -> Option<TextTokenizer> {
-    Some(TextTokenizer::from_gguf_path(real_model()?).unwrap())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Loss masking and truncation
@@ -94,6 +25,7 @@ fn label_mask_covers_exactly_the_answer_tokens() {
     let e = Encoded {
         ids: vec![10, 11, 12, 13, 14, 15, 16, 17],
         prompt_len: 5,
+        earlier_answers: Vec::new(),
     };
     assert_eq!(label_mask(&e), [0., 0., 0., 0., 0., 1., 1., 1.]);
 
@@ -453,10 +385,12 @@ fn make_batch_right_pads_ids_and_zeroes_the_mask_on_padding() {
     let a = Encoded {
         ids: vec![1, 2, 3, 4],
         prompt_len: 2,
+        earlier_answers: Vec::new(),
     };
     let b = Encoded {
         ids: vec![5, 6, 7],
         prompt_len: 1,
+        earlier_answers: Vec::new(),
     };
     let batch = make_batch(&[&a, &b], 0, &d);
     assert_eq!(batch.input_ids.dims(), [2, 4]);
@@ -473,6 +407,7 @@ fn answer_positions_follow_the_shift() {
     let full = Encoded {
         ids: ids.clone(),
         prompt_len: 5,
+        earlier_answers: Vec::new(),
     };
     let p = make_batch(&[&full], 0, &d);
     assert_eq!(p.answer_rows, vec![4, 5, 6]);
@@ -486,6 +421,7 @@ fn answer_positions_follow_the_shift() {
     let short = Encoded {
         ids: ids[..2].to_vec(),
         prompt_len: 1,
+        earlier_answers: Vec::new(),
     };
     let p = make_batch(&[&full, &short], 0, &d);
     assert_eq!(p.answer_rows, vec![4, 5, 6, 8]);

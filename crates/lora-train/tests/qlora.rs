@@ -91,6 +91,7 @@ fn qlora_training_lowers_the_loss_and_leaves_the_nf4_base_unchanged() {
         .map(|i| Encoded {
             ids: vec![10 + i, 20 + i, 30 + i, 40 + i, 100 + 7 * i, 200 + 3 * i],
             prompt_len: 4,
+            earlier_answers: Vec::new(),
         })
         .collect();
     let dir = std::env::temp_dir().join(format!("burn-lora-qlora-{}", std::process::id()));

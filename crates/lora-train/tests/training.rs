@@ -32,6 +32,7 @@ fn examples() -> Vec<Encoded> {
         .map(|i| Encoded {
             ids: vec![10 + i, 20 + i, 30 + i, 40 + i, 100 + 7 * i, 200 + 3 * i],
             prompt_len: 4,
+            earlier_answers: Vec::new(),
         })
         .collect()
 }

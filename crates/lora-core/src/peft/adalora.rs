@@ -16,7 +16,7 @@
 //!
 //! (Kept-rank bookkeeping after training — `final_ranks` — is in [`crate::adalora::allocator`].)
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::Device;
@@ -27,10 +27,10 @@ use crate::adalora::config::AdaLoraConfig;
 use crate::error::LoraError;
 use crate::inject::{AdaptReport, LoraModel};
 use crate::peft::{
-    CONFIG_FILE, KEY_PREFIX, PeftCommon, WEIGHTS_FILE, check_file_modules, read_config_json,
+    KEY_PREFIX, PeftCommon, WEIGHTS_FILE, check_file_modules, read_config_json, write_adapter_dir,
 };
 use crate::targets::TargetMatcher;
-use crate::tensor_io::{DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors};
+use crate::tensor_io::{HostTensor, read_safetensors};
 
 /// `adapter_config.json` of an AdaLoRA adapter. Unknown keys are ignored on read, as PEFT does.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -140,10 +140,6 @@ pub fn save_adapter<M: LoraModel>(
             config.total_step, config.tinit, config.tfinal
         )));
     }
-    std::fs::create_dir_all(dir).map_err(|source| LoraError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
     let mut tensors = BTreeMap::new();
     let mut failure = None;
     model.visit_linears(&mut |path, lin| {
@@ -193,9 +189,6 @@ pub fn save_adapter<M: LoraModel>(
     if let Some(e) = failure {
         return Err(e);
     }
-    let n = tensors.len() / 3;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, DiskDtype::F32, meta)?;
     let file = PeftAdaLoraConfig {
         common: PeftCommon::new("ADALORA", base_model),
         r: lora_r(),
@@ -206,12 +199,8 @@ pub fn save_adapter<M: LoraModel>(
         }),
         adalora: config.clone(),
     };
-    let json = serde_json::to_string_pretty(&file).map_err(|e| LoraError::AdapterConfig {
-        path: dir.join(CONFIG_FILE),
-        message: e.to_string(),
-    })?;
-    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
-    Ok(n)
+    write_adapter_dir(dir, &tensors, &file)?;
+    Ok(tensors.len() / 3)
 }
 
 /// Splits `base_model.model.<path>.lora_{A,B,E}` into `(path, 0 | 1 | 2)` for Q, λ, P.

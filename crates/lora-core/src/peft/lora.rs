@@ -14,7 +14,7 @@
 //! model does not have, a missing tensor, or a shape that disagrees with the config is an error
 //! naming the key (PEFT itself only warns and runs the base model unchanged).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::Device;
@@ -27,10 +27,10 @@ use crate::error::LoraError;
 use crate::inject::{AdaptReport, LoraModel};
 use crate::lora::LoraAdapter;
 use crate::peft::{
-    CONFIG_FILE, KEY_PREFIX, PeftCommon, WEIGHTS_FILE, check_file_modules, read_config_json,
+    KEY_PREFIX, PeftCommon, WEIGHTS_FILE, check_file_modules, read_config_json, write_adapter_dir,
 };
 use crate::targets::TargetMatcher;
-use crate::tensor_io::{DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors};
+use crate::tensor_io::{HostTensor, read_safetensors};
 
 /// `adapter_config.json` for a LoRA adapter: the [`LoraConfig`] fields plus PEFT's bookkeeping.
 /// Unknown keys are ignored on read, as PEFT does.
@@ -173,18 +173,11 @@ pub fn save_adapter<M: LoraModel>(
     if let Some(e) = failure {
         return Err(e);
     }
-    std::fs::create_dir_all(dir).map_err(|source| LoraError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, DiskDtype::F32, meta)?;
-    let json = serde_json::to_string_pretty(&PeftLoraConfig::new(config.clone(), base_model))
-        .map_err(|e| LoraError::AdapterConfig {
-            path: dir.join(CONFIG_FILE),
-            message: e.to_string(),
-        })?;
-    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
+    write_adapter_dir(
+        dir,
+        &tensors,
+        &PeftLoraConfig::new(config.clone(), base_model),
+    )?;
     Ok(n)
 }
 

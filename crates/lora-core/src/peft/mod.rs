@@ -19,6 +19,7 @@
 pub mod adalora;
 pub mod lora;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::tensor::Device;
@@ -29,6 +30,7 @@ use crate::config::LoraConfig;
 use crate::error::LoraError;
 use crate::inject::{AdaptReport, LoraModel};
 use crate::targets::TargetMatcher;
+use crate::tensor_io::{DiskDtype, HostTensor, write_atomic, write_safetensors};
 
 pub use lora::{PeftLoraConfig, read_config};
 
@@ -129,6 +131,29 @@ pub(crate) fn read_config_json<T: serde::de::DeserializeOwned>(
         message: e.to_string(),
     })?;
     Ok((path, value))
+}
+
+/// Writes an adapter directory: `dir` created if needed, `adapter_model.safetensors` (f32,
+/// metadata `{"format": "pt"}`, as PEFT writes it) and `adapter_config.json`, each atomically.
+///
+/// # Errors
+/// [`LoraError::Io`] / [`LoraError::Safetensors`] on write failure.
+pub(crate) fn write_adapter_dir<T: Serialize>(
+    dir: &Path,
+    tensors: &BTreeMap<String, HostTensor>,
+    config: &T,
+) -> Result<(), LoraError> {
+    std::fs::create_dir_all(dir).map_err(|source| LoraError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors(&dir.join(WEIGHTS_FILE), tensors, DiskDtype::F32, meta)?;
+    let json = serde_json::to_string_pretty(config).map_err(|e| LoraError::AdapterConfig {
+        path: dir.join(CONFIG_FILE),
+        message: e.to_string(),
+    })?;
+    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
 }
 
 /// Checks that every module an adapter file has tensors for exists in the model and is selected

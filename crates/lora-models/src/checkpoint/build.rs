@@ -4,16 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use burn::module::Param;
 use burn::tensor::{Device, Tensor};
 use lora_core::LoraLinear;
 use lora_core::tensor_io::HostTensor;
 
+use crate::assemble::{WeightSource, assemble};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
-use crate::llama::{
-    Attention, DecoderLayer, Embedding, Llama, LlamaModel, Mlp, RmsNorm, RotaryEmbedding,
-};
+use crate::llama::Llama;
 
 /// Weights by Hugging Face name, in PyTorch layout (a linear weight is `[out, in]`).
 #[derive(Debug)]
@@ -43,54 +41,68 @@ impl NamedWeights {
         }
         Ok(t)
     }
+}
 
-    fn frozen<const D: usize>(t: HostTensor, device: &Device) -> Param<Tensor<D>> {
-        Param::from_tensor(t.to_tensor::<D>(device)).set_require_grad(false)
+/// [`NamedWeights`] being consumed onto a device.
+struct Loader {
+    weights: NamedWeights,
+    device: Device,
+    /// The embedding's host copy, kept for a tied head.
+    embed: Option<HostTensor>,
+}
+
+impl WeightSource for Loader {
+    fn device(&self) -> &Device {
+        &self.device
     }
 
-    /// A linear layer from `{prefix}.weight` (`[out, in]` → burn `[in, out]`, the one place
-    /// this transpose happens) and, if `bias`, `{prefix}.bias`.
+    /// `[out, in]` → burn `[in, out]`: the one place this transpose happens.
     fn linear(
         &mut self,
         prefix: &str,
         d_in: usize,
         d_out: usize,
         bias: bool,
-        device: &Device,
     ) -> Result<LoraLinear, ModelError> {
-        let w = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let w = self
+            .weights
+            .take(&format!("{prefix}.weight"), &[d_out, d_in])?;
         let b = if bias {
-            Some(
-                self.take(&format!("{prefix}.bias"), &[d_out])?
-                    .to_tensor::<1>(device),
-            )
+            let b = self.weights.take(&format!("{prefix}.bias"), &[d_out])?;
+            Some(b.to_tensor::<1>(&self.device))
         } else {
             None
         };
-        Ok(LoraLinear::new(w.transposed_2d().to_tensor::<2>(device), b))
+        Ok(LoraLinear::new(
+            w.transposed_2d().to_tensor::<2>(&self.device),
+            b,
+        ))
     }
 
-    fn norm(
-        &mut self,
-        name: &str,
-        d: usize,
-        eps: f64,
-        device: &Device,
-    ) -> Result<RmsNorm, ModelError> {
-        Ok(RmsNorm {
-            weight: Self::frozen(self.take(name, &[d])?, device),
-            eps,
-        })
+    fn vector(&mut self, name: &str, len: usize, _neutral: f32) -> Result<Tensor<1>, ModelError> {
+        Ok(self
+            .weights
+            .take(name, &[len])?
+            .to_tensor::<1>(&self.device))
     }
-}
 
-/// Options that are not part of the model's shape.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BuildOptions {
-    /// Whether q/k/v/o projections carry biases (`attention_bias`).
-    pub attention_bias: bool,
-    /// Whether the MLP projections carry biases (`mlp_bias`).
-    pub mlp_bias: bool,
+    fn embedding(&mut self, vocab: usize, d_model: usize) -> Result<Tensor<2>, ModelError> {
+        let host = self
+            .weights
+            .take("model.embed_tokens.weight", &[vocab, d_model])?;
+        let t = host.to_tensor::<2>(&self.device);
+        self.embed = Some(host);
+        Ok(t)
+    }
+
+    fn tied_head(&mut self, embed: &Tensor<2>) -> LoraLinear {
+        // Some tied checkpoints still carry a copy of the head; it must equal the embedding.
+        self.weights.tensors.remove("lm_head.weight");
+        match self.embed.take() {
+            Some(host) => LoraLinear::new(host.transposed_2d().to_tensor::<2>(&self.device), None),
+            None => LoraLinear::new(embed.clone().transpose(), None),
+        }
+    }
 }
 
 /// Builds the model from `ckpt`, consuming it.
@@ -99,79 +111,26 @@ pub struct BuildOptions {
 /// [`ModelError::Tensor`] for a missing or misshaped tensor, or for tensors left unused (named).
 pub fn build_llama(
     config: &LlamaConfig,
-    mut ckpt: NamedWeights,
-    opts: BuildOptions,
+    ckpt: NamedWeights,
     device: &Device,
 ) -> Result<Llama, ModelError> {
-    let (d, h, k, e, f, v) = (
-        config.d_model,
-        config.n_heads,
-        config.n_kv_heads,
-        config.head_dim,
-        config.d_ff,
-        config.vocab_size,
-    );
-    let eps = config.rms_norm_eps;
-    let embed_host = ckpt.take("model.embed_tokens.weight", &[v, d])?;
-    let embed = embed_host.to_tensor::<2>(device);
-    let mut layers = Vec::with_capacity(config.n_layers);
-    for i in 0..config.n_layers {
-        let p = format!("model.layers.{i}");
-        let (ab, mb) = (opts.attention_bias, opts.mlp_bias);
-        layers.push(DecoderLayer {
-            input_layernorm: ckpt.norm(&format!("{p}.input_layernorm.weight"), d, eps, device)?,
-            self_attn: Attention {
-                q_proj: ckpt.linear(&format!("{p}.self_attn.q_proj"), d, h * e, ab, device)?,
-                k_proj: ckpt.linear(&format!("{p}.self_attn.k_proj"), d, k * e, ab, device)?,
-                v_proj: ckpt.linear(&format!("{p}.self_attn.v_proj"), d, k * e, ab, device)?,
-                o_proj: ckpt.linear(&format!("{p}.self_attn.o_proj"), h * e, d, ab, device)?,
-                n_heads: h,
-                n_kv_heads: k,
-                head_dim: e,
-            },
-            post_attention_layernorm: ckpt.norm(
-                &format!("{p}.post_attention_layernorm.weight"),
-                d,
-                eps,
-                device,
-            )?,
-            mlp: Mlp {
-                gate_proj: ckpt.linear(&format!("{p}.mlp.gate_proj"), d, f, mb, device)?,
-                up_proj: ckpt.linear(&format!("{p}.mlp.up_proj"), d, f, mb, device)?,
-                down_proj: ckpt.linear(&format!("{p}.mlp.down_proj"), f, d, mb, device)?,
-            },
-        });
-    }
-    let norm = ckpt.norm("model.norm.weight", d, eps, device)?;
-    let lm_head = if config.tie_word_embeddings {
-        // Some tied checkpoints still carry a copy of the head; it must equal the embedding.
-        ckpt.tensors.remove("lm_head.weight");
-        // A contiguous `[D, V]` copy: a transposed view of the embedding would be copied into
-        // contiguous memory by the matmul at every forward (measured: most of decode time).
-        LoraLinear::new(embed_host.transposed_2d().to_tensor::<2>(device), None)
-    } else {
-        ckpt.linear("lm_head", d, v, false, device)?
+    let mut loader = Loader {
+        weights: ckpt,
+        device: device.clone(),
+        embed: None,
     };
-    if let Some(name) = ckpt.tensors.keys().next() {
+    let model = assemble(config, &mut loader)?;
+    let left = &loader.weights;
+    if let Some(name) = left.tensors.keys().next() {
         return Err(ModelError::Tensor {
-            path: ckpt.source.clone(),
+            path: left.source.clone(),
             name: name.clone(),
             message: format!(
-                "unused: the model has no place for it ({} unused tensors in all)",
-                ckpt.tensors.len()
+                "unused: the {} model has no place for it ({} unused tensors in all)",
+                config.family,
+                left.tensors.len()
             ),
         });
     }
-    Ok(Llama {
-        model: LlamaModel {
-            embed_tokens: Embedding {
-                weight: Param::from_tensor(embed).set_require_grad(false),
-            },
-            layers,
-            norm,
-            rotary_emb: RotaryEmbedding::new(e, config.max_seq_len, config.rope_theta, device),
-        },
-        lm_head,
-        config: config.clone(),
-    })
+    Ok(model)
 }

@@ -9,202 +9,25 @@ use lora_core::LoraLinear;
 use lora_core::tensor_io::{
     DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::checkpoint::build::{BuildOptions, NamedWeights};
+use crate::checkpoint::build::NamedWeights;
+use crate::checkpoint::hf_config::HfConfig;
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::llama::Llama;
-
-/// The fields of a Llama `config.json` we read and write (transformers `LlamaConfig`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HfLlamaConfig {
-    /// `"llama"` (also accepted: `"mistral"`, `"qwen2"`-free Llama-shaped configs).
-    #[serde(default = "llama")]
-    pub model_type: String,
-    /// Vocabulary size `V`.
-    pub vocab_size: usize,
-    /// `D`.
-    pub hidden_size: usize,
-    /// `F`.
-    pub intermediate_size: usize,
-    /// `N`.
-    pub num_hidden_layers: usize,
-    /// `H`.
-    pub num_attention_heads: usize,
-    /// `K`; defaults to `H` (multi-head attention).
-    #[serde(default)]
-    pub num_key_value_heads: Option<usize>,
-    /// `E`; defaults to `D / H`.
-    #[serde(default)]
-    pub head_dim: Option<usize>,
-    /// RMSNorm ε.
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
-    /// RoPE base θ (transformers 4.x writes it at the top level).
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    /// RoPE scaling (transformers 4.x); only `null` is supported.
-    #[serde(default)]
-    pub rope_scaling: Option<serde_json::Value>,
-    /// RoPE settings as transformers 5.x writes them: `{"rope_theta": …, "rope_type": "default"}`.
-    #[serde(default)]
-    pub rope_parameters: Option<RopeParameters>,
-    /// Context length the RoPE tables cover.
-    #[serde(default = "default_max_pos")]
-    pub max_position_embeddings: usize,
-    /// Tied input/output embeddings.
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    /// Biases on q/k/v/o.
-    #[serde(default)]
-    pub attention_bias: bool,
-    /// Biases on the MLP projections.
-    #[serde(default)]
-    pub mlp_bias: bool,
-    /// `silu` for Llama.
-    #[serde(default = "silu")]
-    pub hidden_act: String,
-    /// Token ids, passed through when writing.
-    #[serde(default)]
-    pub bos_token_id: Option<serde_json::Value>,
-    /// Token ids, passed through when writing.
-    #[serde(default)]
-    pub eos_token_id: Option<serde_json::Value>,
-}
-
-/// `rope_parameters` of a transformers 5.x `config.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RopeParameters {
-    /// RoPE base θ.
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    /// Only `"default"` (plain RoPE) is supported.
-    #[serde(default = "default_rope_type")]
-    pub rope_type: String,
-}
-
-fn default_rope_type() -> String {
-    "default".into()
-}
-
-fn llama() -> String {
-    "llama".into()
-}
-fn silu() -> String {
-    "silu".into()
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_max_pos() -> usize {
-    2048
-}
-
-impl HfLlamaConfig {
-    /// Converts to our runtime config.
-    ///
-    /// # Errors
-    /// A message naming the unsupported or inconsistent field.
-    pub fn to_config(&self) -> Result<(LlamaConfig, BuildOptions), String> {
-        if !matches!(self.model_type.as_str(), "llama" | "mistral") {
-            return Err(format!(
-                "model_type {:?} is not a Llama-style model",
-                self.model_type
-            ));
-        }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err("rope_scaling is set; only plain RoPE is supported".into());
-        }
-        if let Some(rp) = &self.rope_parameters
-            && rp.rope_type != "default"
-        {
-            return Err(format!(
-                "rope_parameters.rope_type {:?}: only \"default\" RoPE is supported",
-                rp.rope_type
-            ));
-        }
-        let rope_theta = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|rp| rp.rope_theta)
-            .or(self.rope_theta)
-            .unwrap_or(10000.0);
-        if self.hidden_act != "silu" {
-            return Err(format!(
-                "hidden_act {:?}: only \"silu\" (SwiGLU) is supported",
-                self.hidden_act
-            ));
-        }
-        let n_heads = self.num_attention_heads;
-        let config = LlamaConfig {
-            vocab_size: self.vocab_size,
-            d_model: self.hidden_size,
-            n_layers: self.num_hidden_layers,
-            n_heads,
-            n_kv_heads: self.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: self.head_dim.unwrap_or(if n_heads == 0 {
-                0
-            } else {
-                self.hidden_size / n_heads
-            }),
-            d_ff: self.intermediate_size,
-            rope_theta,
-            rms_norm_eps: self.rms_norm_eps,
-            max_seq_len: self.max_position_embeddings,
-            tie_word_embeddings: self.tie_word_embeddings,
-        };
-        config.validate()?;
-        Ok((
-            config,
-            BuildOptions {
-                attention_bias: self.attention_bias,
-                mlp_bias: self.mlp_bias,
-            },
-        ))
-    }
-
-    /// The `config.json` transformers needs to load `config`.
-    pub fn from_config(config: &LlamaConfig, tied: bool) -> Self {
-        HfLlamaConfig {
-            model_type: llama(),
-            vocab_size: config.vocab_size,
-            hidden_size: config.d_model,
-            intermediate_size: config.d_ff,
-            num_hidden_layers: config.n_layers,
-            num_attention_heads: config.n_heads,
-            num_key_value_heads: Some(config.n_kv_heads),
-            head_dim: Some(config.head_dim),
-            rms_norm_eps: config.rms_norm_eps,
-            // Both spellings, so transformers 4.x and 5.x read the same θ.
-            rope_theta: Some(config.rope_theta),
-            rope_scaling: None,
-            rope_parameters: Some(RopeParameters {
-                rope_theta: Some(config.rope_theta),
-                rope_type: default_rope_type(),
-            }),
-            max_position_embeddings: config.max_seq_len,
-            tie_word_embeddings: tied,
-            attention_bias: false,
-            mlp_bias: false,
-            hidden_act: silu(),
-            bos_token_id: None,
-            eos_token_id: None,
-        }
-    }
-}
 
 /// Reads `dir/config.json`.
 ///
 /// # Errors
 /// [`ModelError::Io`], or [`ModelError::Config`] naming the missing/bad field.
-pub fn read_config(dir: &Path) -> Result<(LlamaConfig, BuildOptions), ModelError> {
+pub fn read_config(dir: &Path) -> Result<LlamaConfig, ModelError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
         path: path.clone(),
         source,
     })?;
-    let hf: HfLlamaConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+    let hf: HfConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
         path: path.clone(),
         message: e.to_string(),
     })?;
@@ -287,15 +110,36 @@ pub fn model_weights(
     );
     for (i, layer) in model.model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
-        out.insert(
-            format!("{p}.input_layernorm.weight"),
-            HostTensor::from_tensor(layer.input_layernorm.weight.val())?,
-        );
-        out.insert(
-            format!("{p}.post_attention_layernorm.weight"),
-            HostTensor::from_tensor(layer.post_attention_layernorm.weight.val())?,
-        );
         let a = &layer.self_attn;
+        let norms = [
+            ("input_layernorm", Some(&layer.input_layernorm)),
+            (
+                "post_attention_layernorm",
+                Some(&layer.post_attention_layernorm),
+            ),
+            ("self_attn.q_norm", a.q_norm.as_ref()),
+            ("self_attn.k_norm", a.k_norm.as_ref()),
+            (
+                "pre_feedforward_layernorm",
+                layer
+                    .sandwich
+                    .as_ref()
+                    .map(|s| &s.pre_feedforward_layernorm),
+            ),
+            (
+                "post_feedforward_layernorm",
+                layer
+                    .sandwich
+                    .as_ref()
+                    .map(|s| &s.post_feedforward_layernorm),
+            ),
+        ];
+        for (name, norm) in norms.into_iter().filter_map(|(n, x)| Some((n, x?))) {
+            out.insert(
+                format!("{p}.{name}.weight"),
+                HostTensor::from_tensor(norm.weight.val())?,
+            );
+        }
         for (lin, n) in [
             (&a.q_proj, "q_proj"),
             (&a.k_proj, "k_proj"),
@@ -343,7 +187,7 @@ pub fn save_hf_dir(model: &Llama, dir: &Path, dtype: DiskDtype) -> Result<(), Mo
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors(&dir.join("model.safetensors"), &weights, dtype, meta)?;
     let mut cfg =
-        serde_json::to_value(HfLlamaConfig::from_config(&model.config, tied)).map_err(|e| {
+        serde_json::to_value(HfConfig::from_config(&model.config, tied)).map_err(|e| {
             ModelError::Config {
                 path: dir.join("config.json"),
                 message: e.to_string(),
@@ -352,7 +196,7 @@ pub fn save_hf_dir(model: &Llama, dir: &Path, dtype: DiskDtype) -> Result<(), Mo
     if let Some(obj) = cfg.as_object_mut() {
         obj.insert(
             "architectures".into(),
-            serde_json::json!(["LlamaForCausalLM"]),
+            serde_json::json!([model.config.family.hf_class()]),
         );
         let dt = match dtype {
             DiskDtype::F32 => "float32",

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod gguf;
 pub mod hf;
+pub mod hf_config;
 pub mod names;
 
-pub use build::{BuildOptions, NamedWeights, build_llama};
+pub use build::{NamedWeights, build_llama};

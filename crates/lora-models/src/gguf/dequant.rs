@@ -324,7 +324,7 @@ fn q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
 /// The 6-bit scale and min of sub-block `j` (0..8) packed in the 12 `scales` bytes of Q4_K and
 /// Q5_K (`get_scale_min_k4` in `ggml-quants.c`).
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (f32, f32) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (f32, f32) {
     if j < 4 {
         ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
     } else {

@@ -201,4 +201,28 @@ pub enum GgufError {
         /// Heads given.
         n_head: usize,
     },
+    /// [`GgufWriter`](super::GgufWriter) was given a tensor it cannot write.
+    #[error("cannot write tensor {tensor:?}: {problem}")]
+    InvalidTensor {
+        /// The tensor.
+        tensor: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// [`GgufWriter`](super::GgufWriter) was given a metadata value it cannot write.
+    #[error("cannot write metadata key {key:?}: {problem}")]
+    InvalidMetadata {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Writing the output file failed (disk full, no permission, missing directory).
+    #[error("{path}: cannot write GGUF file: {source}")]
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }

@@ -21,20 +21,27 @@
 mod dequant;
 mod error;
 mod parse;
+mod quantize;
+mod quantize_k;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_reference;
 #[cfg(test)]
+mod tests_write;
+#[cfg(test)]
 pub(crate) mod testutil;
 mod value;
+mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub use dequant::{GgmlType, dequantize};
 pub use error::GgufError;
+pub use quantize::{can_quantize, quantize};
 pub use value::{FromGgufValue, GgufValue};
+pub use write::{GgufWriter, MAX_TENSOR_NAME};
 
 /// Alignment of the tensor data section when `general.alignment` is absent
 /// (`GGUF_DEFAULT_ALIGNMENT`).
@@ -345,6 +352,29 @@ impl GgufFile {
 /// [`GgufError::BadPermutation`] if `data.len() != rows·cols` or `rows` is not `n_head` times
 /// an even head size.
 pub fn unpermute_qk(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>> {
+    permute_rows(data, rows, cols, n_head, false)
+}
+
+/// Applies the row permutation of llama.cpp's converter to an `attn_q` / `attn_k` weight (or
+/// bias, `cols = 1`) in Hugging Face row order: the inverse of [`unpermute_qk`]. HF row
+/// `h·head_dim + j·head_dim/2 + i` becomes GGUF row `h·head_dim + 2i + j`
+/// (`convert_hf_to_gguf.py` `LlamaModel.permute`: reshape to `[n_head, 2, head_dim/2, cols]`,
+/// swap axes 1 and 2).
+///
+/// # Errors
+/// As [`unpermute_qk`].
+pub fn permute_qk(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>> {
+    permute_rows(data, rows, cols, n_head, true)
+}
+
+/// The two directions of the q/k row permutation (see [`unpermute_qk`], [`permute_qk`]).
+fn permute_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+    to_gguf: bool,
+) -> Result<Vec<f32>> {
     let bad = || GgufError::BadPermutation {
         rows,
         cols,
@@ -361,11 +391,18 @@ pub fn unpermute_qk(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Re
     let half = head_dim / 2;
     let mut out = Vec::with_capacity(data.len());
     for h in 0..n_head {
-        for j in 0..2 {
-            for i in 0..half {
-                let src = (h * head_dim + 2 * i + j) * cols;
-                out.extend_from_slice(data.get(src..src + cols).ok_or_else(bad)?);
-            }
+        // Output rows in order; `src` is the input row that lands there.
+        for a in 0..2 * half {
+            let src = if to_gguf {
+                // GGUF row 2i + j holds HF row j·half + i.
+                let (i, j) = (a / 2, a % 2);
+                h * head_dim + j * half + i
+            } else {
+                // HF row j·half + i holds GGUF row 2i + j.
+                let (j, i) = (a / half, a % half);
+                h * head_dim + 2 * i + j
+            };
+            out.extend_from_slice(data.get(src * cols..(src + 1) * cols).ok_or_else(bad)?);
         }
     }
     Ok(out)

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::GgufValue;
+use super::value::write_str;
 
 /// Builds GGUF v3 files in memory for tests.
 pub(crate) struct GgufBuilder {
@@ -46,15 +47,15 @@ impl GgufBuilder {
         out.extend((self.tensors.len() as u64).to_le_bytes());
         out.extend((self.kvs.len() as u64).to_le_bytes());
         for (k, v) in &self.kvs {
-            put_str(&mut out, k);
-            out.extend(type_id(v).to_le_bytes());
-            put_value(&mut out, v);
+            write_str(&mut out, k);
+            out.extend(v.type_id().to_le_bytes());
+            v.write_to(&mut out);
         }
         let align = self.alignment();
         let mut offset = 0usize;
         let mut offsets = Vec::new();
         for (name, ne, ty, data) in &self.tensors {
-            put_str(&mut out, name);
+            write_str(&mut out, name);
             out.extend((ne.len() as u32).to_le_bytes());
             ne.iter().for_each(|d| out.extend(d.to_le_bytes()));
             out.extend(ty.to_le_bytes());
@@ -69,51 +70,6 @@ impl GgufBuilder {
             out.extend(data);
         }
         out
-    }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend((s.len() as u64).to_le_bytes());
-    out.extend(s.as_bytes());
-}
-
-fn type_id(v: &GgufValue) -> u32 {
-    match v {
-        GgufValue::U8(_) => 0,
-        GgufValue::I8(_) => 1,
-        GgufValue::U16(_) => 2,
-        GgufValue::I16(_) => 3,
-        GgufValue::U32(_) => 4,
-        GgufValue::I32(_) => 5,
-        GgufValue::F32(_) => 6,
-        GgufValue::Bool(_) => 7,
-        GgufValue::String(_) => 8,
-        GgufValue::Array(_) => 9,
-        GgufValue::U64(_) => 10,
-        GgufValue::I64(_) => 11,
-        GgufValue::F64(_) => 12,
-    }
-}
-
-fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
-    match v {
-        GgufValue::U8(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I8(x) => out.extend(x.to_le_bytes()),
-        GgufValue::U16(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I16(x) => out.extend(x.to_le_bytes()),
-        GgufValue::U32(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I32(x) => out.extend(x.to_le_bytes()),
-        GgufValue::F32(x) => out.extend(x.to_le_bytes()),
-        GgufValue::Bool(x) => out.push(*x as u8),
-        GgufValue::String(s) => put_str(out, s),
-        GgufValue::Array(items) => {
-            out.extend(items.first().map_or(4, type_id).to_le_bytes());
-            out.extend((items.len() as u64).to_le_bytes());
-            items.iter().for_each(|i| put_value(out, i));
-        }
-        GgufValue::U64(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I64(x) => out.extend(x.to_le_bytes()),
-        GgufValue::F64(x) => out.extend(x.to_le_bytes()),
     }
 }
 

@@ -43,6 +43,68 @@ impl GgufValue {
         }
     }
 
+    /// The GGUF value type id (gguf-py `GGUFValueType`): 0 `u8` … 8 `string`, 9 `array`,
+    /// 10 `u64`, 11 `i64`, 12 `f64`.
+    pub fn type_id(&self) -> u32 {
+        match self {
+            GgufValue::U8(_) => 0,
+            GgufValue::I8(_) => 1,
+            GgufValue::U16(_) => 2,
+            GgufValue::I16(_) => 3,
+            GgufValue::U32(_) => 4,
+            GgufValue::I32(_) => 5,
+            GgufValue::F32(_) => 6,
+            GgufValue::Bool(_) => 7,
+            GgufValue::String(_) => 8,
+            GgufValue::Array(_) => 9,
+            GgufValue::U64(_) => 10,
+            GgufValue::I64(_) => 11,
+            GgufValue::F64(_) => 12,
+        }
+    }
+
+    /// Appends the value's bytes as the GGUF spec lays them out (after the type id): numbers
+    /// little-endian, a bool as one byte, a string as `u64 length` + UTF-8, an array as
+    /// `u32 element type | u64 count | elements`. An empty array is written with element type
+    /// `u32` (it has none of its own); callers check beforehand that an array's elements share one
+    /// type ([`GgufValue::array_problem`]).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            GgufValue::U8(x) => out.extend(x.to_le_bytes()),
+            GgufValue::I8(x) => out.extend(x.to_le_bytes()),
+            GgufValue::U16(x) => out.extend(x.to_le_bytes()),
+            GgufValue::I16(x) => out.extend(x.to_le_bytes()),
+            GgufValue::U32(x) => out.extend(x.to_le_bytes()),
+            GgufValue::I32(x) => out.extend(x.to_le_bytes()),
+            GgufValue::F32(x) => out.extend(x.to_le_bytes()),
+            GgufValue::Bool(x) => out.push(u8::from(*x)),
+            GgufValue::String(s) => write_str(out, s),
+            GgufValue::Array(items) => {
+                out.extend(items.first().map_or(4, GgufValue::type_id).to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|i| i.write_to(out));
+            }
+            GgufValue::U64(x) => out.extend(x.to_le_bytes()),
+            GgufValue::I64(x) => out.extend(x.to_le_bytes()),
+            GgufValue::F64(x) => out.extend(x.to_le_bytes()),
+        }
+    }
+
+    /// Why this value cannot be written, if it cannot: an array whose elements are not all of
+    /// one type (GGUF arrays carry a single element type), at any nesting depth.
+    pub fn array_problem(&self) -> Option<String> {
+        let items = self.as_array()?;
+        let first = items.first()?.type_id();
+        if let Some((i, v)) = items.iter().enumerate().find(|(_, v)| v.type_id() != first) {
+            return Some(format!(
+                "array element {i} is {}, element 0 is {}; GGUF arrays hold one type",
+                v.type_name(),
+                items[0].type_name()
+            ));
+        }
+        items.iter().find_map(GgufValue::array_problem)
+    }
+
     /// The value as an `i128` if it is any integer type (a lossless common supertype).
     pub fn as_integer(&self) -> Option<i128> {
         Some(match *self {
@@ -82,6 +144,12 @@ impl GgufValue {
             _ => None,
         }
     }
+}
+
+/// Appends a GGUF string: `u64 length` + UTF-8 bytes.
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
 }
 
 /// Conversion of a metadata value into a Rust type, used by `GgufFile::get`.

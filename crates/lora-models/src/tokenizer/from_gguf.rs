@@ -9,16 +9,11 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 
+use super::special_tokens::add_gguf_special_tokens;
 use super::{Result, TextTokenizer, TokenizerError};
 use crate::gguf::GgufFile;
-
-/// GGUF `tokenizer.ggml.token_type` of special control tokens like `<|im_end|>` (llama.cpp
-/// `LLAMA_TOKEN_TYPE_CONTROL`).
-const TOKEN_TYPE_CONTROL: i32 = 3;
-/// GGUF token type of user-defined added tokens like `<think>` (`LLAMA_TOKEN_TYPE_USER_DEFINED`).
-const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 /// Pre-tokenizer regexes by `tokenizer.ggml.pre`, copied from transformers
 /// `gguf_tokenizer_mapping.py` (`GGUF_PRE_TOKENIZER_SPLITS`). Names not listed (e.g. `smollm`,
@@ -65,117 +60,116 @@ pub(super) fn byte_to_char() -> [char; 256] {
     table
 }
 
+/// The byte-level BPE of a `tokenizer.ggml.model = "gpt2"` vocabulary, as transformers'
+/// `byte_level_tokenizer` + `add_gguf_special_tokens` + `set_split_regex` build it.
+///
+/// # Errors
+/// [`TokenizerError::Gguf`] for missing/mistyped keys, [`TokenizerError::BadMerge`], and
+/// [`TokenizerError::Tokenizers`] if the library rejects the vocabulary.
+fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str], token_types: &[i32]) -> Result<Tokenizer> {
+    let path = gguf.path();
+    // transformers `byte_level_tokenizer`: a token already spelled in the byte alphabet is
+    // kept; any other is re-spelled from its UTF-8 bytes.
+    let table = byte_to_char();
+    let in_alphabet = |t: &str| t.chars().all(|c| table.contains(&c));
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| {
+            let spelled = if in_alphabet(t) {
+                (*t).to_owned()
+            } else {
+                t.bytes().map(|b| table[b as usize]).collect()
+            };
+            (spelled, id as u32)
+        })
+        .collect();
+    let merges = gguf
+        .get_opt::<Vec<&str>>("tokenizer.ggml.merges")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(index, m)| match m.split_once(' ') {
+            Some((a, b)) if !b.contains(' ') => Ok((a.to_owned(), b.to_owned())),
+            _ => Err(TokenizerError::BadMerge {
+                path: path.into(),
+                index,
+                merge: m.into(),
+            }),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let context = || format!("building the BPE tokenizer from {}", path.display());
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|source| TokenizerError::Tokenizers {
+            context: context(),
+            source,
+        })?;
+    let mut inner = Tokenizer::new(bpe);
+
+    // A CONTROL token spelled outside the byte alphabet is a llama.cpp mislabel: skipped.
+    add_gguf_special_tokens(&mut inner, tokens, token_types, in_alphabet);
+
+    let pre = gguf
+        .get_opt::<&str>("tokenizer.ggml.pre")?
+        .unwrap_or("default");
+    match PRE_SPLITS.iter().find(|(names, _)| names.contains(&pre)) {
+        Some((_, regex)) => {
+            let split = Split::new(
+                SplitPattern::Regex((*regex).into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|source| TokenizerError::Tokenizers {
+                context: context(),
+                source,
+            })?;
+            inner.with_pre_tokenizer(Some(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])));
+        }
+        None => {
+            inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+    }
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
 impl TextTokenizer {
     /// Builds the tokenizer described by a GGUF file's `tokenizer.*` metadata (see module docs).
     ///
     /// Reads `tokenizer.ggml.{model, tokens, merges, token_type, pre, bos_token_id,
     /// eos_token_id, padding_token_id, unknown_token_id, add_bos_token, add_eos_token}` and
-    /// `tokenizer.chat_template`. `add_bos_token` defaults to false, as in transformers for
-    /// `gpt2` vocabularies (SmolLM2 stores false).
+    /// `tokenizer.chat_template`, and for SentencePiece (`llama`) vocabularies
+    /// `tokenizer.ggml.scores`. `add_bos_token` defaults to false for `gpt2` vocabularies
+    /// (SmolLM2 stores false) and to true for `llama` ones, as in transformers'
+    /// `get_gguf_tokenizer`.
     ///
     /// # Errors
     /// [`TokenizerError::Gguf`] for missing/mistyped keys, [`TokenizerError::UnsupportedModel`]
-    /// unless the model is `gpt2`, [`TokenizerError::BadMerge`], [`TokenizerError::BadTokenId`],
+    /// unless the model is `gpt2` or `llama`, [`TokenizerError::BadMerge`], [`TokenizerError::BadTokenId`],
     /// and [`TokenizerError::Tokenizers`] if the library rejects the vocabulary.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let path = gguf.path();
         let model: &str = gguf.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel {
-                path: path.into(),
-                model: model.into(),
-            });
-        }
         let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
         let token_types = gguf
             .get_opt::<Vec<i32>>("tokenizer.ggml.token_type")?
             .unwrap_or_default();
-
-        // transformers `byte_level_tokenizer`: a token already spelled in the byte alphabet is
-        // kept; any other is re-spelled from its UTF-8 bytes.
-        let table = byte_to_char();
-        let in_alphabet = |t: &str| t.chars().all(|c| table.contains(&c));
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(id, t)| {
-                let spelled = if in_alphabet(t) {
-                    (*t).to_owned()
-                } else {
-                    t.bytes().map(|b| table[b as usize]).collect()
-                };
-                (spelled, id as u32)
-            })
-            .collect();
-        let merges = gguf
-            .get_opt::<Vec<&str>>("tokenizer.ggml.merges")?
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(index, m)| match m.split_once(' ') {
-                Some((a, b)) if !b.contains(' ') => Ok((a.to_owned(), b.to_owned())),
-                _ => Err(TokenizerError::BadMerge {
+        let context = || format!("building the tokenizer from {}", path.display());
+        let inner = match model {
+            "gpt2" => byte_level_bpe(gguf, &tokens, &token_types)?,
+            "llama" => super::sentencepiece::build(gguf, &tokens, &token_types)?,
+            _ => {
+                return Err(TokenizerError::UnsupportedModel {
                     path: path.into(),
-                    index,
-                    merge: m.into(),
-                }),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let context = || format!("building the BPE tokenizer from {}", path.display());
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|source| TokenizerError::Tokenizers {
-                context: context(),
-                source,
-            })?;
-        let mut inner = Tokenizer::new(bpe);
-
-        // transformers `add_gguf_special_tokens`: CONTROL tokens become special added tokens,
-        // skipping any spelled outside the byte alphabet (a llama.cpp mislabel); USER_DEFINED
-        // ones become plain added tokens, matched whole and never normalized.
-        let typed = |ty: i32| {
-            tokens
-                .iter()
-                .zip(&token_types)
-                .filter(move |(_, t)| **t == ty)
+                    model: model.into(),
+                });
+            }
         };
-        let control: Vec<AddedToken> = typed(TOKEN_TYPE_CONTROL)
-            .filter(|(t, _)| in_alphabet(t))
-            .map(|(t, _)| AddedToken::from(*t, true))
-            .collect();
-        inner.add_special_tokens(&control);
-        let user: Vec<AddedToken> = typed(TOKEN_TYPE_USER_DEFINED)
-            .filter(|(t, _)| inner.token_to_id(t).is_some())
-            .map(|(t, _)| AddedToken::from(*t, false).normalized(false))
-            .collect();
-        inner.add_tokens(&user);
-
-        let pre = gguf
-            .get_opt::<&str>("tokenizer.ggml.pre")?
-            .unwrap_or("default");
-        match PRE_SPLITS.iter().find(|(names, _)| names.contains(&pre)) {
-            Some((_, regex)) => {
-                let split = Split::new(
-                    SplitPattern::Regex((*regex).into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|source| TokenizerError::Tokenizers {
-                    context: context(),
-                    source,
-                })?;
-                inner.with_pre_tokenizer(Some(Sequence::new(vec![
-                    split.into(),
-                    ByteLevel::new(false, true, false).into(),
-                ])));
-            }
-            None => {
-                inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-            }
-        }
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
-
         let vocab_size = inner.get_vocab_size(true);
         let id = |key: &str| -> Result<Option<u32>> {
             let id = gguf.get_opt::<u32>(&format!("tokenizer.ggml.{key}"))?;
@@ -194,9 +188,11 @@ impl TextTokenizer {
             eos_id: id("eos_token_id")?,
             pad_id: id("padding_token_id")?,
             unk_id: id("unknown_token_id")?,
+            // transformers `get_gguf_tokenizer`: a SentencePiece vocabulary without the flag adds
+            // BOS (as llama.cpp does); a byte-level one does not.
             add_bos: gguf
                 .get_opt("tokenizer.ggml.add_bos_token")?
-                .unwrap_or(false),
+                .unwrap_or(model == "llama"),
             add_eos: gguf
                 .get_opt("tokenizer.ggml.add_eos_token")?
                 .unwrap_or(false),

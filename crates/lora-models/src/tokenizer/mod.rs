@@ -12,6 +12,9 @@
 
 mod chat;
 mod from_gguf;
+mod sentencepiece;
+mod special_tokens;
+mod templates;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +25,7 @@ use tokenizers::Tokenizer;
 
 use crate::gguf::GgufError;
 pub use chat::ChatMessage;
+pub use templates::family_chat_template;
 
 /// Everything that can go wrong building or using a [`TextTokenizer`].
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +49,9 @@ pub enum TokenizerError {
         /// The parse error.
         source: serde_json::Error,
     },
-    /// `tokenizer.ggml.model` names a tokenizer other than byte-level BPE.
+    /// `tokenizer.ggml.model` names a tokenizer other than byte-level BPE or SentencePiece.
     #[error(
-        "{path}: tokenizer.ggml.model = {model:?} is not supported (only \"gpt2\" byte-level BPE); load the model's tokenizer.json with TextTokenizer::from_hf_dir instead"
+        "{path}: tokenizer.ggml.model = {model:?} is not supported (only \"gpt2\" byte-level BPE and \"llama\" SentencePiece); load the model's tokenizer.json with TextTokenizer::from_hf_dir instead"
     )]
     UnsupportedModel {
         /// The GGUF file.
@@ -330,6 +334,16 @@ impl TextTokenizer {
     /// Padding id, if the model has one.
     pub fn pad_id(&self) -> Option<u32> {
         self.pad_id
+    }
+
+    /// Unknown-token id, if the model has one.
+    pub fn unk_id(&self) -> Option<u32> {
+        self.unk_id
+    }
+
+    /// Whether encoding with special tokens appends EOS (`add_eos_token`).
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
     }
 
     /// Whether encoding with special tokens prepends BOS (`add_bos_token`).

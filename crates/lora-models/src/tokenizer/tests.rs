@@ -92,9 +92,9 @@ fn bos_is_added_only_when_the_file_says_so() {
 #[test]
 fn bad_metadata_is_a_typed_error() {
     let mut b = GgufBuilder::new()
-        .kv("tokenizer.ggml.model", GgufValue::String("llama".into()))
+        .kv("tokenizer.ggml.model", GgufValue::String("t5".into()))
         .kv("tokenizer.ggml.tokens", strs(&["a"]));
-    let f = GgufFile::from_bytes("spm.gguf", b.build()).unwrap();
+    let f = GgufFile::from_bytes("unigram.gguf", b.build()).unwrap();
     assert!(matches!(
         TextTokenizer::from_gguf(&f),
         Err(TokenizerError::UnsupportedModel { .. })

@@ -41,6 +41,78 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// A known model's cached file, or `None` (with a note saying how to get it) when it has not
+/// been fetched: the tests on real models are skipped then, not failed.
+pub fn cached_model(model: &lora_models::cache::KnownModel) -> Option<PathBuf> {
+    let p = model.path();
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipping: {} not present (`cargo xtask fetch --model {}` fetches it)",
+            p.display(),
+            model.name
+        );
+        None
+    }
+}
+
+/// Ids from a JSON array of numbers.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+/// A fixture JSON file.
+pub fn reference_json(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join(name)).expect("fixture file"))
+        .expect("valid JSON")
+}
+
+/// The ids of a reference prompt (`{"kind": "plain"|"chat", "text", "ids", "messages"?}`) as
+/// `tok` makes them: a chat prompt through the chat template, which must render exactly
+/// `text`; a plain one with the tokenizer's special tokens. Asserts they equal `ids`.
+pub fn prompt_ids(
+    tok: &lora_models::tokenizer::TextTokenizer,
+    prompt: &serde_json::Value,
+) -> Vec<u32> {
+    let text = prompt["text"].as_str().expect("text");
+    let ids = if prompt["kind"] == "chat" {
+        let msgs: Vec<lora_models::tokenizer::ChatMessage> =
+            serde_json::from_value(prompt["messages"].clone()).expect("messages");
+        let rendered = tok.apply_chat_template(&msgs, true).expect("chat template");
+        assert_eq!(rendered, text, "chat template renders as transformers does");
+        tok.encode(&rendered, false).expect("encode")
+    } else {
+        tok.encode(text, true).expect("encode")
+    };
+    assert_eq!(ids, json_ids(&prompt["ids"]), "token ids of {text:?}");
+    ids
+}
+
+/// Checks next-token logits against a reference `top5` list (`[{"id", "logit"}, ...]`): the same
+/// five ids in the same order, each logit within `tol`. Returns the largest difference.
+pub fn assert_top5(logits: &[f32], top5: &serde_json::Value, tol: f32, what: &str) -> f32 {
+    let mut worst = 0f32;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    for (rank, e) in top5.as_array().expect("top5 list").iter().enumerate() {
+        let id = e["id"].as_u64().expect("id") as usize;
+        let want = e["logit"].as_f64().expect("logit") as f32;
+        assert_eq!(order[rank], id, "{what}: rank {rank}");
+        assert!(
+            (logits[id] - want).abs() < tol,
+            "{what}: logit of {id} is {}, reference {want}",
+            logits[id]
+        );
+        worst = worst.max((logits[id] - want).abs());
+    }
+    worst
+}
+
 /// The real model's path, or `None` (with a note) when it has not been fetched.
 pub fn real_model() -> Option<PathBuf> {
     let p = std::env::var_os("BURN_LORA_MODEL")

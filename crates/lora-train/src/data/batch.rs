@@ -15,8 +15,9 @@ use super::encode::Encoded;
 
 /// `B` examples padded to the longest (`T` tokens), with the positions the loss is taken at.
 ///
-/// Positions are flat indices `b·T + t` into the `[B, T]` input. Token `k` of an example
-/// (`k ≥ prompt_len`, `k ≥ 1`) is predicted by the logits at position `k − 1`: that position is
+/// Positions are flat indices `b·T + t` into the `[B, T]` input. Answer token `k` of an example
+/// (`k` in one of [`Encoded::answer_spans`], `k ≥ 1`) is predicted by the logits at position
+/// `k − 1`: that position is
 /// an *answer row* and token `k` its *target* — transformers' shift-by-one of `labels`
 /// (`loss_utils.py`, `ForCausalLMLoss`), without materialising the `−100` labels.
 #[derive(Debug, Clone)]
@@ -59,10 +60,13 @@ pub fn make_batch(examples: &[&Encoded], pad_id: u32, device: &Device) -> Batch 
         ids.extend(e.ids.iter().map(|&id| i64::from(id)));
         ids.extend(std::iter::repeat_n(i64::from(pad_id), t - e.ids.len()));
         let row = |k: usize| (i * t + k) as i64;
-        // Token k (k ≥ prompt_len, k ≥ 1) is predicted at position k − 1.
-        for k in e.prompt_len.max(1)..e.ids.len() {
-            answer_rows.push(row(k - 1));
-            answer_targets.push(i64::from(e.ids[k]));
+        // Answer token k (k ≥ 1) is predicted at position k − 1; a multi-turn chat has one
+        // span per assistant turn.
+        for span in e.answer_spans() {
+            for k in span.start.max(1)..span.end.min(e.ids.len()) {
+                answer_rows.push(row(k - 1));
+                answer_targets.push(i64::from(e.ids[k]));
+            }
         }
         last_prompt_rows.push(row(e.prompt_len.clamp(1, e.ids.len().max(1)) - 1));
     }

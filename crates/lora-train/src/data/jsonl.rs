@@ -1,12 +1,21 @@
-//! JSONL datasets, one example per line, in the shapes TRL, mlx-lm and axolotl share:
+//! JSONL datasets, one example per line, in the shapes fine-tuning data already comes in
+//! (TRL, mlx-lm, axolotl, LLaMA-Factory), detected per line:
 //!
-//! - chat: `{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}`, the
-//!   last message being the assistant's answer;
+//! - chat (OpenAI / Hugging Face): `{"messages": [{"role": "system", "content": "..."},
+//!   {"role": "user", ...}, {"role": "assistant", ...}, ...]}` — an optional system message,
+//!   then any number of turns ending with the assistant's;
+//! - ShareGPT: `{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", ...}]}`
+//!   (`from`: `system`, `human`, `gpt`); either array takes either pair of keys and either set
+//!   of role names, as exports mix them;
 //! - prompt/completion: `{"prompt": "...", "completion": "..."}`;
+//! - Alpaca: `{"instruction": "...", "input": "...", "output": "..."}` (`input` and a `system`
+//!   string optional) — one user turn, `instruction` and `input` joined by a newline, answered
+//!   by `output`, as LLaMA-Factory's `AlpacaDatasetConverter` builds it (`data/converter.py`);
 //! - plain text: `{"text": "..."}`.
 //!
-//! Other keys on a line (`"id"`, `"source"`, ...) are ignored. Blank lines are skipped. Any other
-//! line is an error naming the file and the 1-based line number.
+//! Other keys on a line (`"id"`, `"source"`, ...) are ignored. Blank lines are skipped. A line
+//! that fits none of the shapes, or more than one, is an error naming the file, the 1-based line
+//! number and the shapes it could have been.
 
 use std::path::Path;
 
@@ -57,65 +66,151 @@ pub fn samples_from_jsonl(text: &str, source_name: &str) -> Result<Vec<Sample>, 
     Ok(samples)
 }
 
+/// The shapes a line can have, for error messages.
+const SHAPES: &str = "{\"messages\": [...]}, {\"conversations\": [...]} (ShareGPT), {\"prompt\", \"completion\"}, {\"instruction\", \"output\"} (Alpaca) or {\"text\"}";
+
 /// One line's JSON → a [`Sample`], or what is wrong with it.
 fn parse_example(value: &Value) -> Result<Sample, String> {
     let Value::Object(obj) = value else {
         return Err(format!("expected a JSON object, found {}", kind(value)));
     };
     let has = |key: &str| obj.contains_key(key);
-    let shapes = [
-        has("messages"),
-        has("prompt") || has("completion"),
-        has("text"),
-    ];
-    match shapes {
-        [true, false, false] => parse_messages(&obj["messages"]).map(Sample::Chat),
-        [false, true, false] => parse_completion(obj),
-        [false, false, true] => {
+    let shapes: Vec<&str> = [
+        ("messages", has("messages")),
+        ("conversations", has("conversations")),
+        ("prompt/completion", has("prompt") || has("completion")),
+        ("instruction/output", has("instruction") || has("output")),
+        ("text", has("text")),
+    ]
+    .into_iter()
+    .filter_map(|(name, found)| found.then_some(name))
+    .collect();
+    match shapes[..] {
+        ["messages"] => parse_chat(&obj["messages"], "messages").map(Sample::Chat),
+        ["conversations"] => parse_chat(&obj["conversations"], "conversations").map(Sample::Chat),
+        ["prompt/completion"] => parse_completion(obj),
+        ["instruction/output"] => parse_alpaca(obj),
+        ["text"] => {
             let text = string_field(obj, "text")?;
             if text.is_empty() {
                 return Err("\"text\" is empty".into());
             }
             Ok(Sample::Text(text))
         }
-        [false, false, false] => Err(format!(
-            "unknown example shape (keys: {}); expected {{\"messages\": [...]}}, {{\"prompt\", \"completion\"}} or {{\"text\"}}",
-            obj.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+        [] => Err(format!(
+            "unknown example shape (keys: {}); expected {SHAPES}",
+            obj.keys()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
-        _ => Err("more than one example shape on one line; use only one of \"messages\", \"prompt\"/\"completion\", \"text\"".into()),
+        _ => Err(format!(
+            "more than one example shape on one line ({}); use only one of {SHAPES}",
+            shapes.join(", ")
+        )),
     }
 }
 
-fn parse_messages(value: &Value) -> Result<Vec<ChatMessage>, String> {
+/// The three roles a training conversation has.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    /// OpenAI / Hugging Face `role` values and ShareGPT `from` values (FastChat's
+    /// `human`/`gpt`/`system`); exports of either kind mix the two sets of names.
+    fn parse(name: &str) -> Option<Role> {
+        match name {
+            "system" => Some(Role::System),
+            "user" | "human" => Some(Role::User),
+            "assistant" | "gpt" => Some(Role::Assistant),
+            _ => None,
+        }
+    }
+}
+
+/// A `messages` (`role`/`content`) or ShareGPT `conversations` (`from`/`value`) array → chat
+/// messages; `key` names the array in errors. Each message may use either pair of keys and
+/// either set of role names.
+fn parse_chat(value: &Value, key: &str) -> Result<Vec<ChatMessage>, String> {
     let Value::Array(items) = value else {
-        return Err(format!(
-            "\"messages\" must be an array, found {}",
-            kind(value)
-        ));
+        return Err(format!("\"{key}\" must be an array, found {}", kind(value)));
     };
     if items.is_empty() {
-        return Err("\"messages\" is empty; give at least a user and an assistant message".into());
+        return Err(format!(
+            "\"{key}\" is empty; give at least a user and an assistant message"
+        ));
     }
     let mut messages = Vec::with_capacity(items.len());
     for (j, item) in items.iter().enumerate() {
         let Value::Object(m) = item else {
             return Err(format!(
-                "messages[{j}] must be an object with \"role\" and \"content\", found {}",
+                "{key}[{j}] must be an object with \"role\" and \"content\" (or ShareGPT's \"from\" and \"value\"), found {}",
                 kind(item)
             ));
         };
-        let role = string_field(m, "role").map_err(|e| format!("messages[{j}]: {e}"))?;
-        let content = string_field(m, "content").map_err(|e| format!("messages[{j}]: {e}"))?;
-        messages.push(ChatMessage::new(role, content));
+        let (role_key, content_key) = if m.contains_key("from") {
+            ("from", "value")
+        } else {
+            ("role", "content")
+        };
+        let at = |e: String| format!("{key}[{j}]: {e}");
+        let name = string_field(m, role_key).map_err(at)?;
+        let role = Role::parse(&name).ok_or_else(|| {
+            at(format!(
+                "unknown {role_key} {name:?}; use \"system\", \"user\" or \"assistant\" (ShareGPT: \"system\", \"human\" or \"gpt\")"
+            ))
+        })?;
+        let content = string_field(m, content_key).map_err(at)?;
+        messages.push(ChatMessage::new(role.name(), content));
     }
     match messages.last() {
-        Some(last) if last.role == "assistant" => Ok(messages),
+        Some(last) if last.role == Role::Assistant.name() => Ok(messages),
         Some(last) => Err(format!(
-            "the last message has role {:?}; it must be the assistant's answer (the loss is computed on it)",
+            "the last message has role {:?}; a conversation must end with the assistant's answer (the loss is computed on every assistant turn)",
             last.role
         )),
-        None => Err("\"messages\" is empty".into()),
+        None => Err(format!("\"{key}\" is empty")),
     }
+}
+
+/// Alpaca `{"instruction", "input", "output"}` (+ optional `"system"`) → a chat: one user turn
+/// (the instruction, then a newline and the input when there is one) and the answer.
+fn parse_alpaca(obj: &Map<String, Value>) -> Result<Sample, String> {
+    let instruction = string_field(obj, "instruction")?;
+    let output = string_field(obj, "output")?;
+    if output.is_empty() {
+        return Err("\"output\" is empty; there is nothing to train on".into());
+    }
+    let optional = |key: &str| match obj.get(key) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(_) => string_field(obj, key),
+    };
+    let input = optional("input")?;
+    let system = optional("system")?;
+    let user = if input.is_empty() {
+        instruction
+    } else {
+        format!("{instruction}\n{input}")
+    };
+    let mut messages = Vec::with_capacity(3);
+    if !system.is_empty() {
+        messages.push(ChatMessage::system(system));
+    }
+    messages.push(ChatMessage::user(user));
+    messages.push(ChatMessage::assistant(output));
+    Ok(Sample::Chat(messages))
 }
 
 fn parse_completion(obj: &Map<String, Value>) -> Result<Sample, String> {

@@ -2,14 +2,17 @@
 //!
 //! The pipeline, one stage per file:
 //!
-//! 1. [`jsonl`]: JSONL files in the three shapes fine-tuning tools share (`{"messages"}` chat,
-//!    `{"prompt", "completion"}`, `{"text"}`) → [`Sample`]s; [`trec`]: the default task, TREC
-//!    question classification, fetched from PyPI, de-duplicated and split → [`Sample`]s.
-//! 2. [`encode`](mod@encode): a [`Sample`] → token ids plus where the answer starts ([`Encoded`]). The answer
-//!    is what the loss covers: the last (assistant) turn of a chat, the completion, or every
-//!    token after the first of plain text.
+//! 1. [`jsonl`]: JSONL files in the shapes fine-tuning data comes in (`{"messages"}` chat,
+//!    ShareGPT `{"conversations"}`, `{"prompt", "completion"}`, Alpaca `{"instruction",
+//!    "output"}`, `{"text"}`) → [`Sample`]s; [`trec`]: the default task, TREC question
+//!    classification, fetched from PyPI, de-duplicated and split → [`Sample`]s.
+//! 2. [`encode`](mod@encode): a [`Sample`] → token ids plus the token spans the loss covers
+//!    ([`Encoded`]): every assistant turn of a chat (each with its end-of-turn token), the
+//!    completion, or every token after the first of plain text. [`stats`]: what a split looks
+//!    like after that (lengths, truncation, loss share).
 //! 3. [`batch`]: [`Encoded`] examples → right-padded `[B, T]` ids and the positions the loss is
 //!    taken at ([`Batch`]), drawn in a seeded, resumable order ([`BatchSampler`]).
+//! 4. [`questions`]: held-out [`Sample`]s → prompts and reference answers for exact match.
 //!
 //! Positions follow transformers' label convention shifted by one: token `t` of an answer is
 //! scored against the logits at `t − 1` (`loss_utils.py`, `ForCausalLMLoss`); [`label_mask`]
@@ -18,6 +21,8 @@
 pub mod batch;
 pub mod encode;
 pub mod jsonl;
+pub mod questions;
+pub mod stats;
 pub mod trec;
 
 use std::path::PathBuf;
@@ -28,6 +33,8 @@ use lora_models::tokenizer::{ChatMessage, TokenizerError};
 pub use batch::{Batch, BatchSampler, SamplerState, index_tensor, make_batch};
 pub use encode::{Encoded, EncodedSet, encode, encode_all, label_mask};
 pub use jsonl::{read_jsonl, samples_from_jsonl};
+pub use questions::{Question, end_of_turn_ids, questions};
+pub use stats::{DatasetSummary, SplitStats};
 pub use trec::{
     TrecClass, TrecExample, TrecSplit, TrecStats, load_trec, trec_candidates, trec_from_text,
     trec_messages, trec_sample,
@@ -36,8 +43,8 @@ pub use trec::{
 /// One training example, before tokenization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sample {
-    /// A conversation rendered with the tokenizer's chat template; the last message is the
-    /// assistant's answer and the only part the loss covers.
+    /// A conversation rendered with the tokenizer's chat template; it ends with the assistant's
+    /// answer, and the loss covers every assistant message.
     Chat(Vec<ChatMessage>),
     /// A prompt and its completion: a user turn and an assistant turn through the chat template
     /// when the tokenizer has one, else the raw text `prompt + completion`. The loss covers the
