@@ -8,7 +8,8 @@
 //! `merge`, `unmerge`, `get_delta_weight`). The base output is never scaled; the adapter's term
 //! (`scaling · (dropout(x)·A)·B`, [`crate::lora::LoraAdapter::forward`]) runs on the activations
 //! — `x·A` then `·B`, `O(T·r·(d_in + d_out))` — and never rebuilds a dense `W + ΔW` while
-//! training. Which update a layer carries (LoRA, AdaLoRA) is the [`Adapter`] enum's business.
+//! training. Which update a layer carries (LoRA, AdaLoRA, DoRA) is the [`Adapter`] enum's
+//! business; the layer hands every adapter its `W` and `x·W`, which only DoRA reads.
 //!
 //! # Shapes (burn layout, the transpose of PyTorch's)
 //! - `W` (`weight`): `[d_in, d_out]`, frozen; `b` (`bias`): `[d_out]`, frozen
@@ -16,7 +17,7 @@
 //! - input `x`: `[..., d_in]` → output `[..., d_out]`
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::adapter::Adapter;
 use crate::base_dtype::BaseDtype;
@@ -107,13 +108,19 @@ impl LoraLinear {
     /// # Shapes
     /// `x`: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let mut base = self.weight.matmul(x.clone());
-        if let Some(b) = &self.bias {
-            base = base + b.val().unsqueeze::<D>();
-        }
-        match &self.adapter {
-            Some(adapter) if !self.merged => base + adapter.forward(x),
+        // x·W; an NF4 weight multiplies as one op that dequantizes again in backward.
+        let base = self.weight.matmul(x.clone());
+        let y = match &self.adapter {
+            Some(adapter) if !self.merged => {
+                // Only DoRA reads W (its norm is over W + ΔW), in f32.
+                let update = adapter.forward(x, &base, || self.weight_f32());
+                base + update
+            }
             _ => base,
+        };
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
         }
     }
 
@@ -143,33 +150,32 @@ impl LoraLinear {
         Ok(())
     }
 
-    /// Folds the update into the base weight: `W ← W + scaling · A·B`. Forward then skips the
-    /// LoRA path, so inference costs exactly the base layer's.
+    /// Folds the update into the base weight: `W ← W + scaling · A·B` (DoRA:
+    /// `W ← (m/‖W + ΔW‖) ⊙ (W + ΔW)`). Forward then skips the adapter, so inference costs
+    /// exactly the base layer's.
     ///
     /// # Errors
     /// [`LoraError::MergeState`] if there is no adapter or the layer is already merged.
     pub fn merge(&mut self, path: &str) -> Result<(), LoraError> {
-        let delta = self.delta_for(path, false)?;
+        let dtype = self.weight.val().dtype();
+        let w = self.weight_f32();
+        let merged = self.adapter_in_state(path, false)?.merge_into(w);
         // An NF4 base is dequantized and stays dense: re-quantizing would round ΔW away. A
-        // bf16/f16 base stays in its type, as PEFT merges (ΔW rounded to it).
-        self.weight = self.weight.clone().map(|w| {
-            let dtype = w.dtype();
-            w + delta.cast(dtype)
-        });
+        // bf16/f16 base stays in its type, as PEFT merges (the merged W rounded to it once).
+        self.weight = self.weight.clone().replace(merged.cast(dtype));
         self.merged = true;
         Ok(())
     }
 
-    /// Undoes [`merge`](Self::merge): `W ← W − scaling · A·B`.
+    /// Undoes [`merge`](Self::merge): `W ← W − scaling · A·B` (DoRA: `W ← W'/(m/‖·‖) − ΔW`).
     ///
     /// # Errors
     /// [`LoraError::MergeState`] if there is no adapter or the layer is not merged.
     pub fn unmerge(&mut self, path: &str) -> Result<(), LoraError> {
-        let delta = self.delta_for(path, true)?;
-        self.weight = self.weight.clone().map(|w| {
-            let dtype = w.dtype();
-            w - delta.cast(dtype)
-        });
+        let dtype = self.weight.val().dtype();
+        let w = self.weight_f32();
+        let base = self.adapter_in_state(path, true)?.unmerge_from(w, path)?;
+        self.weight = self.weight.clone().replace(base.cast(dtype));
         self.merged = false;
         Ok(())
     }
@@ -210,21 +216,33 @@ impl LoraLinear {
             });
         }
         match &self.weight {
-            BaseWeight::Nf4(w) => requantize_report_weight(w, adapter.delta_weight(), config),
+            BaseWeight::Nf4(w) => {
+                let delta = adapter.effective_delta(&self.weight.val());
+                requantize_report_weight(w, delta, config)
+            }
             BaseWeight::Dense(_) => Err(LoraError::InvalidConfig(format!(
                 "{path}: the base weight is not NF4; there is nothing to re-quantize"
             ))),
         }
     }
 
-    fn delta_for(&self, path: &str, want_merged: bool) -> Result<Tensor<2>, LoraError> {
-        let Some(adapter) = &self.adapter else {
-            return Err(LoraError::MergeState {
-                path: path.into(),
-                what: "has no LoRA adapter".into(),
-            });
-        };
-        let delta = adapter.delta_weight();
+    /// `W` in f32 (`[d_in, d_out]`): dequantized for NF4, cast up for a bf16/f16 base; for
+    /// DoRA's norm and for merging, which work in f32.
+    fn weight_f32(&self) -> Tensor<2> {
+        let w = self.weight.val();
+        if w.dtype() == DType::F32 {
+            w
+        } else {
+            w.cast(DType::F32)
+        }
+    }
+
+    /// The adapter, if the layer has one and its merge state is `want_merged`.
+    fn adapter_in_state(
+        &mut self,
+        path: &str,
+        want_merged: bool,
+    ) -> Result<&mut Adapter, LoraError> {
         if self.merged != want_merged {
             let what = if want_merged {
                 "is not merged"
@@ -236,7 +254,10 @@ impl LoraLinear {
                 what: what.into(),
             });
         }
-        Ok(delta)
+        self.adapter.as_mut().ok_or_else(|| LoraError::MergeState {
+            path: path.into(),
+            what: "has no LoRA adapter".into(),
+        })
     }
 }
 
