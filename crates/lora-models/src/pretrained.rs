@@ -61,9 +61,7 @@ pub fn load_stored(
     device: &Device,
 ) -> Result<Pretrained, ModelError> {
     let (model, mut tokenizer) = if path.is_dir() {
-        let config = checkpoint::hf::read_config(path)?;
-        let weights = checkpoint::hf::read_weights(path)?;
-        let model = checkpoint::build_llama_as(&config, weights, storage, device)?;
+        let model = load_hf_model_as(path, storage, device)?;
         (model, TextTokenizer::from_hf_dir(path)?)
     } else {
         let file = checkpoint::gguf::open(path)?;

@@ -6,7 +6,7 @@ use crate::inject::LoraModel;
 use crate::quant::{Nf4Config, RequantizeReport};
 
 /// What [`quantize_base`] did: how many weights went to NF4 and what they cost on the device.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct QuantReport {
     /// Module paths of the quantized layers.
     pub modules: Vec<String>,
@@ -22,12 +22,7 @@ impl QuantReport {
     /// What is stored in NF4 in `model` now (e.g. after loading straight into NF4); the f32
     /// size is 4 bytes per weight.
     pub fn of<M: LoraModel>(model: &M) -> Self {
-        let mut report = QuantReport {
-            modules: Vec::new(),
-            weights: 0,
-            storage_bytes: 0,
-            dense_bytes: 0,
-        };
+        let mut report = QuantReport::default();
         model.visit_linears(&mut |path, lin| {
             if lin.weight.is_quantized() {
                 let n = lin.weight.shape().num_elements();
@@ -69,12 +64,7 @@ pub fn quantize_base<M: LoraModel>(
             "NF4 skip list names {missing:?}, which is not a linear layer of this model"
         )));
     }
-    let mut report = QuantReport {
-        modules: Vec::new(),
-        weights: 0,
-        storage_bytes: 0,
-        dense_bytes: 0,
-    };
+    let mut report = QuantReport::default();
     model.visit_linears_mut(&mut |path, lin| {
         if skip.contains(&path) {
             return Ok(());
