@@ -12,6 +12,9 @@ use crate::error::LoraError;
 use crate::quant::{Nf4Config, Nf4Weight};
 
 /// The frozen base weight of a [`LoraLinear`](crate::LoraLinear).
+// One per linear layer (a few hundred per model): the NF4 variant's extra handles on the stack
+// cost nothing next to the weights, and a Box would change every match on it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum BaseWeight {
     /// A float weight `[d_in, d_out]`, frozen.
