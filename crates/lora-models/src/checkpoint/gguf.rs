@@ -139,6 +139,7 @@ pub fn read_weights<'a>(
         let name = info.name.clone();
         let lazy = LazyTensor::new(shape, move || {
             let (shape, mut data) = file.tensor_f32(&name)?;
+            file.release(&name);
             if let Some(n_head) = n_head {
                 // A bias is the one-column case.
                 let (rows, cols) = match shape.as_slice() {

@@ -61,6 +61,31 @@ struct MappedSafetensors {
     map: memmap2::Mmap,
 }
 
+impl MappedSafetensors {
+    /// Drops the pages of `bytes` (a slice of the map) from the resident set once decoded; they
+    /// are read from the file again if touched (see `GgufFile::release`).
+    fn release(&self, bytes: &[u8]) {
+        let offset = (bytes.as_ptr() as usize).wrapping_sub(self.map.as_ptr() as usize);
+        #[cfg(unix)]
+        if offset
+            .checked_add(bytes.len())
+            .is_some_and(|end| end <= self.map.len())
+        {
+            // SAFETY: a read-only shared file mapping: MADV_DONTNEED drops the pages and a later
+            // access reads the same bytes from the file again (madvise(2)); no view changes.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    offset,
+                    bytes.len(),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = offset;
+    }
+}
+
 /// Every tensor of the safetensors file at `path`, by name, not decoded yet.
 ///
 /// # Errors
@@ -100,10 +125,9 @@ pub fn safetensors_lazy(path: &Path) -> Result<Vec<(String, LazyTensor<'static>)
                 };
                 let st = SafeTensors::deserialize(&file.map).map_err(|e| err(e.to_string()))?;
                 let view = st.tensor(&key).map_err(|e| err(e.to_string()))?;
-                Ok(HostTensor {
-                    shape,
-                    data: view_to_f32(&view).map_err(err)?,
-                })
+                let data = view_to_f32(&view).map_err(err)?;
+                file.release(view.data());
+                Ok(HostTensor { shape, data })
             }),
         ));
     }
