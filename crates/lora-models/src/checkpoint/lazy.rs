@@ -4,7 +4,7 @@
 //! `checkpoint/convert.rs`) and dropped before the next one.
 //!
 //! GGUF files and safetensors files are memory-mapped; the pages of a tensor are read when it is
-//! decoded.
+//! decoded and released (dropped from the resident set) right after.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
