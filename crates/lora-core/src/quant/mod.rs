@@ -19,6 +19,8 @@
 pub mod apply;
 pub mod dynamic_map;
 pub mod nf4;
+#[cfg(feature = "flex")]
+mod nf4_flex;
 pub mod nf4_op;
 pub mod nf4_weight;
 pub mod requantize;

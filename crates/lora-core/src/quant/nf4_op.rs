@@ -101,8 +101,25 @@ pub trait Nf4Backend: Backend {
     }
 }
 
+/// flex reads the packed bytes on the host: dequantizing in parallel over blocks, and the
+/// product with a few rows (decoding) without writing `W` ([`crate::quant::nf4_flex`]); anything
+/// it does not handle takes the generic path.
 #[cfg(feature = "flex")]
-impl Nf4Backend for burn::backend::Flex {}
+impl Nf4Backend for burn::backend::Flex {
+    fn nf4_dequantize(w: Nf4Parts<Self>) -> FloatTensor<Self> {
+        match crate::quant::nf4_flex::dequantize(&w) {
+            Some(t) => t,
+            None => dequantize::<Self>(w),
+        }
+    }
+
+    fn nf4_matmul(x: FloatTensor<Self>, w: Nf4Parts<Self>) -> FloatTensor<Self> {
+        match crate::quant::nf4_flex::fused_matmul(&x, &w) {
+            Some(y) => y,
+            None => Self::float_matmul(x, Self::nf4_dequantize(w)),
+        }
+    }
+}
 #[cfg(feature = "ndarray")]
 #[allow(deprecated)]
 impl Nf4Backend for burn::backend::NdArray {}
