@@ -330,25 +330,21 @@ impl Observer for Console {
     }
 }
 
-/// The before/after table and where the files are.
-fn print_summary(s: &Summary) {
+/// The before/after rows of the held-out numbers.
+fn print_heldout(s: &Summary, before: &EvalReport, after: &EvalReport) {
     let acc = |e: &EvalReport| {
         e.accuracy
             .map_or("—".to_string(), |a| format!("{:.1}%", 100.0 * a))
     };
-    let rss = s.peak_rss_bytes.map_or("—".into(), |b| {
-        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
-    });
-    println!();
     println!("                      before      after");
-    if s.before.accuracy.is_some() || s.after.accuracy.is_some() {
+    if before.accuracy.is_some() || after.accuracy.is_some() {
         println!(
             "  held-out accuracy   {:>8}   {:>8}",
-            acc(&s.before),
-            acc(&s.after)
+            acc(before),
+            acc(after)
         );
     }
-    if s.after.exact_match.is_some() {
+    if after.exact_match.is_some() {
         let rate = |e: &EvalReport| {
             e.exact_match
                 .map_or("—".to_string(), |a| format!("{:.1}%", 100.0 * a))
@@ -359,15 +355,29 @@ fn print_summary(s: &Summary) {
         };
         println!(
             "  held-out {name}{:>8}   {:>8}   ({} questions)",
-            rate(&s.before),
-            rate(&s.after),
-            s.after.exact_match_examples
+            rate(before),
+            rate(after),
+            after.exact_match_examples
         );
     }
     println!(
         "  held-out loss       {:>8.4}   {:>8.4}",
-        s.before.loss, s.after.loss
+        before.loss, after.loss
     );
+}
+
+/// The before/after table and where the files are.
+fn print_summary(s: &Summary) {
+    let rss = s.peak_rss_bytes.map_or("—".into(), |b| {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    });
+    println!();
+    match (&s.before, &s.after) {
+        (Some(before), Some(after)) => print_heldout(s, before, after),
+        _ => println!(
+            "  no held-out examples: nothing was evaluated, so no held-out number is reported"
+        ),
+    }
     println!("  tokens/s (train)    {:>8.0}", s.tokens_per_s);
     println!("  peak memory (RSS)   {rss:>8}");
     if let Some(q) = &s.quant {
@@ -388,7 +398,7 @@ fn print_summary(s: &Summary) {
     println!(
         "run directory: {}  (adapter/, metrics.jsonl, summary.json, loss.png{}{})",
         s.run_dir.display(),
-        if s.after.exact_match.is_some() {
+        if s.after.as_ref().is_some_and(|a| a.exact_match.is_some()) {
             ", samples.md, answers.jsonl"
         } else {
             ""

@@ -58,6 +58,12 @@ pub fn load(path: &Path, device: &Device) -> Result<Pretrained, ModelError> {
         let model = checkpoint::build_llama(&config, weights, device)?;
         (model, TextTokenizer::from_gguf(&file)?)
     };
+    tokenizer
+        .check_fits_embedding(model.config.vocab_size)
+        .map_err(|message| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
     let family = model.config.family;
     let fallback = family_chat_template(family).filter(|_| tokenizer.chat_template().is_none());
     if let Some(template) = fallback {

@@ -39,6 +39,12 @@ impl NamedWeights {
                 message: format!("shape {:?}, expected {shape:?}", t.shape),
             });
         }
+        // Non-finite weights would give NaN logits much later; refuse them where they enter.
+        t.check_finite().map_err(|message| ModelError::Tensor {
+            path: self.source.clone(),
+            name: name.into(),
+            message: format!("{message}: the checkpoint is corrupt"),
+        })?;
         Ok(t)
     }
 }
@@ -108,7 +114,8 @@ impl WeightSource for Loader {
 /// Builds the model from `ckpt`, consuming it.
 ///
 /// # Errors
-/// [`ModelError::Tensor`] for a missing or misshaped tensor, or for tensors left unused (named).
+/// [`ModelError::Tensor`] for a missing, misshaped or non-finite tensor, or for tensors left
+/// unused (named).
 pub fn build_llama(
     config: &LlamaConfig,
     ckpt: NamedWeights,

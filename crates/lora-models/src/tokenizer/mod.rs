@@ -321,6 +321,32 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// One past the largest id the tokenizer can produce (added tokens included).
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Checks that every id this tokenizer produces has a row in an embedding of `rows` rows; an
+    /// id past the last row would make the model's embedding lookup read out of bounds.
+    ///
+    /// # Errors
+    /// A message naming both sizes.
+    pub fn check_fits_embedding(&self, rows: usize) -> std::result::Result<(), String> {
+        let bound = self.id_bound();
+        if bound > rows {
+            return Err(format!(
+                "the tokenizer has ids up to {} but the embedding has only {rows} rows (vocab_size); the tokenizer and the weights come from different models",
+                bound - 1
+            ));
+        }
+        Ok(())
+    }
+
     /// Beginning-of-sequence id, if the model has one.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
