@@ -144,11 +144,21 @@ impl TextTokenizer {
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let json_path = dir.join("tokenizer.json");
-        let inner =
-            Tokenizer::from_file(&json_path).map_err(|source| TokenizerError::Tokenizers {
-                context: format!("loading {}", json_path.display()),
-                source,
-            })?;
+        let text = std::fs::read_to_string(&json_path).map_err(|source| TokenizerError::Io {
+            path: json_path.clone(),
+            source,
+        })?;
+        // Parse as plain JSON first: `tokenizers` 0.22 panics (`expect("Helper")` in its decoder
+        // deserializer) on some malformed JSON instead of returning an error; valid JSON cannot
+        // reach that panic, and this error names the line and column.
+        serde_json::from_str::<Json>(&text).map_err(|source| TokenizerError::Json {
+            path: json_path.clone(),
+            source,
+        })?;
+        let inner: Tokenizer = text.parse().map_err(|source| TokenizerError::Tokenizers {
+            context: format!("loading {}", json_path.display()),
+            source,
+        })?;
         let config_path = dir.join("tokenizer_config.json");
         let config: Json = match std::fs::read_to_string(&config_path) {
             Ok(text) => serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
