@@ -44,44 +44,44 @@ pub struct Args {
     pub eval_metric: Option<MetricFlag>,
     /// Most tokens generated per held-out answer (0 = the longest reference + 16)
     /// [eval_max_new_tokens].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub eval_max_new_tokens: Option<usize>,
     /// Optimizer steps [steps].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub steps: Option<usize>,
     /// LoRA rank r [lora.r].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rank: Option<usize>,
     /// lora_alpha [lora.lora_alpha, adalora.lora_alpha].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub alpha: Option<f64>,
     /// LoRA dropout [lora.lora_dropout, adalora.lora_dropout].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub dropout: Option<f64>,
     /// Target modules: `q_proj,v_proj`, `all-linear` or `re:<regex>` [lora.target_modules,
     /// adalora.target_modules].
     #[arg(long)]
     pub targets: Option<String>,
     /// Peak learning rate [lr].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Sequences per micro-batch [batch_size].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     /// Micro-batches per optimizer step [grad_accum].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub grad_accum: Option<usize>,
     /// Longest sequence in tokens [seq_len].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seq_len: Option<usize>,
     /// Evaluate every N steps (0 = before and after only) [eval_every].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub eval_every: Option<usize>,
     /// Use at most N held-out examples (0 = all) [eval_limit].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub eval_limit: Option<usize>,
     /// Checkpoint every N steps [save_every].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub save_every: Option<usize>,
     /// flex (default), ndarray or wgpu [backend].
     #[arg(long)]
@@ -89,7 +89,7 @@ pub struct Args {
     #[command(flatten)]
     pub quant: QuantArgs,
     /// Seed [seed].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Run directory (default runs/run-<unix time>); must be new or empty.
     #[arg(long, conflicts_with = "resume")]
@@ -103,20 +103,20 @@ pub struct Args {
     #[arg(long)]
     pub method: Option<String>,
     /// AdaLoRA: the rank every adapted matrix starts with (PEFT default 12) [adalora.init_r].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub init_r: Option<usize>,
     /// AdaLoRA: the average rank per adapted matrix at the end (PEFT default 8)
     /// [adalora.target_r].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub target_r: Option<usize>,
     /// AdaLoRA: steps at the full budget before pruning starts (PEFT default 0) [adalora.tinit].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub tinit: Option<usize>,
     /// AdaLoRA: final steps at the target budget, masks fixed (PEFT default 0) [adalora.tfinal].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub tfinal: Option<usize>,
     /// AdaLoRA: steps between budget allocations (PEFT default 1) [adalora.deltaT].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub delta_t: Option<usize>,
     /// Machine-readable output: one JSON object per line on stdout, no progress bar.
     #[arg(long)]

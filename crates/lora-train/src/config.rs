@@ -398,3 +398,74 @@ impl TrainConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layered(toml: &str) -> Result<TrainConfig, TrainError> {
+        TrainConfig::layered(&[("test", toml.parse().unwrap())])
+    }
+
+    #[test]
+    fn optimizer_and_schedule_settings_must_be_finite_and_in_range() {
+        for (setting, key) in [
+            ("weight_decay = nan", "weight_decay"),
+            ("weight_decay = -0.1", "weight_decay"),
+            ("max_grad_norm = -1.0", "max_grad_norm"),
+            ("max_grad_norm = inf", "max_grad_norm"),
+            ("warmup_steps = 1000000000000", "warmup_steps"),
+            ("steps = 1000000000000", "steps"),
+            ("batch_size = 1000000", "batch_size"),
+            ("seq_len = 100000000", "seq_len"),
+            ("lr = nan", "lr"),
+            ("min_lr_ratio = nan", "min_lr_ratio"),
+            ("[lora]\nlora_alpha = nan", "lora_alpha"),
+            ("[lora]\nlora_dropout = nan", "lora_dropout"),
+            ("[lora]\nr = 5000", "r = 5000"),
+            (
+                "method = \"adalora\"\n[adalora]\north_reg_weight = inf",
+                "orth_reg_weight",
+            ),
+        ] {
+            let err = layered(setting).unwrap_err().to_string();
+            assert!(err.contains(key), "{setting}: {err}");
+        }
+        assert!(layered("weight_decay = 0.01\nmax_grad_norm = 0.0").is_ok());
+    }
+
+    #[test]
+    fn resume_conflicts_list_what_defines_the_run_and_allow_what_does_not() {
+        let saved = TrainConfig::default();
+        let given = TrainConfig {
+            steps: 400,
+            eval_every: 10,
+            backend: "ndarray".into(),
+            ..saved.clone()
+        };
+        assert!(given.resume_conflicts(&saved).unwrap().is_empty());
+        let mut given = saved.clone();
+        given.lora.r = 16;
+        given.lora.lora_alpha = 32.0;
+        given.data = "other.jsonl".into();
+        given.quant.method = QuantMethod::Nf4;
+        let conflicts = given.resume_conflicts(&saved).unwrap();
+        assert_eq!(
+            conflicts,
+            vec![
+                "data: \"trec\" → \"other.jsonl\"",
+                "lora.lora_alpha: 16.0 → 32.0",
+                "lora.r: 8 → 16",
+                "quant.method: \"none\" → \"nf4\"",
+            ]
+        );
+        let model = TrainConfig {
+            model: Some("other.gguf".into()),
+            ..saved.clone()
+        };
+        assert_eq!(
+            model.resume_conflicts(&saved).unwrap(),
+            vec!["model: (unset) → \"other.gguf\""]
+        );
+    }
+}
