@@ -20,14 +20,16 @@ scripts/requirements.txt):
 
 Modes:
 
-    # (default) write the default parts (tiny, peft, dequant, families, smollm2, …) into <repo>/fixtures/
-    python scripts/make_fixtures.py [--out DIR] [--model GGUF] [--parts tiny,peft,adalora,dequant,gguf-quants,nf4,families,smollm2]
+    # (default) write the default parts (tiny, peft, dora, dequant, families, smollm2, …) into <repo>/fixtures/
+    python scripts/make_fixtures.py [--out DIR] [--model GGUF]
+        [--parts tiny,peft,adalora,dora,loraplus,combine,dequant,gguf-quants,nf4,families,smollm2,smollm2-nf4]
 
     # the real Gemma 3 270M's reference (not in the default set: `cargo xtask fetch --model gemma3-270m` first)
     python scripts/make_fixtures.py --parts gemma3-270m
 
-    # the PEFT adapter on the real SmolLM2 (not in the default set: it loads the model again)
-    python scripts/make_fixtures.py --parts smollm2-peft
+    # the PEFT LoRA / DoRA adapters on the real SmolLM2 (not in the default set: each loads the
+    # model again)
+    python scripts/make_fixtures.py --parts smollm2-peft,smollm2-dora
 
     # load a base model (GGUF file or HF directory) plus a PEFT adapter directory and compare the
     # next-token logits with FILE.json (as printed by `burn-lora logits --json`, plus "prompt")
@@ -42,8 +44,9 @@ Modes:
 Each check mode prints one line starting with PASS or FAIL and exits 0 or 1.
 
 This file is the command line only; the code is in scripts/fixturegen/ (common.py: constants and
-helpers; tiny.py, peft_parts.py, adalora.py, dequant.py, gguf_quants.py, nf4.py, smollm2.py: one module per fixture part;
-checks.py: the check modes; families.py: a tiny model of each family beyond Llama; gemma3.py: the real Gemma 3 270M).
+helpers; tiny.py, peft_parts.py, adalora.py, dora.py (dora, loraplus), combine.py, dequant.py, gguf_quants.py, nf4.py,
+smollm2.py: one module per fixture part; checks.py: the check modes; families.py: a tiny model of each family beyond
+Llama; gemma3.py: the real Gemma 3 270M).
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ from fixturegen.common import (
 )
 from fixturegen.adalora import make_adalora_fixtures
 from fixturegen.checks import check_adapter, check_merged, run_check, self_test
+from fixturegen.combine import make_combine_fixtures
 from fixturegen.dequant import make_dequant_fixture
+from fixturegen.dora import make_dora_fixtures, make_loraplus_fixture
 from fixturegen.gguf_quants import make_gguf_quants_fixture
 from fixturegen.families import make_family_fixtures
 from fixturegen.gemma3 import DEFAULT_GEMMA3, make_gemma3_reference
@@ -125,6 +130,15 @@ def main(argv=None) -> int:
     if "adalora" in parts:
         log("PEFT AdaLoRA training run")
         make_adalora_fixtures(out / "tiny-llama", seed=SEEDS["adalora"])
+    if "dora" in parts:
+        log("PEFT DoRA adapter")
+        make_dora_fixtures(out / "tiny-llama", seed=SEEDS["dora"])
+    if "loraplus" in parts:
+        log("PEFT LoRA+ optimizer step")
+        make_loraplus_fixture(out / "tiny-llama")
+    if "combine" in parts:
+        log("PEFT add_weighted_adapter combinations")
+        make_combine_fixtures(out / "tiny-llama", seed=SEEDS["combine"])
     if "dequant" in parts:
         log("GGUF dequantization fixture")
         make_dequant_fixture(out, seed=SEEDS["dequant"])
@@ -145,7 +159,7 @@ def main(argv=None) -> int:
         log(f"Gemma 3 270M reference from {gemma}")
         make_gemma3_reference(gemma, out)
     model = args.model or DEFAULT_MODEL
-    if parts & {"smollm2", "smollm2-peft", "smollm2-nf4"} and not model.exists():
+    if parts & {"smollm2", "smollm2-peft", "smollm2-nf4", "smollm2-dora"} and not model.exists():
         log(f"error: {model} not found (pass --model, or leave smollm2 / smollm2-peft out of --parts)")
         return 1
     if "smollm2" in parts:
@@ -157,6 +171,9 @@ def main(argv=None) -> int:
     if "smollm2-peft" in parts:
         log(f"PEFT adapter on SmolLM2 from {model}")
         make_smollm2_peft(model, out, seed=SEEDS["smollm2_peft"])
+    if "smollm2-dora" in parts:
+        log(f"PEFT DoRA adapter on SmolLM2 from {model}")
+        make_smollm2_peft(model, out, seed=SEEDS["smollm2_dora"], dora=True)
 
     total = 0
     log("written:")

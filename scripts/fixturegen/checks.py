@@ -122,8 +122,14 @@ def check_adapter(adapter_dir: Path, model_path: Path, expect: Path, atol: float
             raise CheckFailed(f"adapter key without the base_model.model. prefix: {k}")
         stem, dot, last = k.rpartition(".")  # ...lora_A . weight
         # LoRA keys end in .lora_A.weight (module), AdaLoRA's in .lora_A / .lora_B / .lora_E
-        # (bare parameters): the adapter name goes before .weight, or at the very end.
-        mk = f"{k}.default" if last in ("lora_A", "lora_B", "lora_E") else f"{stem}.default.{last}"
+        # (bare parameters): the adapter name goes before .weight, or at the very end. DoRA's
+        # .lora_magnitude_vector is saved without the .weight its module has in the model.
+        if last == "lora_magnitude_vector":
+            mk = f"{k}.default.weight"
+        elif last in ("lora_A", "lora_B", "lora_E"):
+            mk = f"{k}.default"
+        else:
+            mk = f"{stem}.default.{last}"
         if mk not in model_sd:
             raise CheckFailed(f"adapter tensor {k} matches no module of the model")
         if tuple(model_sd[mk].shape) != tuple(v.shape):
@@ -140,7 +146,7 @@ def check_adapter(adapter_dir: Path, model_path: Path, expect: Path, atol: float
         log(f"  AdaLoRA: init_r={cfg.init_r}, target_r={cfg.target_r}, total_step={cfg.total_step}, "
             f"kept ranks {sum(ranks.values()) if ranks else 'all'} over {len(ranks) or 'every'} modules")
     log(f"  adapter: {len(file_sd)} tensors, r={cfg.r}, lora_alpha={cfg.lora_alpha}, "
-        f"use_rslora={cfg.use_rslora}, targets={sorted(cfg.target_modules) if not isinstance(cfg.target_modules, str) else cfg.target_modules}")
+        f"use_rslora={cfg.use_rslora}, use_dora={getattr(cfg, 'use_dora', False)}, targets={sorted(cfg.target_modules) if not isinstance(cfg.target_modules, str) else cfg.target_modules}")
 
     logits = last_logits(pm, exp["ids"])
     moved = float((logits - base_logits).abs().max())
@@ -205,6 +211,14 @@ def self_test(fixtures: Path, atol: float) -> int:
         good = expect_from(pm, "adapter")
         ada = PeftModel.from_pretrained(load_causal_lm(tiny), str(tiny / "peft-adalora")).eval()
         ada_good = expect_from(ada, "adalora")
+        dora = PeftModel.from_pretrained(load_causal_lm(tiny), str(tiny / "peft-dora")).eval()
+        dora_good = expect_from(dora, "dora")
+        # A DoRA adapter whose magnitude vectors were dropped: PEFT would keep its initial ‖W‖.
+        no_mag = tmp / "dora-no-magnitude"
+        shutil.copytree(tiny / "peft-dora", no_mag)
+        sd = load_file(str(no_mag / "adapter_model.safetensors"))
+        sd = {k: v for k, v in sd.items() if "lora_magnitude_vector" not in k}
+        save_file(sd, str(no_mag / "adapter_model.safetensors"), metadata={"format": "pt"})
         merged_dir = tmp / "merged"
         pm.merge_and_unload().save_pretrained(str(merged_dir))
         base_exp = expect_from(load_causal_lm(tiny), "base")
@@ -244,6 +258,8 @@ def self_test(fixtures: Path, atol: float) -> int:
             ("pruned AdaLoRA adapter matches", 0, check_adapter, tiny / "peft-adalora", tiny, ada_good, atol),
             ("AdaLoRA adapter vs base expectations", 1, check_adapter, tiny / "peft-adalora", tiny, base_exp,
              atol),
+            ("DoRA adapter matches", 0, check_adapter, tiny / "peft-dora", tiny, dora_good, atol),
+            ("DoRA adapter without its magnitudes", 1, check_adapter, no_mag, tiny, dora_good, atol),
             ("merged dir matches adapter", 0, check_merged, merged_dir, good, atol),
             ("merged dir vs base expectations", 1, check_merged, merged_dir, base_exp, atol),
             ("merged dir without lm_head", 1, check_merged, no_head, good, atol),

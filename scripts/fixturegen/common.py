@@ -27,7 +27,8 @@ PROMPT_MASK = 3  # labels: the first 3 positions of each row are -100
 # greedy decoding does not just repeat one token and the top-1/top-2 logit gap stays > 0.04 at
 # every step: an f32 implementation then cannot flip a greedy choice by rounding.
 SEEDS = {"tiny": 1236, "tiny_tied": 1335, "peft": 1434, "dequant": 1534, "smollm2_peft": 1634, "nf4": 1734,
-         "adalora": 1834, "gguf_quants": 1934, "families": 1934}
+         "adalora": 1834, "dora": 1934, "combine": 2034, "smollm2_dora": 2134, "gguf_quants": 1934,
+         "families": 1934}
 TIED_EMBED_STD = 0.1
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -37,9 +38,10 @@ SMOLLM2_CHAT_MESSAGES = [{"role": "user", "content": "What is the capital of Fra
 
 # Every fixture part, in the order they are written; the default --parts. `smollm2-peft` is not in
 # the default set: it loads the real model a second time and is slow on a small machine.
-ALL_PARTS = ["tiny", "peft", "adalora", "dequant", "gguf-quants", "nf4", "families", "smollm2", "smollm2-nf4",
-             "smollm2-peft", "gemma3-270m"]
-DEFAULT_PARTS = ["tiny", "peft", "adalora", "dequant", "gguf-quants", "nf4", "families", "smollm2", "smollm2-nf4"]
+ALL_PARTS = ["tiny", "peft", "adalora", "dora", "loraplus", "combine", "dequant", "gguf-quants", "nf4", "families",
+             "smollm2", "smollm2-nf4", "smollm2-peft", "smollm2-dora", "gemma3-270m"]
+DEFAULT_PARTS = ["tiny", "peft", "adalora", "dora", "loraplus", "combine", "dequant", "gguf-quants", "nf4", "families",
+                 "smollm2", "smollm2-nf4"]
 
 
 # --------------------------------------------------------------------------------------------

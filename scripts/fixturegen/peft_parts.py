@@ -25,7 +25,41 @@ def randomize_lora_b(peft_model, adapter: str, seed: int, std: float = 0.1) -> N
                 p.copy_(std * torch.randn(p.shape, generator=gen))
 
 
+def adapter_key(name: str) -> tuple[str, str]:
+    """`base_model.model.<path>.lora_A.default.weight` -> (path, "lora_A"); DoRA's
+    `...lora_magnitude_vector.default.weight` -> (path, "lora_magnitude_vector")."""
+    module_path, _, rest = name.removeprefix("base_model.model.").partition(".lora_")
+    return module_path, "lora_" + rest.split(".")[0]
+
+
+def adapter_gradients(peft_model) -> dict[str, torch.Tensor]:
+    """`grad.<module path>.<lora_A|lora_B|lora_magnitude_vector>` after a backward pass; checks
+    that no frozen parameter got a gradient and every adapter tensor a non-zero one."""
+    grads = {}
+    for name, p in sorted(peft_model.named_parameters(), key=lambda kv: kv[0]):
+        if ".lora_" not in name:
+            assert p.grad is None, f"frozen parameter {name} got a gradient"
+            continue
+        assert p.grad is not None and p.grad.abs().max() > 0, f"{name} got no gradient"
+        path, which = adapter_key(name)
+        grads[f"grad.{path}.{which}"] = p.grad.detach().clone()
+    return grads
+
+
+def scale_dora_magnitudes(peft_model, seed: int, std: float) -> None:
+    """DoRA's magnitude starts at ‖W‖; scale it by (1 + std·N(0, 1)) so a fixture checks that the
+    loaded magnitudes are used, not recomputed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(peft_model.named_parameters(), key=lambda kv: kv[0]):
+            if "lora_magnitude_vector" in name:
+                p.mul_(1.0 + std * torch.randn(p.shape, generator=gen))
+
+
 def save_adapter(peft_model, out: Path) -> None:
+    """save_pretrained into a fresh `out` (an older copy is removed first)."""
+    if out.exists():
+        shutil.rmtree(out)
     peft_model.save_pretrained(str(out))
     (out / "README.md").unlink(missing_ok=True)  # PEFT writes a model-card stub; not needed
     # PEFT writes target_modules from a set, so its order changes from run to run (hash seed).
@@ -65,8 +99,6 @@ def make_peft_fixtures(tiny_dir: Path, seed: int) -> None:
     pm.eval()
 
     out = tiny_dir / "peft-adapter"
-    if out.exists():
-        shutil.rmtree(out)
     save_adapter(pm, out)
 
     with torch.no_grad():
@@ -84,16 +116,7 @@ def make_peft_fixtures(tiny_dir: Path, seed: int) -> None:
     assert torch.allclose(loss, manual, atol=1e-6), (loss, manual)
     loss.backward()
 
-    grads = {}
-    for name, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
-        if ".lora_" not in name:
-            assert p.grad is None, f"frozen parameter {name} got a gradient"
-            continue
-        # base_model.model.<module path>.lora_A.default.weight -> grad.<module path>.lora_A
-        assert p.grad is not None and p.grad.abs().max() > 0, f"{name} got no gradient"
-        module_path, _, rest = name.removeprefix("base_model.model.").partition(".lora_")
-        which = "lora_" + rest.split(".")[0]  # lora_A / lora_B
-        grads[f"grad.{module_path}.{which}"] = p.grad.detach().clone()
+    grads = adapter_gradients(pm)
     assert len(grads) == 2 * 2 * len(LORA_TARGETS), sorted(grads)
 
     # --- rsLoRA adapter: r=8, alpha=16, scaling 16/sqrt(8), q/v of layer 1 only ----------------
@@ -107,8 +130,6 @@ def make_peft_fixtures(tiny_dir: Path, seed: int) -> None:
     assert all(".layers.1." in n for n in lora_names) and len(lora_names) == 4, lora_names
 
     out_rs = tiny_dir / "peft-adapter-rslora"
-    if out_rs.exists():
-        shutil.rmtree(out_rs)
     save_adapter(pm_rs, out_rs)
     with torch.no_grad():
         logits_rs = pm_rs(input_ids).logits

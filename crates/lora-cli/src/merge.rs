@@ -1,4 +1,5 @@
-//! `burn-lora merge`: fold a LoRA adapter into the base weights and write a Hugging Face
+//! `burn-lora merge`: fold a LoRA / DoRA / AdaLoRA adapter — or a weighted combination of
+//! several (`--adapter NAME=DIR … --weights …`) — into the base weights and write a Hugging Face
 //! directory (`config.json`, `model.safetensors`, tokenizer files) that transformers loads.
 //!
 //! With `--quant nf4` the adapter is merged into the dequantized weights, which are written in
@@ -76,8 +77,10 @@ pub fn run(args: Args) -> Result<()> {
         "gguf" => return crate::gguf_out::merge_to_gguf(&args.model, &args.out, &args.weight_type),
         other => bail!("--format {other:?}: choose hf or gguf"),
     }
-    if args.model.adapter.is_none() {
-        bail!("merge needs --adapter DIR (a PEFT LoRA adapter directory)");
+    if !args.model.has_adapter() {
+        bail!(
+            "merge needs --adapter DIR (a PEFT adapter directory), or several --adapter NAME=DIR with --weights"
+        );
     }
     let dtype = match args.dtype.as_str() {
         "f32" | "float32" => DiskDtype::F32,

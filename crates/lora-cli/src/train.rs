@@ -62,9 +62,17 @@ pub struct Args {
     /// adalora.target_modules].
     #[arg(long)]
     pub targets: Option<String>,
+    /// DoRA (weight-decomposed LoRA, PEFT's use_dora): a trainable magnitude per output unit on
+    /// top of LoRA's direction [lora.use_dora].
+    #[arg(long)]
+    pub use_dora: bool,
     /// Peak learning rate [lr].
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
+    /// LoRA+: lora_B (and DoRA's magnitude) learn at this many times --lr, as PEFT's
+    /// create_loraplus_optimizer (the paper suggests 16) [loraplus_lr_ratio].
+    #[arg(long)]
+    pub loraplus_lr_ratio: Option<f64>,
     /// Sequences per micro-batch [batch_size].
     #[arg(long, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
@@ -169,6 +177,7 @@ impl Args {
         o.set("", "eval_max_new_tokens", int(self.eval_max_new_tokens));
         o.set("", "steps", int(self.steps));
         o.set("", "lr", float(self.lr));
+        o.set("", "loraplus_lr_ratio", float(self.loraplus_lr_ratio));
         o.set("", "batch_size", int(self.batch_size));
         o.set("", "grad_accum", int(self.grad_accum));
         o.set("", "seq_len", int(self.seq_len));
@@ -187,6 +196,7 @@ impl Args {
             text(&self.method.as_ref().map(|m| m.to_ascii_lowercase())),
         );
         o.set("lora", "r", int(self.rank));
+        o.set("lora", "use_dora", self.use_dora.then_some(true.into()));
         let targets = match &self.targets {
             Some(t) => Some(toml::Value::try_from(TargetModules::parse_cli(t))?),
             None => None,

@@ -96,6 +96,85 @@ fn a_requantize_report_without_an_nf4_base_is_refused() {
 }
 
 #[test]
+fn several_adapters_need_names_and_weights() {
+    let logits = |extra: &[&str]| {
+        let mut args = vec!["logits", "--prompt", "hi"];
+        args.extend_from_slice(extra);
+        stderr_of(&args)
+    };
+    let err = logits(&["--adapter", "a=x", "--adapter", "b=y"]);
+    assert!(err.contains("add --weights"), "{err}");
+    let err = logits(&["--adapter", "x", "--adapter", "b=y", "--weights", "0.5,0.5"]);
+    assert!(err.contains("NAME=DIR"), "{err}");
+    let err = logits(&[
+        "--adapter",
+        "a=x",
+        "--weights",
+        "1",
+        "--combination",
+        "ties",
+    ]);
+    assert!(err.contains("linear, cat or svd"), "{err}");
+}
+
+/// `cat` with weights 0.5, 0.5 of one adapter and itself is that adapter (0.5·ΔW + 0.5·ΔW), so
+/// `logits` gives the single adapter's numbers; `linear` does not (it mixes A and B separately:
+/// (√0.5 + √0.5)²·ΔW = 2·ΔW). Needs the real SmolLM2; skipped without it.
+#[test]
+fn an_adapter_combined_with_itself_by_cat_is_that_adapter() {
+    let model = lora_models::cache::default_model_path();
+    if !model.exists() {
+        eprintln!("skipping: {} not fetched", model.display());
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/smollm2-peft-adapter");
+    let dir = dir.to_string_lossy().into_owned();
+    let top = |extra: &[String]| -> Vec<(u64, f64)> {
+        let out = bin()
+            .args(["logits", "--prompt", "The capital of France is", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["top_k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["id"].as_u64().unwrap(), e["logit"].as_f64().unwrap()))
+            .collect()
+    };
+    let single = top(&["--adapter".into(), dir.clone()]);
+    let pair = |kind: &str| {
+        top(&[
+            "--adapter".into(),
+            format!("a={dir}"),
+            "--adapter".into(),
+            format!("b={dir}"),
+            "--weights".into(),
+            "0.5,0.5".into(),
+            "--combination".into(),
+            kind.into(),
+        ])
+    };
+    let cat = pair("cat");
+    for (s, c) in single.iter().zip(&cat) {
+        assert_eq!(s.0, c.0);
+        assert!((s.1 - c.1).abs() < 1e-3, "{single:?} vs {cat:?}");
+    }
+    let linear = pair("linear");
+    let moved = single
+        .iter()
+        .zip(&linear)
+        .any(|(s, l)| (s.1 - l.1).abs() > 1e-2);
+    assert!(moved, "linear doubles the update: {single:?} vs {linear:?}");
+}
+
+#[test]
 fn resuming_a_directory_that_is_not_a_run_is_refused() {
     let dir = scratch("notarun");
     std::fs::create_dir_all(&dir).unwrap();

@@ -58,6 +58,17 @@ impl BaseWeight {
         }
     }
 
+    /// A dense weight holding `weight` (`[d_in, d_out]`, detached), in place of this one: the
+    /// parameter keeps its id when it was dense; an NF4 weight becomes dense (see
+    /// [`BaseWeight::map`] for why nothing is re-quantized).
+    pub fn replace(self, weight: Tensor<2>) -> Self {
+        let weight = weight.detach();
+        match self {
+            BaseWeight::Dense(w) => BaseWeight::Dense(w.map(|_| weight)),
+            BaseWeight::Nf4(_) => BaseWeight::dense(weight),
+        }
+    }
+
     /// Quantizes a dense weight to NF4 (a no-op for one already in NF4).
     ///
     /// # Errors

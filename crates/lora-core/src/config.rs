@@ -144,6 +144,10 @@ pub struct LoraConfig {
     /// rsLoRA: scale by `lora_alpha / √r` instead of `lora_alpha / r`.
     #[serde(default)]
     pub use_rslora: bool,
+    /// DoRA (Liu et al. 2024): a trainable magnitude per output unit on top of LoRA's direction,
+    /// `W' = m ⊙ (W + s·A·B) / ‖W + s·A·B‖` ([`crate::dora`]). PEFT default `false`.
+    #[serde(default)]
+    pub use_dora: bool,
     /// How A and B start.
     #[serde(default)]
     pub init_lora_weights: InitLoraWeights,
@@ -177,6 +181,7 @@ impl Default for LoraConfig {
             target_modules: default_targets(),
             layers_to_transform: None,
             use_rslora: false,
+            use_dora: false,
             init_lora_weights: InitLoraWeights::Default,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),

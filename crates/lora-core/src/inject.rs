@@ -11,7 +11,9 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use crate::adapter::Adapter;
+use crate::base_weight::BaseWeight;
 use crate::config::LoraConfig;
+use crate::dora::DoraAdapter;
 use crate::error::LoraError;
 use crate::linear::LoraLinear;
 use crate::lora::LoraAdapter;
@@ -109,12 +111,14 @@ impl AdaptReport {
     }
 }
 
-/// Where [`attach_adapters`] puts an adapter: the layer's path and shape, and the rank and
-/// `lora_alpha` the config gives it (after `rank_pattern` / `alpha_pattern`).
+/// Where [`attach_adapters`] puts an adapter: the layer's path, shape and frozen weight, and
+/// the rank and `lora_alpha` the config gives it (after `rank_pattern` / `alpha_pattern`).
 #[derive(Clone, Copy, Debug)]
 pub struct Slot<'a> {
     /// Module path.
     pub path: &'a str,
+    /// The layer's frozen `W` (DoRA's magnitude starts at its norm).
+    pub weight: &'a BaseWeight,
     /// Input width.
     pub d_in: usize,
     /// Output width.
@@ -176,12 +180,14 @@ pub fn attach_adapters<M: LoraModel>(
             let (d_in, d_out) = lin.dims();
             let slot = Slot {
                 path,
+                weight: &lin.weight,
                 d_in,
                 d_out,
                 r,
                 lora_alpha,
             };
-            lin.attach(make(slot)?, path)?;
+            let adapter = make(slot)?;
+            lin.attach(adapter, path)?;
         }
         Ok(())
     })?;
@@ -190,7 +196,8 @@ pub fn attach_adapters<M: LoraModel>(
 }
 
 /// Freezes every parameter of `model`, then attaches a new LoRA adapter to each linear layer
-/// that `config` selects (PEFT `get_peft_model`). Returns the model and what was adapted.
+/// that `config` selects (PEFT `get_peft_model`) — a DoRA adapter when `config.use_dora`, its
+/// magnitude starting at `‖W + s·A·B‖`. Returns the model and what was adapted.
 ///
 /// # Errors
 /// [`LoraError::InvalidConfig`] / [`LoraError::BadRegex`] for a bad config,
@@ -202,7 +209,12 @@ pub fn apply_lora<M: LoraModel>(
 ) -> Result<(M, AdaptReport), LoraError> {
     config.validate()?;
     attach_adapters(model, config, &mut |s| {
-        LoraAdapter::init(s.d_in, s.d_out, s.r, s.lora_alpha, config, device).map(Adapter::Lora)
+        let lora = LoraAdapter::init(s.d_in, s.d_out, s.r, s.lora_alpha, config, device)?;
+        Ok(if config.use_dora {
+            Adapter::Dora(DoraAdapter::init(lora, &s.weight.val()))
+        } else {
+            Adapter::Lora(lora)
+        })
     })
 }
 

@@ -23,20 +23,26 @@
 //! 1. [`linear`] — [`LoraLinear`]: `y = x·W + b + adapter(x)`, merge and unmerge;
 //! 2. [`lora`] — [`LoraAdapter`]: LoRA's `scaling · (dropout(x)·A)·B` and its initialisation;
 //! 3. [`adapter`] — [`Adapter`]: the kinds of update a layer can carry, dispatched in one place;
+//!    [`dora`] — [`DoraAdapter`]: DoRA's magnitude and direction on top of LoRA's factors;
 //! 4. [`config`] and [`targets`] — [`LoraConfig`] (PEFT's names and defaults) and which module
 //!    paths it selects;
 //! 5. [`inject`] — [`LoraModel`] (a model's linear layers by path), [`apply_lora`],
 //!    [`merge_and_unload`];
 //! 6. [`peft`] — adapter files both ways ([`peft::load_adapter`], [`peft::save_adapter`]);
+//!    [`adapter_set`] — [`AdapterSet`]: several named adapters, one active, and [`combine`]:
+//!    PEFT's `add_weighted_adapter` (`linear`, `cat`, `svd`);
 //! 7. [`base_weight`] and [`quant`] — the frozen `W`: dense or NF4 (QLoRA);
 //! 8. [`adalora`] — AdaLoRA: the SVD-form adapter and its rank allocator;
 //! 9. [`tensor_io`], [`backend`], [`error`] — safetensors on the host, devices, the error type.
 
 pub mod adalora;
 pub mod adapter;
+pub mod adapter_set;
 pub mod backend;
 pub mod base_weight;
+pub mod combine;
 pub mod config;
+pub mod dora;
 pub mod error;
 pub mod inject;
 pub mod linear;
@@ -47,9 +53,12 @@ pub mod targets;
 pub mod tensor_io;
 
 pub use adapter::Adapter;
+pub use adapter_set::AdapterSet;
 pub use backend::{BackendKind, select_device};
 pub use base_weight::BaseWeight;
+pub use combine::{Combination, WeightedCombination};
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
+pub use dora::DoraAdapter;
 pub use error::LoraError;
 pub use inject::{
     AdaptReport, AdaptedModule, LinearVisitor, LoraModel, Slot, apply_lora, attach_adapters,

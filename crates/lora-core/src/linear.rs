@@ -8,7 +8,8 @@
 //! `merge`, `unmerge`, `get_delta_weight`). The base output is never scaled; the adapter's term
 //! (`scaling · (dropout(x)·A)·B`, [`crate::lora::LoraAdapter::forward`]) runs on the activations
 //! — `x·A` then `·B`, `O(T·r·(d_in + d_out))` — and never rebuilds a dense `W + ΔW` while
-//! training. Which update a layer carries (LoRA, AdaLoRA) is the [`Adapter`] enum's business.
+//! training. Which update a layer carries (LoRA, AdaLoRA, DoRA) is the [`Adapter`] enum's
+//! business; the layer hands every adapter its `W` and `x·W`, which only DoRA reads.
 //!
 //! # Shapes (burn layout, the transpose of PyTorch's)
 //! - `W` (`weight`): `[d_in, d_out]`, frozen; `b` (`bias`): `[d_out]`, frozen
@@ -81,14 +82,18 @@ impl LoraLinear {
     /// # Shapes
     /// `x`: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = linear(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
-        match &self.adapter {
-            Some(adapter) if !self.merged => base + adapter.forward(x),
+        let w = self.weight.val(); // dequantized once for NF4, shared with DoRA's norm
+        let base = linear(x.clone(), w.clone(), None); // x·W
+        let y = match &self.adapter {
+            Some(adapter) if !self.merged => {
+                let update = adapter.forward(x, &base, &w);
+                base + update
+            }
             _ => base,
+        };
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
         }
     }
 
@@ -118,26 +123,29 @@ impl LoraLinear {
         Ok(())
     }
 
-    /// Folds the update into the base weight: `W ← W + scaling · A·B`. Forward then skips the
-    /// LoRA path, so inference costs exactly the base layer's.
+    /// Folds the update into the base weight: `W ← W + scaling · A·B` (DoRA:
+    /// `W ← (m/‖W + ΔW‖) ⊙ (W + ΔW)`). Forward then skips the adapter, so inference costs
+    /// exactly the base layer's.
     ///
     /// # Errors
     /// [`LoraError::MergeState`] if there is no adapter or the layer is already merged.
     pub fn merge(&mut self, path: &str) -> Result<(), LoraError> {
-        let delta = self.delta_for(path, false)?;
+        let w = self.weight.val();
+        let merged = self.adapter_in_state(path, false)?.merge_into(w);
         // An NF4 base is dequantized and stays dense: re-quantizing would round ΔW away.
-        self.weight = self.weight.clone().map(|w| w + delta);
+        self.weight = self.weight.clone().replace(merged);
         self.merged = true;
         Ok(())
     }
 
-    /// Undoes [`merge`](Self::merge): `W ← W − scaling · A·B`.
+    /// Undoes [`merge`](Self::merge): `W ← W − scaling · A·B` (DoRA: `W ← W'/(m/‖·‖) − ΔW`).
     ///
     /// # Errors
     /// [`LoraError::MergeState`] if there is no adapter or the layer is not merged.
     pub fn unmerge(&mut self, path: &str) -> Result<(), LoraError> {
-        let delta = self.delta_for(path, true)?;
-        self.weight = self.weight.clone().map(|w| w - delta);
+        let w = self.weight.val();
+        let base = self.adapter_in_state(path, true)?.unmerge_from(w, path)?;
+        self.weight = self.weight.clone().replace(base);
         self.merged = false;
         Ok(())
     }
@@ -178,21 +186,22 @@ impl LoraLinear {
             });
         }
         match &self.weight {
-            BaseWeight::Nf4(w) => requantize_report_weight(w, adapter.delta_weight(), config),
+            BaseWeight::Nf4(w) => {
+                let delta = adapter.effective_delta(&self.weight.val());
+                requantize_report_weight(w, delta, config)
+            }
             BaseWeight::Dense(_) => Err(LoraError::InvalidConfig(format!(
                 "{path}: the base weight is not NF4; there is nothing to re-quantize"
             ))),
         }
     }
 
-    fn delta_for(&self, path: &str, want_merged: bool) -> Result<Tensor<2>, LoraError> {
-        let Some(adapter) = &self.adapter else {
-            return Err(LoraError::MergeState {
-                path: path.into(),
-                what: "has no LoRA adapter".into(),
-            });
-        };
-        let delta = adapter.delta_weight();
+    /// The adapter, if the layer has one and its merge state is `want_merged`.
+    fn adapter_in_state(
+        &mut self,
+        path: &str,
+        want_merged: bool,
+    ) -> Result<&mut Adapter, LoraError> {
         if self.merged != want_merged {
             let what = if want_merged {
                 "is not merged"
@@ -204,7 +213,10 @@ impl LoraLinear {
                 what: what.into(),
             });
         }
-        Ok(delta)
+        self.adapter.as_mut().ok_or_else(|| LoraError::MergeState {
+            path: path.into(),
+            what: "has no LoRA adapter".into(),
+        })
     }
 }
 

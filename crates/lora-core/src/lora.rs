@@ -95,8 +95,10 @@ impl LoraAdapter {
     ) -> Self {
         let r = lora_a.dims()[1];
         LoraAdapter {
-            lora_a: Param::from_tensor(lora_a),
-            lora_b: Param::from_tensor(lora_b),
+            // Trainable parameters must be leaves of the autodiff graph (a combined adapter's
+            // factors come out of tensor ops; burn panics on a non-leaf).
+            lora_a: Param::from_tensor(lora_a.detach()),
+            lora_b: Param::from_tensor(lora_b.detach()),
             dropout: DropoutConfig::new(config.lora_dropout).init(),
             r,
             lora_alpha,
@@ -109,10 +111,24 @@ impl LoraAdapter {
     /// # Shapes
     /// `x`: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let x = self.dropout.forward(x);
+        self.low_rank(self.dropout.forward(x))
+    }
+
+    /// The low-rank path without the dropout: `scaling · (x·A)·B`. DoRA applies the dropout
+    /// itself, because its base term must see the same dropped input ([`crate::dora`]).
+    ///
+    /// # Shapes
+    /// `x`: `[..., d_in]` → `[..., d_out]`
+    pub fn low_rank<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let down = linear(x, self.lora_a.val(), None); // [..., r]
         let up = linear(down, self.lora_b.val(), None); // [..., d_out]
         up.mul_scalar(self.scaling)
+    }
+
+    /// Whether the dropout on the input changes anything now: a probability above 0, the
+    /// training flag on and an autodiff device (burn's `Dropout::forward` rule).
+    pub fn dropout_active<const D: usize>(&self, x: &Tensor<D>) -> bool {
+        self.dropout.prob > 0.0 && self.dropout.training.is_enabled() && x.device().is_autodiff()
     }
 
     /// The dense update `ΔW = scaling · A·B`, `[d_in, d_out]`, detached from the autodiff graph.

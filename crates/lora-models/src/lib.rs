@@ -43,4 +43,4 @@ pub use error::ModelError;
 pub use family::Family;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
-pub use pretrained::{LoadOptions, Loaded, Pretrained, load, load_with};
+pub use pretrained::{COMBINED, LoadOptions, Loaded, Pretrained, load, load_with};

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use lora_core::AdaptReport;
 use lora_core::peft::{self, AdapterConfig};
 use lora_core::quant::{Nf4Config, QuantReport, quantize_base};
+use lora_core::{AdaptReport, AdapterSet, WeightedCombination};
 
 use crate::checkpoint;
 use crate::error::ModelError;
@@ -99,9 +99,18 @@ pub struct LoadOptions {
     /// Store every linear layer except `lm_head` in NF4 (QLoRA's base; dequantized in each
     /// forward). transformers keeps `lm_head` in full precision too.
     pub nf4: Option<Nf4Config>,
-    /// A PEFT adapter directory (LoRA or AdaLoRA, ours or PEFT's) to attach.
+    /// A PEFT adapter directory (LoRA, DoRA or AdaLoRA, ours or PEFT's) to attach.
     pub adapter: Option<PathBuf>,
+    /// Several PEFT adapters by name (`name`, directory), loaded in order into an
+    /// [`AdapterSet`]: the first is active, unless `combine` is set (instead of `adapter`).
+    pub adapters: Vec<(String, PathBuf)>,
+    /// Combine all of `adapters` with these weights as PEFT's `add_weighted_adapter` does, into
+    /// one adapter named [`COMBINED`], which is made active.
+    pub combine: Option<WeightedCombination>,
 }
+
+/// The name [`load_with`] gives the combination of [`LoadOptions::adapters`].
+pub const COMBINED: &str = "combined";
 
 /// A model loaded with [`load_with`], and what was done to it.
 #[derive(Debug)]
@@ -110,8 +119,11 @@ pub struct Loaded {
     pub pretrained: Pretrained,
     /// What NF4 quantization did, if asked.
     pub quant: Option<QuantReport>,
-    /// The adapter's config and what it adapted, if one was attached.
+    /// The active adapter's config and what it adapts, if one was attached.
     pub adapter: Option<(AdapterConfig, AdaptReport)>,
+    /// The named adapters, when [`LoadOptions::adapters`] gave several (switch the active one,
+    /// disable them all, combine them further).
+    pub adapters: Option<AdapterSet>,
 }
 
 /// [`load`], then quantize the base to NF4 and attach an adapter as `options` say.
@@ -129,17 +141,56 @@ pub fn load_with(
         Some(nf4) => Some(quantize_base(&mut pretrained.model, nf4, &["lm_head"])?),
         None => None,
     };
-    let adapter = match &options.adapter {
-        Some(dir) => {
+    let mut adapters = None;
+    let adapter = match (&options.adapter, options.adapters.is_empty()) {
+        (Some(_), false) => {
+            return Err(ModelError::Lora(lora_core::LoraError::InvalidConfig(
+                "give one adapter directory or several named adapters, not both".into(),
+            )));
+        }
+        (Some(dir), true) => {
             let (model, config, report) = peft::load_adapter(pretrained.model, dir, device)?;
             pretrained.model = model;
             Some((config, report))
         }
-        None => None,
+        (None, false) => {
+            let (model, set) = load_named(pretrained.model, options, device)?;
+            pretrained.model = model;
+            let config = set.active().and_then(|name| set.config(name)).cloned();
+            adapters = Some(set);
+            config.map(|c| (c, AdaptReport::of(&pretrained.model)))
+        }
+        (None, true) if options.combine.is_some() => {
+            return Err(ModelError::Lora(lora_core::LoraError::InvalidConfig(
+                "a combination needs named adapters (LoadOptions::adapters)".into(),
+            )));
+        }
+        (None, true) => None,
     };
     Ok(Loaded {
         pretrained,
         quant,
         adapter,
+        adapters,
     })
+}
+
+/// Loads `options.adapters` by name into an [`AdapterSet`] and, with `options.combine`, adds
+/// their combination as [`COMBINED`] and makes it active.
+fn load_named(
+    model: Llama,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<(Llama, AdapterSet), ModelError> {
+    let mut set = AdapterSet::new();
+    let mut model = model;
+    for (name, dir) in &options.adapters {
+        model = set.load(model, name, dir, device)?.0;
+    }
+    if let Some(request) = &options.combine {
+        let names: Vec<&str> = options.adapters.iter().map(|(n, _)| n.as_str()).collect();
+        set.add_weighted(&mut model, &names, request, COMBINED)?;
+        set.set_active(&mut model, COMBINED)?;
+    }
+    Ok((model, set))
 }

@@ -154,6 +154,11 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Clip the global gradient norm (over all adapter parameters) to this value; 0 = off.
     pub max_grad_norm: f64,
+    /// LoRA+ (Hayou et al. 2024, arXiv:2402.12354): `lora_B` (and DoRA's magnitude) learn at
+    /// this many times `lr`, as PEFT's `create_loraplus_optimizer(loraplus_lr_ratio = λ)`;
+    /// absent = plain LoRA. The paper and PEFT suggest λ = 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loraplus_lr_ratio: Option<f64>,
     /// Longest sequence in tokens (longer examples are truncated from the right).
     pub seq_len: usize,
     /// Seed for initialisation, data order and dropout.
@@ -199,6 +204,7 @@ impl Default for TrainConfig {
             min_lr_ratio: 0.1,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
+            loraplus_lr_ratio: None,
             seq_len: 256,
             seed: 42,
             eval_every: 0,
@@ -328,6 +334,14 @@ impl TrainConfig {
                 self.min_lr_ratio
             ));
         }
+        if let Some(ratio) = self.loraplus_lr_ratio
+            && !(ratio.is_finite() && ratio > 0.0 && ratio * self.lr <= 1.0)
+        {
+            return Err(format!(
+                "loraplus_lr_ratio must be finite, above 0 and at most 1 / lr = {} (lora_B's rate is ratio × lr), got {ratio}",
+                1.0 / self.lr
+            ));
+        }
         if self.seq_len < 2 {
             return Err("seq_len must be at least 2".into());
         }
@@ -356,6 +370,11 @@ impl TrainConfig {
         }
         self.quant.to_nf4()?;
         self.lora.validate().map_err(|e| e.to_string())?;
+        if self.method == Method::Adalora && self.lora.use_dora {
+            return Err(
+                "lora.use_dora applies to method = \"lora\" (PEFT's AdaLoRA has no DoRA form); drop --use-dora or --method adalora".into(),
+            );
+        }
         if self.method == Method::Adalora {
             self.adalora_config()
                 .validate_training()

@@ -378,6 +378,14 @@ fn adapter_config(cfg: &TrainConfig) -> AdapterConfig {
     }
 }
 
+/// `LoRA r=8 α=16`, `DoRA r=8 α=16`, `AdaLoRA r=12→8 α=16`, with `, LoRA+ λ=16` when set.
+fn method_label(cfg: &TrainConfig, adapter: &AdapterConfig) -> String {
+    match cfg.loraplus_lr_ratio {
+        Some(ratio) => format!("{}, LoRA+ λ={ratio}", adapter.describe()),
+        None => adapter.describe(),
+    }
+}
+
 /// Fresh adapters of the run's method on `model`; for AdaLoRA also its rank allocator.
 fn attach_fresh(
     model: Llama,
@@ -483,7 +491,7 @@ pub fn run_training(
         task.train.len(),
         task.test.len(),
         task.skipped,
-        adapter.describe(),
+        method_label(cfg, &adapter),
         report.modules.len(),
         report.trainable_params,
         100.0 * report.trainable_params as f64 / total as f64,
@@ -569,10 +577,12 @@ pub fn run_training(
     };
     evals.extend(after.iter().map(|a| (steps_done, a.clone())));
     let steps = read_metrics(&dir.join("metrics.jsonl"), steps_done)?;
-    let title = match cfg.method {
-        Method::Lora => format!("LoRA r={} on {} — {}", cfg.lora.r, base_name, task.name),
-        Method::Adalora => format!("{} on {} — {}", adapter.describe(), base_name, task.name),
-    };
+    let title = format!(
+        "{} on {} — {}",
+        method_label(cfg, &adapter),
+        base_name,
+        task.name
+    );
     plot_loss(&dir.join("loss.png"), &steps, &evals, &title)?;
 
     rates.sort_by(f64::total_cmp);

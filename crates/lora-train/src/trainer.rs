@@ -12,8 +12,9 @@
 
 use std::time::Instant;
 
+use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::module::ParamId;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use lora_core::LoraModel;
 use lora_core::adalora::RankAllocator;
 use lora_models::Llama;
@@ -25,7 +26,7 @@ use crate::data::{BatchSampler, Encoded, make_batch};
 use crate::error::TrainError;
 use crate::eval::EvalReport;
 use crate::loss::answer_loss;
-use crate::schedule::warmup_cosine;
+use crate::schedule::{warmup_cosine, warmup_cosine_scaled};
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,6 +114,36 @@ fn trainable_param_ids(model: &Llama) -> Vec<ParamId> {
     ids
 }
 
+/// The run's optimizer: AdamW (β = 0.9, 0.999, ε = 1e-8) with `weight_decay`, as PyTorch's
+/// `torch.optim.AdamW`; the learning rate comes from [`lr_schedule`] at every step.
+pub fn adamw(cfg: &TrainConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init()
+}
+
+/// The run's learning rate per parameter: warm-up + cosine ([`warmup_cosine`]); with LoRA+
+/// (`loraplus_lr_ratio = λ`) the tensors PEFT's `create_loraplus_optimizer` puts in its B group
+/// ([`lora_core::Adapter::loraplus_ids`]: `lora_B`, DoRA's magnitude) follow the same schedule
+/// at λ × the rate. Adam's step does not change when the gradient is scaled, so LoRA+ needs
+/// these per-parameter rates; scaling gradients would do nothing.
+///
+/// # Errors
+/// [`TrainError::Config`] for a rate burn's schedulers refuse (e.g. `λ · lr > 1`).
+pub fn lr_schedule(cfg: &TrainConfig, model: &Llama) -> Result<ModuleLrScheduler, TrainError> {
+    let (lr, warmup, total, min) = (cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio);
+    match cfg.loraplus_lr_ratio {
+        None => warmup_cosine(lr, warmup, total, min),
+        Some(ratio) => {
+            let mut ids = Vec::new();
+            model.visit_adapters(&mut |_, a| ids.extend(a.loraplus_ids()));
+            warmup_cosine_scaled(lr, warmup, total, min, ids, ratio)
+        }
+    }
+    .map_err(TrainError::Config)
+}
+
 /// Scales all gradients so their global L2 norm is at most `max_norm` (0 = no clipping).
 /// Returns the norm before clipping.
 fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64) -> f64 {
@@ -165,12 +196,8 @@ pub fn train(
     }
     let device = model.device();
     let ids = trainable_param_ids(&model);
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay as f32)
-        .with_epsilon(1e-8)
-        .init();
-    let mut schedule = warmup_cosine(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-        .map_err(TrainError::Config)?;
+    let mut optim = adamw(cfg);
+    let mut schedule = lr_schedule(cfg, &model)?;
     let mut sampler = BatchSampler::new(train.len(), cfg.batch_size, cfg.seed)?;
     let mut start = 0;
     if let Some(state) = resume {

@@ -407,26 +407,9 @@ fn peft_adapter_on_smollm2_loads_with_peft_logits() {
     let mut max_moved = 0f32;
     for prompt in r["prompts"].as_array().unwrap() {
         let kind = prompt["kind"].as_str().unwrap();
-        let ids: Vec<u32> = prompt["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+        let (ids, want) = prompt_ids_and_logits(prompt, "top5");
         let logits = lora_models::generate::step(&model, &ids, &mut model.new_cache()).unwrap();
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        let want: Vec<(usize, f32)> = prompt["top5"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["id"].as_u64().unwrap() as usize,
-                    e["logit"].as_f64().unwrap() as f32,
-                )
-            })
-            .collect();
+        let order = ranked(&logits);
         let want_ids: Vec<usize> = want.iter().map(|w| w.0).collect();
         assert_eq!(
             order[..5],

@@ -136,9 +136,12 @@ fn base_and_adapter_values(m: &Llama) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     }
     m.visit_linears(&mut |_, lin| {
         base.push(host(lin.weight.val().inner()));
-        if let Some(a) = lin.adapter.as_ref().and_then(|a| a.as_lora()) {
+        if let Some(a) = lin.adapter.as_ref().and_then(|a| a.lora_factors()) {
             adapters.push(host(a.lora_a.val().inner()));
             adapters.push(host(a.lora_b.val().inner()));
+        }
+        if let Some(a) = lin.adapter.as_ref().and_then(|a| a.as_dora()) {
+            adapters.push(host(a.magnitude.val().inner()));
         }
     });
     (base, adapters)
@@ -176,33 +179,51 @@ fn resumed_run_ends_bitwise_where_the_uninterrupted_run_does() {
         },
         ..config(6)
     };
-    let straight_dir = scratch("straight");
-    let mut straight_obs = Record::default();
-    let (straight, _) = run(&cfg, model(&cfg), &straight_dir, &mut straight_obs, false);
+    resume_matches_straight(&cfg, "lora");
+    // DoRA (three tensors per layer, its magnitude in LoRA+'s B group) with LoRA+'s second
+    // learning-rate schedule: the restored ids must find their AdamW state and their group.
+    let cfg = TrainConfig {
+        lora: LoraConfig {
+            use_dora: true,
+            ..cfg.lora
+        },
+        loraplus_lr_ratio: Some(4.0),
+        ..cfg
+    };
+    resume_matches_straight(&cfg, "dora-loraplus");
+}
 
-    let dir = scratch("resumed");
+/// Runs `cfg` straight through, and again stopped after 3 steps and resumed from the
+/// checkpoint as a new process would: the losses and adapter tensors must be bitwise equal.
+fn resume_matches_straight(cfg: &TrainConfig, name: &str) {
+    let straight_dir = scratch(&format!("straight-{name}"));
+    let mut straight_obs = Record::default();
+    let (straight, _) = run(cfg, model(cfg), &straight_dir, &mut straight_obs, false);
+
+    let dir = scratch(&format!("resumed-{name}"));
     let mut first = Record {
         stop_after: Some(3),
         ..Record::default()
     };
-    let (_, outcome) = run(&cfg, model(&cfg), &dir, &mut first, false);
+    let (_, outcome) = run(cfg, model(cfg), &dir, &mut first, false);
     assert_eq!(outcome, Outcome::Interrupted);
     // A new process would load the base model fresh and the adapter from the checkpoint.
     let d = device().autodiff();
-    let ck = checkpoint(&dir, &cfg);
+    let ck = checkpoint(&dir, cfg);
     let base = load_hf_model(&fixtures().join("tiny-llama"), &d).unwrap();
-    let (mut m, _, _) = peft::lora::load_adapter(base, &ck.adapter_dir().unwrap(), &d).unwrap();
+    let (mut m, _, _) = peft::load_adapter(base, &ck.adapter_dir().unwrap(), &d).unwrap();
     ck.restore_param_ids(&mut m).unwrap();
     let mut second = Record::default();
-    let (resumed, _) = run(&cfg, m, &dir, &mut second, true);
+    let (resumed, _) = run(cfg, m, &dir, &mut second, true);
 
     let losses: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
-    assert_eq!(losses, straight_obs.losses, "same loss curve");
-    assert_eq!(
+    assert_eq!(losses, straight_obs.losses, "{name}: same loss curve");
+    let (ours, theirs) = (
         base_and_adapter_values(&resumed).1,
         base_and_adapter_values(&straight).1,
-        "same adapter tensors"
     );
+    assert!(!ours.is_empty());
+    assert_eq!(ours, theirs, "{name}: same adapter tensors");
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&straight_dir);
 }

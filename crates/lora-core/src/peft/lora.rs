@@ -1,9 +1,13 @@
-//! LoRA adapter files in Hugging Face PEFT's format, both directions.
+//! LoRA (and DoRA) adapter files in Hugging Face PEFT's format, both directions.
 //!
 //! A directory holds `adapter_config.json` and `adapter_model.safetensors` (header metadata
 //! `{"format": "pt"}`) with keys `base_model.model.<module path>.lora_A.weight` (`[r, d_in]`)
 //! and `.lora_B.weight` (`[d_out, r]`) in PyTorch layout. Source: PEFT
 //! `utils/save_and_load.py` (`get_peft_model_state_dict`), `config.py` (`PeftConfig`).
+//!
+//! A DoRA adapter is a LoRA file with `use_dora: true` and one more tensor per module,
+//! `base_model.model.<module path>.lora_magnitude_vector` (`[d_out]`, no `.weight` suffix: PEFT
+//! `tuners/lora/model.py` `_get_adapter_state_dict` strips it to keep the older format).
 //!
 //! Loading rebuilds `r`, `lora_alpha`, rsLoRA and the patterns from the file's config — never
 //! from the caller's defaults — and every tensor must land on a layer: a key for a module the
@@ -18,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapter::Adapter;
 use crate::config::LoraConfig;
+use crate::dora::DoraAdapter;
 use crate::error::LoraError;
 use crate::inject::{AdaptReport, LoraModel};
 use crate::lora::LoraAdapter;
@@ -34,9 +39,6 @@ pub struct PeftLoraConfig {
     /// The keys every PEFT adapter has (`peft_type` is `"LORA"`).
     #[serde(flatten)]
     pub common: PeftCommon,
-    /// DoRA (weight-decomposed LoRA); not supported yet.
-    #[serde(default)]
-    pub use_dora: bool,
     /// LoRA on biases (PEFT ≥ 0.14); must be `false`.
     #[serde(default)]
     pub lora_bias: bool,
@@ -59,7 +61,6 @@ impl PeftLoraConfig {
     pub fn new(lora: LoraConfig, base_model: &str) -> Self {
         PeftLoraConfig {
             common: PeftCommon::new("LORA", base_model),
-            use_dora: false,
             lora_bias: false,
             exclude_modules: None,
             target_parameters: None,
@@ -73,7 +74,7 @@ impl PeftLoraConfig {
 ///
 /// # Errors
 /// [`LoraError::Io`], [`LoraError::AdapterConfig`] (bad JSON, missing fields, bad values), or
-/// [`LoraError::UnsupportedAdapter`] for another `peft_type`, DoRA, biases, Conv1D layouts or
+/// [`LoraError::UnsupportedAdapter`] for another `peft_type`, biases, Conv1D layouts or
 /// `modules_to_save`.
 pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
     let (path, cfg): (_, PeftLoraConfig) = read_config_json(dir)?;
@@ -85,9 +86,6 @@ pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
     };
     if let Some(why) = cfg.common.unsupported("LORA") {
         return unsupported(why);
-    }
-    if cfg.use_dora {
-        return unsupported("use_dora: true (DoRA adapters are not supported yet)".into());
     }
     if cfg.lora_bias {
         return unsupported("lora_bias: true is not supported".into());
@@ -110,11 +108,52 @@ pub fn read_config(dir: &Path) -> Result<PeftLoraConfig, LoraError> {
     Ok(cfg)
 }
 
-/// Saves every adapter of `model` as a PEFT adapter directory (`dir` is created if needed).
-/// Each file is written atomically. Returns the number of adapted modules written.
+/// The PEFT tensors of one LoRA or DoRA adapter at `path`, in PyTorch layout.
+fn adapter_tensors(
+    path: &str,
+    adapter: &Adapter,
+    use_dora: bool,
+) -> Result<Vec<(String, HostTensor)>, LoraError> {
+    let (lora, magnitude) = match (adapter, use_dora) {
+        (Adapter::Lora(a), false) => (a, None),
+        (Adapter::Dora(a), true) => (&a.lora, Some(&a.magnitude)),
+        (other, _) => {
+            let kind = match other {
+                Adapter::Lora(_) => "a LoRA",
+                Adapter::Dora(_) => "a DoRA",
+                Adapter::AdaLora(_) => "an AdaLoRA",
+            };
+            return Err(LoraError::InvalidConfig(format!(
+                "{path} carries {kind} adapter, but the config to save says use_dora = {use_dora}; save with the adapter's own config"
+            )));
+        }
+    };
+    // burn [d_in, r] / [r, d_out] → PyTorch [r, d_in] / [d_out, r]: transpose here only.
+    let mut out = vec![
+        (
+            format!("{KEY_PREFIX}{path}.lora_A.weight"),
+            HostTensor::from_tensor(lora.lora_a.val().transpose())?,
+        ),
+        (
+            format!("{KEY_PREFIX}{path}.lora_B.weight"),
+            HostTensor::from_tensor(lora.lora_b.val().transpose())?,
+        ),
+    ];
+    if let Some(m) = magnitude {
+        // [1, d_out] → PEFT's 1-D [d_out].
+        let m = HostTensor::from_tensor(m.val().flatten::<1>(0, 1))?;
+        out.push((format!("{KEY_PREFIX}{path}.lora_magnitude_vector"), m));
+    }
+    Ok(out)
+}
+
+/// Saves every adapter of `model` as a PEFT adapter directory (`dir` is created if needed):
+/// LoRA, or DoRA when `config.use_dora`. Each file is written atomically. Returns the number of
+/// adapted modules written.
 ///
 /// # Errors
-/// [`LoraError::Io`] / [`LoraError::Safetensors`] on write failure.
+/// [`LoraError::Io`] / [`LoraError::Safetensors`] on write failure,
+/// [`LoraError::InvalidConfig`] if a layer carries another kind of adapter than `config` says.
 pub fn save_adapter<M: LoraModel>(
     model: &M,
     config: &LoraConfig,
@@ -122,21 +161,14 @@ pub fn save_adapter<M: LoraModel>(
     dir: &Path,
 ) -> Result<usize, LoraError> {
     let mut tensors = BTreeMap::new();
+    let mut n = 0;
     let mut failure = None;
     model.visit_adapters(&mut |path, adapter| {
-        let Adapter::Lora(adapter) = adapter else {
-            return;
-        };
-        // burn [d_in, r] / [r, d_out] → PyTorch [r, d_in] / [d_out, r]: transpose here only.
-        let a = HostTensor::from_tensor(adapter.lora_a.val().transpose());
-        let b = HostTensor::from_tensor(adapter.lora_b.val().transpose());
-        match (a, b) {
-            (Ok(a), Ok(b)) => {
-                tensors.insert(format!("{KEY_PREFIX}{path}.lora_A.weight"), a);
-                tensors.insert(format!("{KEY_PREFIX}{path}.lora_B.weight"), b);
-            }
-            (Err(e), _) | (_, Err(e)) => failure = Some(e),
+        match adapter_tensors(path, adapter, config.use_dora) {
+            Ok(ts) => tensors.extend(ts),
+            Err(e) => failure = failure.take().or(Some(e)),
         }
+        n += 1;
     });
     if let Some(e) = failure {
         return Err(e);
@@ -146,33 +178,49 @@ pub fn save_adapter<M: LoraModel>(
         &tensors,
         &PeftLoraConfig::new(config.clone(), base_model),
     )?;
-    Ok(tensors.len() / 2)
+    Ok(n)
 }
 
-/// Splits `base_model.model.<path>.lora_{A,B}[.default].weight` into `(path, is_a)`.
-fn parse_key(key: &str) -> Option<(&str, bool)> {
+/// Which tensor of a module a file key holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    /// `lora_A.weight`.
+    A,
+    /// `lora_B.weight`.
+    B,
+    /// DoRA's `lora_magnitude_vector`.
+    Magnitude,
+}
+
+/// Splits `base_model.model.<path>.lora_{A,B}[.default].weight` (or DoRA's
+/// `.lora_magnitude_vector[.default][.weight]`) into `(path, part)`.
+fn parse_key(key: &str) -> Option<(&str, Part)> {
     let rest = key.strip_prefix(KEY_PREFIX)?;
-    for (suffix, is_a) in [
-        (".lora_A.weight", true),
-        (".lora_B.weight", false),
-        (".lora_A.default.weight", true),
-        (".lora_B.default.weight", false),
+    for (suffix, part) in [
+        (".lora_A.weight", Part::A),
+        (".lora_B.weight", Part::B),
+        (".lora_A.default.weight", Part::A),
+        (".lora_B.default.weight", Part::B),
+        (".lora_magnitude_vector", Part::Magnitude),
+        (".lora_magnitude_vector.weight", Part::Magnitude),
+        (".lora_magnitude_vector.default.weight", Part::Magnitude),
     ] {
         if let Some(path) = rest.strip_suffix(suffix) {
-            return Some((path, is_a));
+            return Some((path, part));
         }
     }
     None
 }
 
-/// Loads the PEFT LoRA adapter in `dir` onto `model` (frozen first; the loaded adapters are
-/// trainable, so training can resume from them). Returns the model, the adapter's config and
-/// what was adapted.
+/// Loads the PEFT LoRA (or DoRA, `use_dora: true`) adapter in `dir` onto `model` (frozen
+/// first; the loaded adapters are trainable, so training can resume from them). Returns the
+/// model, the adapter's config and what was adapted.
 ///
 /// # Errors
 /// Those of [`read_config`] and [`read_safetensors`], plus [`LoraError::AdapterTensor`] for a
 /// key that is not a LoRA tensor, a module the model does not have, a module the config does not
-/// select, a missing `lora_A`/`lora_B`, or a shape that disagrees with the model or the config.
+/// select, a missing `lora_A`/`lora_B` (or DoRA magnitude), a magnitude in a file without
+/// `use_dora`, or a shape that disagrees with the model or the config.
 pub fn load_adapter<M: LoraModel>(
     model: M,
     dir: &Path,
@@ -180,7 +228,7 @@ pub fn load_adapter<M: LoraModel>(
 ) -> Result<(M, LoraConfig, AdaptReport), LoraError> {
     let cfg = read_config(dir)?.lora;
     let file = dir.join(WEIGHTS_FILE);
-    let mut tensors = read_safetensors(&file)?;
+    let tensors = read_safetensors(&file)?;
     let err = |key: &str, message: String| LoraError::AdapterTensor {
         path: file.clone(),
         key: key.to_string(),
@@ -188,26 +236,27 @@ pub fn load_adapter<M: LoraModel>(
     };
 
     // Group the file's tensors by module path.
-    let mut by_module: BTreeMap<
-        String,
-        (Option<(String, HostTensor)>, Option<(String, HostTensor)>),
-    > = BTreeMap::new();
-    for (key, t) in std::mem::take(&mut tensors) {
-        let (path, is_a) = parse_key(&key).ok_or_else(|| {
-            err(&key, "not a LoRA tensor (expected base_model.model.<module>.lora_A.weight / .lora_B.weight)".into())
+    let mut by_module: BTreeMap<String, BTreeMap<Part, (String, HostTensor)>> = BTreeMap::new();
+    for (key, t) in tensors {
+        let (path, part) = parse_key(&key).ok_or_else(|| {
+            err(&key, "not a LoRA tensor (expected base_model.model.<module>.lora_A.weight / .lora_B.weight / .lora_magnitude_vector)".into())
         })?;
-        if t.shape.len() != 2 {
+        let rank = if part == Part::Magnitude { 1 } else { 2 };
+        if t.shape.len() != rank {
             return Err(err(
                 &key,
-                format!("expected a 2-D tensor, found shape {:?}", t.shape),
+                format!("expected a {rank}-D tensor, found shape {:?}", t.shape),
             ));
         }
-        let entry = by_module.entry(path.to_string()).or_default();
-        if is_a {
-            entry.0 = Some((key, t))
-        } else {
-            entry.1 = Some((key, t))
+        if part == Part::Magnitude && !cfg.use_dora {
+            return Err(err(
+                &key,
+                "a DoRA magnitude vector, but adapter_config.json does not say use_dora: true"
+                    .into(),
+            ));
         }
+        let module = by_module.entry(path.to_string()).or_default();
+        module.insert(part, (key, t));
     }
 
     let matcher = TargetMatcher::new(&cfg)?;
@@ -227,51 +276,69 @@ pub fn load_adapter<M: LoraModel>(
         if !matcher.matches(path) {
             return Ok(());
         }
-        let Some((a, b)) = by_module.remove(path) else {
-            return Err(err(
-                &format!("{KEY_PREFIX}{path}.lora_A.weight"),
-                "missing: the config selects this module but the file has no tensors for it".into(),
-            ));
+        let mut parts = by_module.remove(path).unwrap_or_default();
+        let mut take = |part: Part, suffix: &str| {
+            parts.remove(&part).ok_or_else(|| {
+                err(
+                    &format!("{KEY_PREFIX}{path}.{suffix}"),
+                    "missing: the config selects this module but the file has no such tensor"
+                        .into(),
+                )
+            })
         };
-        let (a_key, a) = a.ok_or_else(|| {
-            err(
-                &format!("{KEY_PREFIX}{path}.lora_A.weight"),
-                "missing".into(),
-            )
-        })?;
-        let (b_key, b) = b.ok_or_else(|| {
-            err(
-                &format!("{KEY_PREFIX}{path}.lora_B.weight"),
-                "missing".into(),
-            )
-        })?;
+        let (a_key, a) = take(Part::A, "lora_A.weight")?;
+        let (b_key, b) = take(Part::B, "lora_B.weight")?;
+        let magnitude = if cfg.use_dora {
+            Some(take(Part::Magnitude, "lora_magnitude_vector")?)
+        } else {
+            None
+        };
         let (d_in, d_out) = lin.dims();
         let (r, alpha) = matcher.rank_and_alpha(path);
+        let shape_err = |key: &str, got: &[usize], want: String| {
+            err(
+                key,
+                format!("shape {got:?}, expected {want} from the config and the model"),
+            )
+        };
         if a.shape != [r, d_in] {
-            return Err(err(
+            return Err(shape_err(
                 &a_key,
-                format!(
-                    "shape {:?}, expected [r = {r}, d_in = {d_in}] from the config and the model",
-                    a.shape
-                ),
+                &a.shape,
+                format!("[r = {r}, d_in = {d_in}]"),
             ));
         }
         if b.shape != [d_out, r] {
-            return Err(err(
+            return Err(shape_err(
                 &b_key,
-                format!(
-                    "shape {:?}, expected [d_out = {d_out}, r = {r}] from the config and the model",
-                    b.shape
-                ),
+                &b.shape,
+                format!("[d_out = {d_out}, r = {r}]"),
             ));
         }
         // PyTorch [r, d_in] / [d_out, r] → burn [d_in, r] / [r, d_out].
-        let adapter = LoraAdapter::from_tensors(
+        let lora = LoraAdapter::from_tensors(
             a.transposed_2d().to_tensor(device),
             b.transposed_2d().to_tensor(device),
             alpha,
             &cfg,
         );
+        let adapter = match magnitude {
+            None => Adapter::Lora(lora),
+            Some((m_key, m)) => {
+                if m.shape != [d_out] {
+                    return Err(shape_err(&m_key, &m.shape, format!("[d_out = {d_out}]")));
+                }
+                if let Some(bad) = m.data.iter().find(|v| !v.is_finite()) {
+                    return Err(err(&m_key, format!("holds a non-finite value ({bad})")));
+                }
+                // PEFT [d_out] → burn [1, d_out].
+                let m = HostTensor {
+                    shape: vec![1, d_out],
+                    data: m.data,
+                };
+                Adapter::Dora(DoraAdapter::from_parts(lora, m.to_tensor(device)))
+            }
+        };
         lin.attach(adapter, path)
     })?;
     let report = AdaptReport::of(&model);

@@ -7,7 +7,8 @@
 //!
 //! - [`load_adapter`] / [`save_adapter`]: any adapter, dispatched on the file's `peft_type` and
 //!   on [`AdapterConfig`] — the one place that knows which kinds exist;
-//! - [`lora`]: `"LORA"` files (`lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]`);
+//! - [`lora`]: `"LORA"` files (`lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]`; with
+//!   `use_dora: true` also `lora_magnitude_vector` `[out]`);
 //! - [`adalora`]: `"ADALORA"` files (`lora_A`, `lora_E`, `lora_B`, kept ranks only).
 //!
 //! Loading rebuilds every hyper-parameter from the file's config — never from the caller's
@@ -199,7 +200,7 @@ pub(crate) fn check_file_modules<'a>(
 /// what [`save_adapter`] writes into one.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AdapterConfig {
-    /// A LoRA adapter (`peft_type: "LORA"`).
+    /// A LoRA adapter (`peft_type: "LORA"`); a DoRA one when `use_dora` is set.
     Lora(LoraConfig),
     /// An AdaLoRA adapter (`peft_type: "ADALORA"`), with its rank pattern if pruned.
     AdaLora(AdaLoraConfig),
@@ -222,10 +223,14 @@ impl AdapterConfig {
         }
     }
 
-    /// A short description for people: `LoRA r=8 α=16` or `AdaLoRA r=12→8 α=16`.
+    /// A short description for people: `LoRA r=8 α=16`, `DoRA r=8 α=16` or
+    /// `AdaLoRA r=12→8 α=16`.
     pub fn describe(&self) -> String {
         match self {
-            AdapterConfig::Lora(c) => format!("LoRA r={} α={}", c.r, c.lora_alpha),
+            AdapterConfig::Lora(c) => {
+                let kind = if c.use_dora { "DoRA" } else { "LoRA" };
+                format!("{kind} r={} α={}", c.r, c.lora_alpha)
+            }
             AdapterConfig::AdaLora(c) => {
                 format!("AdaLoRA r={}→{} α={}", c.init_r, c.target_r, c.lora_alpha)
             }

@@ -40,7 +40,7 @@ pub struct AdapterExport {
 ///
 /// # Errors
 /// [`ModelError::Export`] (`out` names the file in messages) if no layer carries an unmerged LoRA
-/// adapter, if an adapter is AdaLoRA (llama.cpp has no format for it: merge it instead), or a
+/// adapter, if an adapter is AdaLoRA or DoRA (llama.cpp has no format for them: merge instead), or a
 /// layer has no GGUF name; writer errors (non-finite values) as [`ModelError::Gguf`].
 pub fn adapter_gguf(
     model: &Llama,
@@ -57,9 +57,10 @@ pub fn adapter_gguf(
     model.visit_linears(&mut |path, lin| {
         if lin.merged {
             problems.push(format!("{path} is merged; export the adapter before merging"));
-        } else if let Some(Adapter::AdaLora(_)) = &lin.adapter {
+        } else if let Some(kind @ (Adapter::AdaLora(_) | Adapter::Dora(_))) = &lin.adapter {
+            let name = if kind.as_adalora().is_some() { "an AdaLoRA" } else { "a DoRA" };
             problems.push(format!(
-                "{path} carries an AdaLoRA adapter; llama.cpp reads only LoRA adapters (merge it instead)"
+                "{path} carries {name} adapter; llama.cpp reads only LoRA adapters (merge it instead: merge --format gguf)"
             ));
         } else if let Some(Adapter::Lora(a)) = &lin.adapter {
             pairs.push((

@@ -13,9 +13,9 @@
 //!
 //! Blocks lie within rows, so the measure is the same before or after the q/k row permutation.
 
-use lora_core::LoraModel;
 use lora_core::quant::RequantizeReport;
 use lora_core::tensor_io::HostTensor;
+use lora_core::{Adapter, LoraModel};
 
 use super::merged::tensor_type;
 use crate::checkpoint::names::hf_to_gguf;
@@ -79,7 +79,15 @@ pub fn merge_survival(model: &Llama, target: GgmlType) -> Result<Vec<LayerSurviv
         let Some(adapter) = &lin.adapter else {
             return;
         };
-        let delta = adapter.delta_weight();
+        // What merging adds to W: ΔW, or for DoRA the rescaled W + ΔW minus W (its magnitude
+        // changes W itself, so ΔW alone would understate the update).
+        let delta = match adapter {
+            Adapter::Dora(_) => {
+                let w = lin.weight.val();
+                adapter.clone().merge_into(w.clone()) - w
+            }
+            other => other.delta_weight(),
+        };
         // burn [d_in, d_out] → PyTorch [d_out, d_in]: the file's row order (rows along d_in).
         let host = |t: burn::tensor::Tensor<2>| HostTensor::from_tensor(t.transpose());
         match (host(lin.weight.val()), host(delta)) {

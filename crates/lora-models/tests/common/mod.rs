@@ -128,3 +128,34 @@ pub fn real_model() -> Option<PathBuf> {
         None
     }
 }
+
+/// One prompt of a `fixtures/smollm2-*-reference.json`: its token ids and the `(id, logit)`
+/// pairs listed under `key` (`top5`, `base_top5`, `top20`).
+pub fn prompt_ids_and_logits(
+    prompt: &serde_json::Value,
+    key: &str,
+) -> (Vec<u32>, Vec<(usize, f32)>) {
+    let ids = prompt["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect();
+    let top = prompt[key]
+        .as_array()
+        .expect("top-k entries")
+        .iter()
+        .map(|e| {
+            let id = e["id"].as_u64().expect("id") as usize;
+            (id, e["logit"].as_f64().expect("logit") as f32)
+        })
+        .collect();
+    (ids, top)
+}
+
+/// Token ids sorted by logit, highest first.
+pub fn ranked(logits: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order
+}
