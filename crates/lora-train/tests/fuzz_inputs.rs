@@ -1,6 +1,6 @@
 //! Seeded fuzzing of every loader a user's file reaches (issue 19): corrupted copies of real
 //! fixtures — a GGUF model, a Hugging Face directory (`config.json` + `model.safetensors` +
-//! `tokenizer.json`), PEFT LoRA and AdaLoRA adapter directories, JSONL data and a TOML run
+//! `tokenizer.json`), PEFT LoRA, DoRA and AdaLoRA adapter directories, JSONL data and a TOML run
 //! config — go through the loaders, which must return `Ok` or `Err` and never panic (each case
 //! runs under `catch_unwind`) nor ask for one allocation above [`ALLOC_CAP`] (the counting
 //! global allocator below refuses it, which aborts this test binary with the size).
@@ -368,6 +368,13 @@ fn corrupted_adalora_adapters_load_or_fail_without_panic_or_huge_allocation() {
     let base =
         lora_models::pretrained::load_hf_model(&fixtures().join("tiny-llama"), &device()).unwrap();
     fuzz_adapter("adalora-adapter", base, "tiny-llama/peft-adalora");
+}
+
+#[test]
+fn corrupted_dora_adapters_load_or_fail_without_panic_or_huge_allocation() {
+    let base =
+        lora_models::pretrained::load_hf_model(&fixtures().join("tiny-llama"), &device()).unwrap();
+    fuzz_adapter("dora-adapter", base, "tiny-llama/peft-dora");
 }
 
 #[test]
