@@ -72,32 +72,32 @@ fn tiny_data(dir: &Path, n: usize) -> PathBuf {
     path
 }
 
+/// `train` on `model` and `data` for two steps of two examples, with `extra` flags, into `run`.
+fn train_two_steps(model: &Path, data: &Path, extra: &[&str], run: &Path) -> Output {
+    bin()
+        .args(["train", "--steps", "2", "--batch-size", "2", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .args(extra)
+        .arg("--out")
+        .arg(run)
+        .output()
+        .unwrap()
+}
+
 /// Trains the tiny model for two steps into `dir/run` and returns the run directory.
 fn tiny_run(dir: &Path, model: &Path) -> PathBuf {
     let run = dir.join("run");
-    let out = bin()
-        .args(["train", "--model"])
-        .arg(model)
-        .arg("--data")
-        .arg(tiny_data(dir, 24))
-        .args([
-            "--steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--save-every",
-            "1",
-            "--out",
-        ])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = train_two_steps(model, &tiny_data(dir, 24), &["--save-every", "1"], &run);
+    assert_succeeded(&out);
     run
+}
+
+/// Fails with the command's stderr unless it succeeded.
+fn assert_succeeded(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
 }
 
 /// Every file under `dir` with its bytes.
@@ -247,11 +247,7 @@ fn resuming_with_a_different_rank_is_refused_listing_it_and_changes_nothing() {
         .arg(&run)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     // A schedule shorter than the saved step is refused.
     let out = bin()
         .args(["train", "--steps", "1", "--resume"])
@@ -288,25 +284,9 @@ fn a_dataset_without_held_out_examples_trains_and_reports_nothing_measured() {
     let model = tiny_model(&dir);
     let run = dir.join("run");
     // 5 lines: every 20th is held out, so none is.
-    let out = bin()
-        .args(["train", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(tiny_data(&dir, 5))
-        .args([
-            "--steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--eval-every",
-            "1",
-            "--out",
-        ])
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = train_two_steps(&model, &tiny_data(&dir, 5), &["--eval-every", "1"], &run);
+    assert_succeeded(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("no held-out examples"), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("no held-out examples"), "{stdout}");

@@ -17,10 +17,13 @@ fn fixture(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// Sets one dimension of a config.
+type SetDimension = fn(&mut LlamaConfig, usize);
+
 #[test]
 fn dimensions_near_2_pow_62_are_refused_naming_the_key_and_the_limit() {
     let huge = 1usize << 62;
-    let cases: [(&str, fn(&mut LlamaConfig, usize)); 5] = [
+    let cases: [(&str, SetDimension); 5] = [
         ("num_hidden_layers", |c, v| c.n_layers = v),
         ("hidden_size", |c, v| c.d_model = v),
         ("intermediate_size", |c, v| c.d_ff = v),
