@@ -343,3 +343,28 @@ fn bad_settings_and_prompts_end_with_one_error_line_naming_the_setting() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_fractional_r_in_adapter_config_names_the_key() {
+    let dir = scratch("fractional-r");
+    let model = tiny_model(&dir);
+    let run = tiny_run(&dir, &model);
+    let config = run.join("adapter/adapter_config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    json["r"] = serde_json::json!(8.5);
+    std::fs::write(&config, json.to_string()).unwrap();
+    let out = bin()
+        .args(["generate", "--prompt", "w1", "--model"])
+        .arg(&model)
+        .arg("--adapter")
+        .arg(run.join("adapter"))
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("adapter_config.json") && line.contains("key \"r\""),
+        "{line}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
