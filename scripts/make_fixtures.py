@@ -62,6 +62,7 @@ from fixturegen.common import (
     ALL_PARTS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_PARTS, SEEDS, describe_safetensors, log, quiet_libraries,
 )
 from fixturegen.adalora import make_adalora_fixtures
+from fixturegen.bf16 import make_smollm2_bf16
 from fixturegen.checks import check_adapter, check_merged, run_check, self_test
 from fixturegen.combine import make_combine_fixtures
 from fixturegen.dequant import make_dequant_fixture
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
         log(f"Gemma 3 270M reference from {gemma}")
         make_gemma3_reference(gemma, out)
     model = args.model or DEFAULT_MODEL
-    if parts & {"smollm2", "smollm2-peft", "smollm2-nf4", "smollm2-dora"} and not model.exists():
+    if parts & {"smollm2", "smollm2-peft", "smollm2-nf4", "smollm2-bf16", "smollm2-dora"} and not model.exists():
         log(f"error: {model} not found (pass --model, or leave smollm2 / smollm2-peft out of --parts)")
         return 1
     if "smollm2" in parts:
@@ -168,6 +169,9 @@ def main(argv=None) -> int:
     if "smollm2-nf4" in parts:
         log(f"SmolLM2 with an NF4 base (bitsandbytes) from {model}")
         make_smollm2_nf4(model, out)
+    if "smollm2-bf16" in parts:
+        log(f"SmolLM2 in bf16 (transformers torch_dtype=bfloat16) from {model}")
+        make_smollm2_bf16(model, out)
     if "smollm2-peft" in parts:
         log(f"PEFT adapter on SmolLM2 from {model}")
         make_smollm2_peft(model, out, seed=SEEDS["smollm2_peft"])

@@ -39,9 +39,9 @@ SMOLLM2_CHAT_MESSAGES = [{"role": "user", "content": "What is the capital of Fra
 # Every fixture part, in the order they are written; the default --parts. `smollm2-peft` is not in
 # the default set: it loads the real model a second time and is slow on a small machine.
 ALL_PARTS = ["tiny", "peft", "adalora", "dora", "loraplus", "combine", "dequant", "gguf-quants", "nf4", "families",
-             "smollm2", "smollm2-nf4", "smollm2-peft", "smollm2-dora", "gemma3-270m"]
+             "smollm2", "smollm2-nf4", "smollm2-bf16", "smollm2-peft", "smollm2-dora", "gemma3-270m"]
 DEFAULT_PARTS = ["tiny", "peft", "adalora", "dora", "loraplus", "combine", "dequant", "gguf-quants", "nf4", "families",
-                 "smollm2", "smollm2-nf4"]
+                 "smollm2", "smollm2-nf4", "smollm2-bf16"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
+use lora_core::BaseDtype;
 use lora_models::cache;
 use lora_train::bench::peft::default_python;
+use lora_train::bench::scale::{ScaleBase, ScaleShape};
 use lora_train::bench::{
     BenchConfig, ChildCommand, JobSpec, Progress, SweepEval, TargetSet, TrainSettings, parse_impl,
     parse_list, run_bench, run_one,
@@ -26,27 +28,27 @@ pub struct Args {
     /// Print bench.json on stdout (tables go to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Timed training steps per configuration.
-    #[arg(long, default_value_t = 10)]
-    pub steps: usize,
-    /// Untimed warm-up steps before them.
-    #[arg(long, default_value_t = 3)]
-    pub warmup: usize,
+    /// Timed training steps per configuration (default 10; 3 with --scale).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Untimed warm-up steps before them (default 3; 1 with --scale).
+    #[arg(long)]
+    pub warmup: Option<usize>,
     /// A short run for a quick look: 1 warm-up and 3 timed steps, 2 inference rounds.
     #[arg(long)]
     pub quick: bool,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
+    /// Sequences per step (default 4; 1 with --scale).
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
-    /// LoRA rank.
-    #[arg(long, default_value_t = 8)]
-    pub rank: usize,
-    /// lora_alpha.
-    #[arg(long, default_value_t = 16.0)]
-    pub alpha: f64,
+    /// LoRA rank (default 8; 16 with --scale).
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// lora_alpha (default 2·rank).
+    #[arg(long)]
+    pub alpha: Option<f64>,
     /// Target sets, comma-separated: qv (q_proj, v_proj) and/or all (all-linear).
     #[arg(long, default_value = "qv,all")]
     pub targets: String,
@@ -58,9 +60,21 @@ pub struct Args {
     #[arg(long, default_value = "training,inference")]
     pub parts: String,
     /// Gradient checkpointing (burn's balanced strategy) for the burn rows: less memory, more
-    /// compute.
+    /// compute (always on with --scale, for PEFT too).
     #[arg(long)]
     pub checkpointing: bool,
+    /// The type our rows' frozen base is stored and multiplied in: f32 (default), bf16, f16
+    /// (PEFT rows load with the same torch_dtype for bf16).
+    #[arg(long)]
+    pub base_dtype: Option<BaseDtype>,
+    /// Instead of the tables: random-weight Llama shapes, comma-separated 1b, 3b, 8b
+    /// (Llama-3.2-1B, 3.2-3B, 3.1-8B), trained at batch 1 × 256, r 16, all-linear, gradient
+    /// checkpointing on, on every base of --scale-bases, next to PEFT.
+    #[arg(long)]
+    pub scale: Option<String>,
+    /// The bases of the --scale rows, comma-separated: f32, bf16, nf4.
+    #[arg(long, default_value = "f32,bf16,nf4")]
+    pub scale_bases: String,
     /// Threads for every implementation (rayon for burn, intra-op threads for PyTorch).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -102,29 +116,46 @@ pub struct Args {
 
 impl Args {
     fn config(&self) -> Result<BenchConfig> {
-        let (warmup, steps, rounds) = if self.quick {
-            (1, 3, 2)
-        } else {
-            (self.warmup, self.steps, self.rounds)
+        let scale = match &self.scale {
+            Some(list) => Some(parse_list(list, ScaleShape::parse)?),
+            None => None,
         };
+        let at_scale = scale.is_some();
+        let (warmup, steps, rounds) = match (self.quick, at_scale) {
+            (true, _) => (1, 3, 2),
+            (false, true) => (
+                self.warmup.unwrap_or(1),
+                self.steps.unwrap_or(3),
+                self.rounds,
+            ),
+            (false, false) => (
+                self.warmup.unwrap_or(3),
+                self.steps.unwrap_or(10),
+                self.rounds,
+            ),
+        };
+        let rank = self.rank.unwrap_or(if at_scale { 16 } else { 8 });
         let parts: Vec<String> = parse_list(&self.parts, |s| Ok(s.to_string()))?;
         Ok(BenchConfig {
             backend: self.backend.clone(),
-            model: match &self.model {
-                Some(p) => cache::resolve_model(p)?,
-                None => cache::ensure_default_model()?,
+            model: match (&self.model, at_scale) {
+                (Some(p), _) => cache::resolve_model(p)?,
+                // The scale rows build their own random models.
+                (None, true) => PathBuf::from("random-weights"),
+                (None, false) => cache::ensure_default_model()?,
             },
             settings: TrainSettings {
-                batch: self.batch,
+                batch: self.batch.unwrap_or(if at_scale { 1 } else { 4 }),
                 seq_len: self.seq_len,
-                rank: self.rank,
-                alpha: self.alpha,
+                rank,
+                alpha: self.alpha.unwrap_or(2.0 * rank as f64),
                 warmup,
                 steps,
                 lr: 2e-4,
                 weight_decay: 0.01,
                 seed: 20240607,
-                checkpointing: self.checkpointing,
+                checkpointing: self.checkpointing || at_scale,
+                base_dtype: self.base_dtype.unwrap_or_default(),
             },
             targets: parse_list(&self.targets, TargetSet::parse)?,
             impls: parse_list(&self.impls, parse_impl)?,
@@ -141,6 +172,8 @@ impl Args {
                 steps: self.eval_steps,
                 limit: self.eval_limit,
             }),
+            scale,
+            scale_bases: parse_list(&self.scale_bases, ScaleBase::parse)?,
             out: self.out.clone(),
         })
     }

@@ -7,14 +7,21 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 use clap::Args as ClapArgs;
-use lora_core::{BackendKind, Combination, Nf4Config, WeightedCombination, select_device};
+use lora_core::{
+    BackendKind, BaseDtype, Combination, Nf4Config, WeightedCombination, select_device,
+};
 use lora_models::tokenizer::{ChatMessage, TextTokenizer};
 use lora_models::{LoadOptions, Pretrained, cache};
 use lora_train::config::{EvalMetric, QuantMethod, QuantSection};
 
-/// `--quant`, `--quant-block-size`, `--no-double-quant`.
+/// How the frozen base is stored: `--base-dtype`, `--quant`, `--quant-block-size`,
+/// `--no-double-quant`.
 #[derive(ClapArgs, Debug, Clone, Default)]
 pub struct QuantArgs {
+    /// The type the frozen base weights are stored and multiplied in: f32 (default), bf16 or
+    /// f16; adapters, gradients and optimizer state stay f32 [base_dtype].
+    #[arg(long)]
+    pub base_dtype: Option<BaseDtype>,
     /// Base-weight quantization: `none` (default) or `nf4` (QLoRA's 4-bit NormalFloat, every
     /// linear layer except lm_head; dequantized in each forward).
     #[arg(long, value_enum, ignore_case = true)]
@@ -205,6 +212,7 @@ impl ModelArgs {
         // The flags are checked before the default model is fetched.
         let options = LoadOptions {
             nf4: self.quant.nf4()?,
+            base_dtype: self.quant.base_dtype.unwrap_or_default(),
             ..self.adapter_options()?
         };
         let path = self.model_path()?;

@@ -7,7 +7,11 @@
 //! the step from 10.55 to 9.9 CPU-seconds, with the same peak RSS.
 
 /// Serves all allocations from the heap and never trims it, so freed buffers are reused.
+/// `BURN_LORA_KEEP_FREED_MEMORY=0` leaves glibc's defaults (for measuring what this costs).
 pub fn keep_freed_memory() {
+    if std::env::var_os("BURN_LORA_KEEP_FREED_MEMORY").is_some_and(|v| v == "0") {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // <malloc.h>: M_TRIM_THRESHOLD = -1, M_MMAP_MAX = -4.

@@ -96,6 +96,10 @@ pub struct Args {
     pub backend: Option<String>,
     #[command(flatten)]
     pub quant: QuantArgs,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
+    /// gradient checkpointing) [gradient_checkpointing].
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Seed [seed].
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
@@ -212,6 +216,14 @@ impl Args {
         o.set("adalora", "tinit", int(self.tinit));
         o.set("adalora", "tfinal", int(self.tfinal));
         o.set("adalora", "deltaT", int(self.delta_t));
+        o.set(
+            "",
+            "base_dtype",
+            self.quant.base_dtype.map(|d| d.name().into()),
+        );
+        if self.gradient_checkpointing {
+            o.set("", "gradient_checkpointing", Some(true.into()));
+        }
         let quant = self.quant.table();
         if !quant.is_empty() {
             o.0.insert("quant".into(), toml::Value::Table(quant));

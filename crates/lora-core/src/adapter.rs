@@ -42,18 +42,18 @@ impl Adapter {
     /// `weight` and its output `base` (see [`DoraAdapter::forward`]).
     ///
     /// # Shapes
-    /// `x`: `[..., d_in]`; `base` (`x·W`, no bias): `[..., d_out]`; `weight` (`W`, dequantized
-    /// for NF4): `[d_in, d_out]` → `[..., d_out]`
+    /// `x`: `[..., d_in]`; `base` (`x·W`, no bias): `[..., d_out]`; `weight` makes `W` in f32
+    /// (dequantized for NF4), `[d_in, d_out]`, only when DoRA asks for it → `[..., d_out]`
     pub fn forward<const D: usize>(
         &self,
         x: Tensor<D>,
         base: &Tensor<D>,
-        weight: &Tensor<2>,
+        weight: impl FnOnce() -> Tensor<2>,
     ) -> Tensor<D> {
         match self {
             Adapter::Lora(a) => a.forward(x),
             Adapter::AdaLora(a) => a.forward(x),
-            Adapter::Dora(a) => a.forward(x, base, weight),
+            Adapter::Dora(a) => a.forward(x, base, &weight()),
         }
     }
 

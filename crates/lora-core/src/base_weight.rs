@@ -4,12 +4,17 @@
 //! `[d_in, d_out]` tensor — the stored one, or the NF4 weight dequantized on the fly (QLoRA).
 
 use burn::module::{Module, Param};
+use burn::tensor::module::linear;
 use burn::tensor::{Shape, Tensor};
 
+use crate::base_dtype::BaseDtype;
 use crate::error::LoraError;
 use crate::quant::{Nf4Config, Nf4Weight};
 
 /// The frozen base weight of a [`LoraLinear`](crate::LoraLinear).
+// One per linear layer (a few hundred per model): the NF4 variant's extra handles on the stack
+// cost nothing next to the weights, and a Box would change every match on it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum BaseWeight {
     /// A float weight `[d_in, d_out]`, frozen.
@@ -29,6 +34,40 @@ impl BaseWeight {
         match self {
             BaseWeight::Dense(w) => w.val(),
             BaseWeight::Nf4(q) => q.dequantize(),
+        }
+    }
+
+    /// `x·W`: a dense weight through burn's matmul, an NF4 weight through
+    /// [`Nf4Weight::matmul`] (dequantized again in backward, never kept in f32).
+    ///
+    /// # Shapes
+    /// `x`: `[..., d_in]` → `[..., d_out]`
+    ///
+    /// A weight stored in another float type than `x` (`--base-dtype bf16|f16`) multiplies in
+    /// its own type: `x` is cast to it and the product back to `x`'s type, so the activations
+    /// around the layer stay f32.
+    pub fn matmul<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            BaseWeight::Dense(w) => {
+                let w = w.val();
+                let (wt, xt) = (w.dtype(), x.dtype());
+                if wt == xt {
+                    linear(x, w, None)
+                } else {
+                    linear(x.cast(wt), w, None).cast(xt)
+                }
+            }
+            BaseWeight::Nf4(q) => q.matmul(x),
+        }
+    }
+
+    /// Stores a dense weight in `dtype` (an NF4 weight is left as it is: it dequantizes to f32).
+    pub fn cast(self, dtype: BaseDtype) -> Self {
+        match self {
+            BaseWeight::Dense(w) if w.val().dtype() != dtype.dtype() => {
+                BaseWeight::dense(w.val().cast(dtype.dtype()).detach())
+            }
+            other => other,
         }
     }
 

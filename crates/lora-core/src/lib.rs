@@ -31,14 +31,17 @@
 //! 6. [`peft`] — adapter files both ways ([`peft::load_adapter`], [`peft::save_adapter`]);
 //!    [`adapter_set`] — [`AdapterSet`]: several named adapters, one active, and [`combine`]:
 //!    PEFT's `add_weighted_adapter` (`linear`, `cat`, `svd`);
-//! 7. [`base_weight`] and [`quant`] — the frozen `W`: dense or NF4 (QLoRA);
+//! 7. [`base_weight`], [`base_dtype`] and [`quant`] — the frozen `W`: dense (f32, bf16 or f16)
+//!    or NF4 (QLoRA);
 //! 8. [`adalora`] — AdaLoRA: the SVD-form adapter and its rank allocator;
-//! 9. [`tensor_io`], [`backend`], [`error`] — safetensors on the host, devices, the error type.
+//! 9. [`recompute`] — block-level gradient checkpointing (a layer runs again in backward);
+//! 10. [`tensor_io`], [`backend`], [`error`] — safetensors on the host, devices, the error type.
 
 pub mod adalora;
 pub mod adapter;
 pub mod adapter_set;
 pub mod backend;
+pub mod base_dtype;
 pub mod base_weight;
 pub mod combine;
 pub mod config;
@@ -49,12 +52,14 @@ pub mod linear;
 pub mod lora;
 pub mod peft;
 pub mod quant;
+pub mod recompute;
 pub mod targets;
 pub mod tensor_io;
 
 pub use adapter::Adapter;
 pub use adapter_set::AdapterSet;
 pub use backend::{BackendKind, select_device};
+pub use base_dtype::{BaseDtype, cast_base};
 pub use base_weight::BaseWeight;
 pub use combine::{Combination, WeightedCombination};
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};

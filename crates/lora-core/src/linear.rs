@@ -17,10 +17,10 @@
 //! - input `x`: `[..., d_in]` → output `[..., d_out]`
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
-use burn::tensor::module::linear;
+use burn::tensor::{DType, Tensor};
 
 use crate::adapter::Adapter;
+use crate::base_dtype::BaseDtype;
 use crate::base_weight::BaseWeight;
 use crate::error::LoraError;
 use crate::quant::{Nf4Config, RequantizeReport, requantize_report_weight};
@@ -53,6 +53,17 @@ impl LoraLinear {
         }
     }
 
+    /// A frozen linear layer from a base weight already in its storage form (dense in any
+    /// float type, or NF4) and an optional `[d_out]` bias.
+    pub fn from_base(weight: BaseWeight, bias: Option<Tensor<1>>) -> Self {
+        LoraLinear {
+            weight,
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+            adapter: None,
+            merged: false,
+        }
+    }
+
     /// `(d_in, d_out)` of the base weight.
     pub fn dims(&self) -> (usize, usize) {
         let [d_in, d_out] = self.weight.shape().dims();
@@ -76,17 +87,33 @@ impl LoraLinear {
         Ok(())
     }
 
+    /// Stores the base weight in `dtype` (`--base-dtype`); the adapter stays f32.
+    ///
+    /// # Errors
+    /// [`LoraError::MergeState`] if an adapter is merged into `W` (casting would round `ΔW`).
+    pub fn cast_base(&mut self, dtype: BaseDtype, path: &str) -> Result<(), LoraError> {
+        if self.merged {
+            return Err(LoraError::MergeState {
+                path: path.into(),
+                what: "is merged; unmerge before changing the base dtype".into(),
+            });
+        }
+        self.weight = self.weight.clone().cast(dtype);
+        Ok(())
+    }
+
     /// `y = x·W + b + scaling · (dropout(x)·A)·B`; the base output is never scaled, and a merged
     /// layer does not add the update a second time.
     ///
     /// # Shapes
     /// `x`: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let w = self.weight.val(); // dequantized once for NF4, shared with DoRA's norm
-        let base = linear(x.clone(), w.clone(), None); // x·W
+        // x·W; an NF4 weight multiplies as one op that dequantizes again in backward.
+        let base = self.weight.matmul(x.clone());
         let y = match &self.adapter {
             Some(adapter) if !self.merged => {
-                let update = adapter.forward(x, &base, &w);
+                // Only DoRA reads W (its norm is over W + ΔW), in f32.
+                let update = adapter.forward(x, &base, || self.weight_f32());
                 base + update
             }
             _ => base,
@@ -130,10 +157,12 @@ impl LoraLinear {
     /// # Errors
     /// [`LoraError::MergeState`] if there is no adapter or the layer is already merged.
     pub fn merge(&mut self, path: &str) -> Result<(), LoraError> {
-        let w = self.weight.val();
+        let dtype = self.weight.val().dtype();
+        let w = self.weight_f32();
         let merged = self.adapter_in_state(path, false)?.merge_into(w);
-        // An NF4 base is dequantized and stays dense: re-quantizing would round ΔW away.
-        self.weight = self.weight.clone().replace(merged);
+        // An NF4 base is dequantized and stays dense: re-quantizing would round ΔW away. A
+        // bf16/f16 base stays in its type, as PEFT merges (the merged W rounded to it once).
+        self.weight = self.weight.clone().replace(merged.cast(dtype));
         self.merged = true;
         Ok(())
     }
@@ -143,9 +172,10 @@ impl LoraLinear {
     /// # Errors
     /// [`LoraError::MergeState`] if there is no adapter or the layer is not merged.
     pub fn unmerge(&mut self, path: &str) -> Result<(), LoraError> {
-        let w = self.weight.val();
+        let dtype = self.weight.val().dtype();
+        let w = self.weight_f32();
         let base = self.adapter_in_state(path, true)?.unmerge_from(w, path)?;
-        self.weight = self.weight.clone().replace(base);
+        self.weight = self.weight.clone().replace(base.cast(dtype));
         self.merged = false;
         Ok(())
     }
@@ -193,6 +223,17 @@ impl LoraLinear {
             BaseWeight::Dense(_) => Err(LoraError::InvalidConfig(format!(
                 "{path}: the base weight is not NF4; there is nothing to re-quantize"
             ))),
+        }
+    }
+
+    /// `W` in f32 (`[d_in, d_out]`): dequantized for NF4, cast up for a bf16/f16 base; for
+    /// DoRA's norm and for merging, which work in f32.
+    fn weight_f32(&self) -> Tensor<2> {
+        let w = self.weight.val();
+        if w.dtype() == DType::F32 {
+            w
+        } else {
+            w.cast(DType::F32)
         }
     }
 

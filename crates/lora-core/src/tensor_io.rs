@@ -52,6 +52,12 @@ impl HostTensor {
         }
     }
 
+    /// Uploads to `device` as a rank-`D` float tensor, handing over the host buffer (no copy on
+    /// the CPU backends).
+    pub fn into_tensor<const D: usize>(self, device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(self.data, self.shape), device)
+    }
+
     /// Uploads to `device` as a rank-`D` float tensor.
     pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
         Tensor::from_data(
@@ -94,41 +100,11 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Lor
     })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::I64 => raw
-                .chunks_exact(8)
-                .map(|b| {
-                    i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-                })
-                .collect(),
-            Dtype::I32 => raw
-                .chunks_exact(4)
-                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
-                .collect(),
-            Dtype::U8 => raw.iter().map(|&b| b as f32).collect(),
-            other => {
-                return Err(LoraError::AdapterTensor {
-                    path: path.to_path_buf(),
-                    key: name,
-                    message: format!(
-                        "dtype {other:?} is not supported (expected F32, F16 or BF16)"
-                    ),
-                });
-            }
-        };
+        let data = view_to_f32(&view).map_err(|message| LoraError::AdapterTensor {
+            path: path.to_path_buf(),
+            key: name.clone(),
+            message,
+        })?;
         let tensor = HostTensor {
             shape: view.shape().to_vec(),
             data,
@@ -145,6 +121,43 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Lor
         out.insert(name, tensor);
     }
     Ok(out)
+}
+
+/// The values of one safetensors tensor as `f32` (F32, F16, BF16; I64, I32 and U8 converted,
+/// exact below 2²⁴).
+///
+/// # Errors
+/// A message naming the dtype for any other.
+pub fn view_to_f32(view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>, String> {
+    let raw = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::I64 => raw
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect(),
+        Dtype::I32 => raw
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+            .collect(),
+        Dtype::U8 => raw.iter().map(|&b| b as f32).collect(),
+        other => {
+            return Err(format!(
+                "dtype {other:?} is not supported (expected F32, F16 or BF16)"
+            ));
+        }
+    })
 }
 
 /// On-disk float format for [`write_safetensors`].

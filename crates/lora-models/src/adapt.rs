@@ -1,6 +1,7 @@
-//! The Llama's linear layers by module path, so `lora-core` can attach adapters to them.
+//! The Llama's linear layers by module path, so `lora-core` can attach adapters to them, and
+//! the type its frozen weights are stored in.
 
-use lora_core::{LinearVisitor, LoraError, LoraLinear, LoraModel};
+use lora_core::{BaseDtype, LinearVisitor, LoraError, LoraLinear, LoraModel, cast_base};
 
 use crate::llama::Llama;
 
@@ -37,5 +38,22 @@ impl LoraModel for Llama {
             f(&format!("{p}.mlp.down_proj"), &m.down_proj);
         }
         f("lm_head", &self.lm_head);
+    }
+}
+
+impl Llama {
+    /// Stores the frozen token embedding and every dense linear weight (the head included) in
+    /// `dtype`; the norms' gains stay f32 (a few thousand values, and the norms run in f32).
+    /// Returns the bytes of those weights afterwards.
+    ///
+    /// # Errors
+    /// [`LoraError::MergeState`] for a layer with a merged adapter.
+    pub fn cast_base(&mut self, dtype: BaseDtype) -> Result<usize, LoraError> {
+        let embed = &mut self.model.embed_tokens.weight;
+        if embed.val().dtype() != dtype.dtype() {
+            *embed = embed.clone().map(|w| w.cast(dtype.dtype()).detach());
+        }
+        let embed_bytes = embed.shape().num_elements() * dtype.dtype().size();
+        Ok(embed_bytes + cast_base(self, dtype)?)
     }
 }

@@ -35,6 +35,7 @@ pub mod llama;
 mod mask;
 mod norm;
 pub mod pretrained;
+mod recompute;
 mod rope;
 pub mod tokenizer;
 
@@ -43,4 +44,4 @@ pub use error::ModelError;
 pub use family::Family;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
-pub use pretrained::{COMBINED, LoadOptions, Loaded, Pretrained, load, load_with};
+pub use pretrained::{COMBINED, LoadOptions, Loaded, Pretrained, load, load_stored, load_with};

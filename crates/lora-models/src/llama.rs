@@ -20,7 +20,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::embedding;
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor};
 use lora_core::LoraLinear;
 
 use crate::config::LlamaConfig;
@@ -243,10 +243,18 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// The rows come out in f32 whatever type the table is stored in (`--base-dtype`): the
+    /// activations between layers stay f32.
+    ///
     /// # Shapes
     /// `tokens`: `[B, T]` → `[B, T, D]`
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let x = embedding(self.weight.val(), tokens);
+        let rows = embedding(self.weight.val(), tokens);
+        let x = if rows.dtype() == DType::F32 {
+            rows
+        } else {
+            rows.cast(DType::F32)
+        };
         match self.scale {
             Some(s) => x.mul_scalar(s),
             None => x,
@@ -329,15 +337,22 @@ impl LlamaModel {
                 (None, l) => l,
             }
         });
+        // With gradient checkpointing (training only: no cache) each layer keeps only its input
+        // for the backward pass and runs again there.
+        let recompute = cache.is_none() && crate::recompute::wants_recompute(&x);
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
             let (rope, mask) = if layer.self_attn.sliding_window.is_some() {
                 let local = self.rotary_emb_local.as_ref();
                 (local.unwrap_or(&self.rotary_emb), sliding.as_ref())
             } else {
                 (&self.rotary_emb, full.as_ref())
             };
-            x = layer.forward(x, rope, mask, layer_cache);
+            x = if recompute {
+                crate::recompute::recomputed_layer(layer, x, rope, mask)
+            } else {
+                let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
+                layer.forward(x, rope, mask, layer_cache)
+            };
         }
         self.norm.forward(x)
     }

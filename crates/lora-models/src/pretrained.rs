@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use lora_core::peft::{self, AdapterConfig};
-use lora_core::quant::{Nf4Config, QuantReport, quantize_base};
-use lora_core::{AdaptReport, AdapterSet, WeightedCombination};
+use lora_core::quant::{Nf4Config, QuantReport};
+use lora_core::{AdaptReport, AdapterSet, BaseDtype, WeightedCombination};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Storage};
 use crate::error::ModelError;
 use crate::family::Family;
 use crate::llama::Llama;
@@ -40,22 +40,34 @@ impl Pretrained {
 }
 
 /// Loads a GGUF file or a Hugging Face directory (`config.json`, `model.safetensors`,
-/// `tokenizer.json`) onto `device`.
+/// `tokenizer.json`) onto `device`, every weight in f32.
 ///
 /// # Errors
 /// [`ModelError`] naming the file and the key or tensor that is missing, misshaped, unused or
 /// unsupported.
 pub fn load(path: &Path, device: &Device) -> Result<Pretrained, ModelError> {
+    load_stored(path, &Storage::default(), device)
+}
+
+/// [`load`], streaming: each tensor is decoded and converted to `storage` (bf16/f16, NF4) as
+/// the model takes it, so the checkpoint never exists in f32 as a whole (load peak ≈ the
+/// loaded model plus the largest tensor in f32).
+///
+/// # Errors
+/// As [`load`]; [`ModelError::Lora`] for a bad NF4 block size.
+pub fn load_stored(
+    path: &Path,
+    storage: &Storage,
+    device: &Device,
+) -> Result<Pretrained, ModelError> {
     let (model, mut tokenizer) = if path.is_dir() {
-        let config = checkpoint::hf::read_config(path)?;
-        let weights = checkpoint::hf::read_weights(path)?;
-        let model = checkpoint::build_llama(&config, weights, device)?;
+        let model = load_hf_model_as(path, storage, device)?;
         (model, TextTokenizer::from_hf_dir(path)?)
     } else {
         let file = checkpoint::gguf::open(path)?;
         let config = checkpoint::gguf::read_config(&file)?;
         let weights = checkpoint::gguf::read_weights(&file, &config)?;
-        let model = checkpoint::build_llama(&config, weights, device)?;
+        let model = checkpoint::build_llama_as(&config, weights, storage, device)?;
         (model, TextTokenizer::from_gguf(&file)?)
     };
     tokenizer
@@ -87,13 +99,25 @@ pub fn load(path: &Path, device: &Device) -> Result<Pretrained, ModelError> {
 /// # Errors
 /// As [`load`].
 pub fn load_hf_model(dir: &Path, device: &Device) -> Result<Llama, ModelError> {
-    let config = checkpoint::hf::read_config(dir)?;
-    let weights = checkpoint::hf::read_weights(dir)?;
-    checkpoint::build_llama(&config, weights, device)
+    load_hf_model_as(dir, &Storage::default(), device)
 }
 
-/// How to load a model for inference or evaluation: the base as stored or in NF4, with or
-/// without an adapter.
+/// [`load_hf_model`] with the weights stored as `storage` says (bf16/f16, NF4).
+///
+/// # Errors
+/// As [`load`]; [`ModelError::Lora`] for a bad NF4 block size.
+pub fn load_hf_model_as(
+    dir: &Path,
+    storage: &Storage,
+    device: &Device,
+) -> Result<Llama, ModelError> {
+    let config = checkpoint::hf::read_config(dir)?;
+    let weights = checkpoint::hf::read_weights(dir)?;
+    checkpoint::build_llama_as(&config, weights, storage, device)
+}
+
+/// How to load a model for inference or evaluation: the base as stored, in bf16/f16 or in NF4,
+/// with or without an adapter.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Store every linear layer except `lm_head` in NF4 (QLoRA's base; dequantized in each
@@ -101,6 +125,9 @@ pub struct LoadOptions {
     pub nf4: Option<Nf4Config>,
     /// A PEFT adapter directory (LoRA, DoRA or AdaLoRA, ours or PEFT's) to attach.
     pub adapter: Option<PathBuf>,
+    /// The type the frozen weights are stored and multiplied in (after NF4 quantization, what
+    /// stays dense: the embedding and `lm_head`).
+    pub base_dtype: BaseDtype,
     /// Several PEFT adapters by name (`name`, directory), loaded in order into an
     /// [`AdapterSet`]: the first is active, unless `combine` is set (instead of `adapter`).
     pub adapters: Vec<(String, PathBuf)>,
@@ -126,7 +153,8 @@ pub struct Loaded {
     pub adapters: Option<AdapterSet>,
 }
 
-/// [`load`], then quantize the base to NF4 and attach an adapter as `options` say.
+/// [`load_stored`] (the base streamed into NF4 and/or `base_dtype`), then attach an adapter as
+/// `options` say.
 ///
 /// # Errors
 /// As [`load`]; [`ModelError::Lora`] for a bad block size or an adapter that does not fit
@@ -136,11 +164,12 @@ pub fn load_with(
     options: &LoadOptions,
     device: &Device,
 ) -> Result<Loaded, ModelError> {
-    let mut pretrained = load(path, device)?;
-    let quant = match &options.nf4 {
-        Some(nf4) => Some(quantize_base(&mut pretrained.model, nf4, &["lm_head"])?),
-        None => None,
+    let storage = Storage {
+        dtype: options.base_dtype,
+        nf4: options.nf4,
     };
+    let mut pretrained = load_stored(path, &storage, device)?;
+    let quant = options.nf4.map(|_| QuantReport::of(&pretrained.model));
     let mut adapters = None;
     let adapter = match (&options.adapter, options.adapters.is_empty()) {
         (Some(_), false) => {

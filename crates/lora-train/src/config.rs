@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use lora_core::BaseDtype;
 use lora_core::adalora::AdaLoraConfig;
 use lora_core::config::{LoraConfig, TargetModules};
 use lora_core::quant::Nf4Config;
@@ -180,6 +181,15 @@ pub struct TrainConfig {
     pub adalora: AdaLoraConfig,
     /// Base-weight quantization (QLoRA).
     pub quant: QuantSection,
+    /// The type the frozen base weights are stored and multiplied in: `f32`, `bf16` or `f16`
+    /// (adapters, their gradients and the optimizer state stay f32). With `quant.method = "nf4"`
+    /// it applies to what stays dense: the embedding and `lm_head`.
+    #[serde(default)]
+    pub base_dtype: BaseDtype,
+    /// burn's gradient checkpointing: memory-bound activations are recomputed in the backward
+    /// pass instead of kept (same losses and gradients, less memory, more compute).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 /// The main job's targets: the four attention projections.
@@ -224,6 +234,8 @@ impl Default for TrainConfig {
                 ..AdaLoraConfig::default()
             },
             quant: QuantSection::default(),
+            base_dtype: BaseDtype::default(),
+            gradient_checkpointing: false,
         }
     }
 }

@@ -27,9 +27,10 @@ use std::time::Instant;
 use burn::module::Module;
 use lora_core::adalora::{RankAllocator, apply_adalora};
 use lora_core::peft::{self, AdapterConfig};
-use lora_core::quant::quantize_base;
+use lora_core::quant::QuantReport;
 use lora_core::tensor_io::write_atomic;
-use lora_core::{AdaptReport, BackendKind, apply_lora, select_device};
+use lora_core::{AdaptReport, BackendKind, BaseDtype, apply_lora, select_device};
+use lora_models::checkpoint::Storage;
 use lora_models::tokenizer::TextTokenizer;
 use lora_models::{Llama, cache};
 use serde::Serialize;
@@ -223,6 +224,8 @@ pub struct Summary {
     pub run_dir: PathBuf,
     /// QLoRA only: how the base weights are stored.
     pub quant: Option<QuantSummary>,
+    /// Memory while loading the model.
+    pub load_memory: LoadMemory,
     /// AdaLoRA only: where the rank budget went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adalora: Option<RankSummary>,
@@ -334,31 +337,82 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Quantizes every linear layer but `lm_head` to NF4 when the config asks (QLoRA; transformers
-/// keeps `lm_head` in full precision too).
-fn quantize_if_asked(
-    model: &mut Llama,
+/// Memory while loading: the process's peak before the first step, what it holds once the
+/// model is loaded, and the largest single weight in f32. Streaming loads keep the first at
+/// most the sum of the other two.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadMemory {
+    /// `VmHWM` right after loading, bytes.
+    pub peak_rss_bytes: Option<u64>,
+    /// `VmRSS` right after loading, bytes.
+    pub rss_after_bytes: Option<u64>,
+    /// The largest weight of the model, in f32 bytes.
+    pub largest_tensor_f32_bytes: u64,
+    /// Seconds to load.
+    pub seconds: f64,
+}
+
+/// `VmRSS` of this process, bytes.
+fn rss_now_bytes() -> Option<u64> {
+    crate::bench::rss_now_bytes()
+}
+
+/// Loads the model with each tensor converted as it is read: NF4 for every linear layer but
+/// `lm_head` when the config asks (QLoRA; transformers keeps `lm_head` in full precision too),
+/// the rest in `base_dtype`; says what was loaded.
+fn load_base(
+    path: &Path,
     cfg: &TrainConfig,
+    device: &burn::tensor::Device,
     observer: &mut dyn Observer,
-) -> Result<Option<QuantSummary>, TrainError> {
-    let Some(nf4) = cfg.quant.to_nf4().map_err(TrainError::Config)? else {
-        return Ok(None);
+) -> Result<(lora_models::Pretrained, Option<QuantSummary>, LoadMemory), TrainError> {
+    let nf4 = cfg.quant.to_nf4().map_err(TrainError::Config)?;
+    let storage = Storage {
+        dtype: cfg.base_dtype,
+        nf4,
     };
     let t = Instant::now();
-    let r = quantize_base(model, &nf4, &["lm_head"])?;
-    let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+    let pretrained = lora_models::load_stored(path, &storage, device)?;
+    let c = &pretrained.model.config;
+    let memory = LoadMemory {
+        peak_rss_bytes: peak_rss_bytes(),
+        rss_after_bytes: rss_now_bytes(),
+        largest_tensor_f32_bytes: 4
+            * (c.vocab_size * c.d_model)
+                .max(c.d_model * c.d_ff)
+                .max(c.d_model * c.n_heads * c.head_dim) as u64,
+        seconds: t.elapsed().as_secs_f64(),
+    };
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     observer.on_message(&format!(
-        "QLoRA: {} linear layers in NF4 (block {}, double quantization {}): {} weights in {:.1} MiB on the device, {:.3} bits/weight (f32: {:.1} MiB) in {:.1}s",
+        "loaded {} in {:.1}s: {:.0} MiB resident, peak {:.0} MiB while loading (largest weight in f32: {:.0} MiB)",
+        path.display(),
+        memory.seconds,
+        mib(memory.rss_after_bytes.unwrap_or(0)),
+        mib(memory.peak_rss_bytes.unwrap_or(0)),
+        mib(memory.largest_tensor_f32_bytes)
+    ));
+    if cfg.base_dtype != BaseDtype::F32 {
+        observer.on_message(&format!(
+            "base weights in {} (the embedding, and every linear layer not in NF4); adapters, gradients and optimizer state in f32",
+            cfg.base_dtype
+        ));
+    }
+    let Some(nf4) = nf4 else {
+        return Ok((pretrained, None, memory));
+    };
+    let r = QuantReport::of(&pretrained.model);
+    observer.on_message(&format!(
+        "QLoRA: {} linear layers in NF4 (block {}, double quantization {}): {} weights in {:.1} MiB on the device, {:.3} bits/weight (f32: {:.1} MiB)",
         r.modules.len(),
         nf4.block_size,
         if nf4.double_quant { "on" } else { "off" },
         r.weights,
-        mib(r.storage_bytes),
+        mib(r.storage_bytes as u64),
         r.bits_per_weight(),
-        mib(r.dense_bytes),
-        t.elapsed().as_secs_f64()
+        mib(r.dense_bytes as u64),
     ));
-    Ok(Some(QuantSummary {
+    let quant = QuantSummary {
         method: "nf4",
         block_size: nf4.block_size,
         double_quant: nf4.double_quant,
@@ -367,7 +421,8 @@ fn quantize_if_asked(
         base_bytes_on_device: r.storage_bytes,
         bits_per_weight: r.bits_per_weight(),
         f32_bytes_before: r.dense_bytes,
-    }))
+    };
+    Ok((pretrained, Some(quant), memory))
 }
 
 /// The adapter kind the run trains and saves.
@@ -427,13 +482,18 @@ pub fn run_training(
         .backend
         .parse()
         .map_err(|e: lora_core::LoraError| TrainError::Config(e.to_string()))?;
-    let device = select_device(kind)?.autodiff();
+    // The model lives on the device the steps run on: with checkpointing, one whose autodiff
+    // recomputes memory-bound activations in the backward pass.
+    let device = if cfg.gradient_checkpointing {
+        select_device(kind)?.autodiff().gradient_checkpointing()
+    } else {
+        select_device(kind)?.autodiff()
+    };
     let model_path = match &cfg.model {
         Some(p) => cache::resolve_model(p)?,
         None => cache::ensure_default_model()?,
     };
-    let mut pretrained = lora_models::load(&model_path, &device)?;
-    let quant = quantize_if_asked(&mut pretrained.model, cfg, observer)?;
+    let (pretrained, quant, load_memory) = load_base(&model_path, cfg, &device, observer)?;
     let tok = pretrained.tokenizer.clone();
     let base_name = pretrained.name();
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
@@ -611,6 +671,7 @@ pub fn run_training(
         steps_done,
         run_dir: dir.to_path_buf(),
         quant,
+        load_memory,
         adalora,
     };
     write_json(&dir.join("summary.json"), &summary)?;

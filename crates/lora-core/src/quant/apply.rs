@@ -6,7 +6,7 @@ use crate::inject::LoraModel;
 use crate::quant::{Nf4Config, RequantizeReport};
 
 /// What [`quantize_base`] did: how many weights went to NF4 and what they cost on the device.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct QuantReport {
     /// Module paths of the quantized layers.
     pub modules: Vec<String>,
@@ -19,6 +19,22 @@ pub struct QuantReport {
 }
 
 impl QuantReport {
+    /// What is stored in NF4 in `model` now (e.g. after loading straight into NF4); the f32
+    /// size is 4 bytes per weight.
+    pub fn of<M: LoraModel>(model: &M) -> Self {
+        let mut report = QuantReport::default();
+        model.visit_linears(&mut |path, lin| {
+            if lin.weight.is_quantized() {
+                let n = lin.weight.shape().num_elements();
+                report.modules.push(path.to_string());
+                report.weights += n;
+                report.storage_bytes += lin.weight.storage_bytes();
+                report.dense_bytes += 4 * n;
+            }
+        });
+        report
+    }
+
     /// Device storage of the quantized weights in bits per weight (≈ 4.127 with double
     /// quantization and block size 64, 4.5 without).
     pub fn bits_per_weight(&self) -> f64 {
@@ -48,12 +64,7 @@ pub fn quantize_base<M: LoraModel>(
             "NF4 skip list names {missing:?}, which is not a linear layer of this model"
         )));
     }
-    let mut report = QuantReport {
-        modules: Vec::new(),
-        weights: 0,
-        storage_bytes: 0,
-        dense_bytes: 0,
-    };
+    let mut report = QuantReport::default();
     model.visit_linears_mut(&mut |path, lin| {
         if skip.contains(&path) {
             return Ok(());

@@ -8,7 +8,9 @@
 //! - [`nf4`]: the code book and blockwise quantization on the host, bit for bit as bitsandbytes.
 //! - [`dynamic_map`]: the 8-bit dynamic code used for the scales.
 //! - [`nf4_weight`]: [`Nf4Weight`], the packed weight kept on the device and dequantized in
-//!   `forward` with burn tensor ops (any backend).
+//!   `forward` (any backend);
+//! - [`nf4_op`]: the dequantize and the base product as backend operations, with an autodiff
+//!   backward that dequantizes again instead of keeping an f32 `W` (bitsandbytes' `MatMul4Bit`).
 //! - [`apply`]: [`quantize_base`], a whole model's linear layers at once, and
 //!   [`requantize_summary`], what re-quantizing after a merge would keep, layer by layer.
 //! - [`requantize`]: what re-quantizing a merged weight would keep of the adapter (measured on
@@ -17,6 +19,7 @@
 pub mod apply;
 pub mod dynamic_map;
 pub mod nf4;
+pub mod nf4_op;
 pub mod nf4_weight;
 pub mod requantize;
 

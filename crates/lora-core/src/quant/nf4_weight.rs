@@ -8,24 +8,23 @@
 //!   blocks) and `offset` (one f32); without it, `absmax` (one f32 per block);
 //! - the 16-entry NF4 table and the 256-entry dynamic table (a few hundred bytes per layer).
 //!
-//! Dequantizing uses only burn tensor ops — shifts, masks, a table `select`, a broadcast
-//! multiply — so it runs unchanged on flex, ndarray and wgpu. The result is a constant: no
-//! gradient ever reaches the base (QLoRA §3: gradients flow through the frozen 4-bit weights
-//! into the adapters).
+//! Dequantizing uses only backend primitive ops — shifts, masks, a table `select`, a broadcast
+//! multiply — so it runs unchanged on flex, ndarray and wgpu ([`crate::quant::nf4_op`]). The
+//! result is a constant: no gradient ever reaches the base (QLoRA §3: gradients flow through
+//! the frozen 4-bit weights into the adapters), and the base product [`Nf4Weight::matmul`]
+//! dequantizes again in backward rather than keeping an f32 `W`.
 //!
 //! Source: QLoRA (arXiv:2305.14314) §3, eq. 5–6 (`doubleDequant`); bitsandbytes
 //! `functional.py` `dequantize_4bit`.
 
+use burn::backend::Dispatch;
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::LoraError;
 use crate::quant::dynamic_map::{QuantizedBlockwise8, dynamic_map};
 use crate::quant::nf4::{Absmax, NESTED_BLOCK_SIZE, NF4_CODE, Nf4Config, Nf4Tensor, quantize_nf4};
-
-/// Bit offsets of the 4 bytes of a little-endian word of bnb bytes, in element order (byte k
-/// holds elements 2k and 2k + 1).
-const BYTE_SHIFTS: [i32; 4] = [0, 8, 16, 24];
+use crate::quant::nf4_op::{Nf4Backend, Nf4Parts, Nf4Scales};
 
 /// For every byte value `b`, the NF4 values of its two elements in element order,
 /// `[NF4[b >> 4], NF4[b & 0xF]]` (bitsandbytes puts the first element in the high nibble):
@@ -225,43 +224,50 @@ impl Nf4Weight {
         self.len().div_ceil(self.block_size)
     }
 
-    /// The per-block `absmax`, `[blocks]`: `dynamic[q] · absmax₂ + offset` with double
-    /// quantization (QLoRA eq. 6), the stored f32 values without.
-    fn absmax_values(&self) -> Tensor<1> {
-        let d = match &self.scales {
-            BlockScales::F32(a) => return a.val(),
-            BlockScales::Double(d) => d,
+    /// The stored tensors as the NF4 operation's input (clones share the buffers).
+    fn parts(&self) -> Nf4Parts<Dispatch> {
+        let scales = match &self.scales {
+            BlockScales::F32(a) => Nf4Scales::F32 {
+                absmax: a.val().into_dispatch(),
+            },
+            BlockScales::Double(d) => Nf4Scales::Double {
+                codes: d.codes.val().into_dispatch(),
+                absmax2: d.absmax2.val().into_dispatch(),
+                dynamic: self.dynamic_code.val().into_dispatch(),
+                offset: d.offset,
+            },
         };
-        let idx = unpack_bytes(d.codes.val()); // [padded_blocks]
-        let groups = d.absmax2.dims()[0];
-        let values = self
-            .dynamic_code
-            .val()
-            .select(0, idx)
-            .reshape([groups, NESTED_BLOCK_SIZE])
-            .mul(d.absmax2.val().reshape([groups, 1]))
-            .reshape([groups * NESTED_BLOCK_SIZE])
-            .add_scalar(d.offset);
-        values.slice(0..self.blocks())
+        Nf4Parts {
+            packed: self.packed.val().into_dispatch(),
+            pairs: self.nf4_pairs.val().into_dispatch(),
+            scales,
+            d_out: self.shape_out_in[0],
+            d_in: self.shape_out_in[1],
+            block_size: self.block_size,
+        }
     }
 
     /// Dequantizes to the burn layout `[d_in, d_out]` (a transposed view of the `[d_out, d_in]`
-    /// result): `NF4[idx] · absmax[block]`, bit-identical to bitsandbytes on flex.
+    /// result): `NF4[idx] · absmax[block]`, bit-identical to bitsandbytes on flex. A constant:
+    /// never tracked by autodiff.
     pub fn dequantize(&self) -> Tensor<2> {
-        // One lookup per byte, not per nibble: a `[256, 2]` table holds both elements of every
-        // byte value, so unpacking takes 4 shift-and-mask passes instead of 8 and gathers two
-        // values per index (bit-identical: the same NF4 values, only fetched in pairs).
-        let bytes = unpack_bytes(self.packed.val()); // [blocks · block / 2]
-        let blocks = self.blocks();
-        let values = self
-            .nf4_pairs
-            .val()
-            .select(0, bytes) // [blocks · block / 2, 2]
-            .reshape([blocks, self.block_size])
-            .mul(self.absmax_values().reshape([blocks, 1]))
-            .reshape([blocks * self.block_size])
-            .slice(0..self.len());
-        values.reshape(self.shape_out_in).transpose()
+        Tensor::from_dispatch(<Dispatch as Nf4Backend>::nf4_dequantize(self.parts()))
+    }
+
+    /// `x · W` with `W` dequantized on the fly ([`Nf4Backend::nf4_matmul`]): under autodiff the
+    /// backward pass dequantizes again from the packed codes, so no f32 copy of `W` is kept
+    /// between forward and backward (bitsandbytes' `MatMul4Bit`).
+    ///
+    /// # Shapes
+    /// `x`: `[..., d_in]` → `[..., d_out]`
+    pub fn matmul<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mut dims = x.dims();
+        let [d_out, d_in] = self.shape_out_in;
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let x = x.reshape([rows, d_in]).into_dispatch();
+        let y = Tensor::<2>::from_dispatch(<Dispatch as Nf4Backend>::nf4_matmul(x, self.parts()));
+        dims[D - 1] = d_out;
+        y.reshape(dims)
     }
 
     /// Bytes this weight occupies on the device (packed codes and statistics, not the two
@@ -282,19 +288,4 @@ impl Nf4Weight {
     pub fn bits_per_weight(&self) -> f64 {
         8.0 * self.storage_bytes() as f64 / self.len() as f64
     }
-}
-/// The four bytes of every 32-bit word, lowest first (the order [`BYTE_SHIFTS`] packs them
-/// in), as `[4 · words]` ids.
-fn unpack_bytes(words: Tensor<1, Int>) -> Tensor<1, Int> {
-    let [n_words] = words.dims();
-    let parts: Vec<Tensor<1, Int>> = BYTE_SHIFTS
-        .iter()
-        .map(|&s| {
-            words
-                .clone()
-                .bitwise_right_shift_scalar(s)
-                .bitwise_and_scalar(0xFF)
-        })
-        .collect();
-    Tensor::stack::<2>(parts, 1).reshape([n_words * 4])
 }

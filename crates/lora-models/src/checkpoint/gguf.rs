@@ -8,6 +8,7 @@ use std::path::Path;
 use lora_core::tensor_io::HostTensor;
 
 use crate::checkpoint::build::NamedWeights;
+use crate::checkpoint::lazy::LazyTensor;
 use crate::checkpoint::names::{Fixup, gguf_to_hf};
 use crate::config::{LlamaConfig, SlidingWindow};
 use crate::error::ModelError;
@@ -107,12 +108,16 @@ pub fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     Ok(config)
 }
 
-/// Dequantizes and renames every tensor of `file`.
+/// Every tensor of `file` under its Hugging Face name, dequantized (and fixed up: q/k rows
+/// un-permuted, Gemma norms shifted) only when the model builder takes it.
 ///
 /// # Errors
-/// [`ModelError::Tensor`] for a tensor no rule covers (named), and the GGUF errors of
-/// dequantization (which name the tensor and its type).
-pub fn read_weights(file: &GgufFile, config: &LlamaConfig) -> Result<NamedWeights, ModelError> {
+/// [`ModelError::Tensor`] for a tensor no rule covers (named); the GGUF errors of
+/// dequantization (which name the tensor and its type) come when it is taken.
+pub fn read_weights<'a>(
+    file: &'a GgufFile,
+    config: &LlamaConfig,
+) -> Result<NamedWeights<'a>, ModelError> {
     let path = file.path().to_path_buf();
     let mut tensors = BTreeMap::new();
     for info in file.tensors() {
@@ -125,25 +130,31 @@ pub fn read_weights(file: &GgufFile, config: &LlamaConfig) -> Result<NamedWeight
                     config.family
                 ),
             })?;
-        let (shape, mut data) = file.tensor_f32(&info.name)?;
         let n_head = match fixup {
             Fixup::None | Fixup::MinusOne => None,
             Fixup::UnpermuteQ => Some(config.n_heads),
             Fixup::UnpermuteK => Some(config.n_kv_heads),
         };
-        if let Some(n_head) = n_head {
-            // A bias is the one-column case.
-            let (rows, cols) = match shape.as_slice() {
-                [rows, cols] => (*rows, *cols),
-                [rows] => (*rows, 1),
-                _ => (0, 0),
-            };
-            data = unpermute_qk(&data, rows, cols, n_head)?;
-        }
-        if fixup == Fixup::MinusOne {
-            data.iter_mut().for_each(|w| *w -= 1.0);
-        }
-        tensors.insert(hf, HostTensor { shape, data });
+        let shape = info.dims.clone(); // row-major already
+        let name = info.name.clone();
+        let lazy = LazyTensor::new(shape, move || {
+            let (shape, mut data) = file.tensor_f32(&name)?;
+            file.release(&name);
+            if let Some(n_head) = n_head {
+                // A bias is the one-column case.
+                let (rows, cols) = match shape.as_slice() {
+                    [rows, cols] => (*rows, *cols),
+                    [rows] => (*rows, 1),
+                    _ => (0, 0),
+                };
+                data = unpermute_qk(&data, rows, cols, n_head)?;
+            }
+            if fixup == Fixup::MinusOne {
+                data.iter_mut().for_each(|w| *w -= 1.0);
+            }
+            Ok(HostTensor { shape, data })
+        });
+        tensors.insert(hf, lazy);
     }
     Ok(NamedWeights {
         source: path,

@@ -6,13 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use lora_core::LoraLinear;
-use lora_core::tensor_io::{
-    DiskDtype, HostTensor, read_safetensors, write_atomic, write_safetensors,
-};
+use lora_core::tensor_io::{DiskDtype, HostTensor, write_atomic, write_safetensors};
 use serde::Deserialize;
 
 use crate::checkpoint::build::NamedWeights;
 use crate::checkpoint::hf_config::HfConfig;
+use crate::checkpoint::lazy::safetensors_lazy;
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::llama::Llama;
@@ -35,17 +34,18 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig, ModelError> {
         .map_err(|message| ModelError::Config { path, message })
 }
 
-/// Reads every weight of a Hugging Face directory (single file or sharded).
+/// Every weight of a Hugging Face directory (single file or sharded), memory-mapped: each is
+/// decoded when the model builder takes it.
 ///
 /// # Errors
-/// [`ModelError::Io`] / [`ModelError::Config`] for a missing or bad index, and the safetensors
-/// errors of `lora_core::tensor_io::read_safetensors` (which name the file).
-pub fn read_weights(dir: &Path) -> Result<NamedWeights, ModelError> {
+/// [`ModelError::Io`] / [`ModelError::Config`] for a missing or bad index, [`ModelError::Tensor`]
+/// for a file that is not valid safetensors (named).
+pub fn read_weights(dir: &Path) -> Result<NamedWeights<'static>, ModelError> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let mut tensors = BTreeMap::new();
     if single.exists() {
-        tensors = read_safetensors(&single)?;
+        tensors.extend(safetensors_lazy(&single)?);
     } else if index.exists() {
         #[derive(Deserialize)]
         struct Index {
@@ -61,7 +61,7 @@ pub fn read_weights(dir: &Path) -> Result<NamedWeights, ModelError> {
         })?;
         let shards: std::collections::BTreeSet<&String> = idx.weight_map.values().collect();
         for shard in shards {
-            tensors.extend(read_safetensors(&dir.join(shard))?);
+            tensors.extend(safetensors_lazy(&dir.join(shard))?);
         }
     } else {
         return Err(ModelError::Io {

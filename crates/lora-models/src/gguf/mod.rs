@@ -298,6 +298,29 @@ impl GgufFile {
         Ok(self.slice(info))
     }
 
+    /// Drops the pages of tensor `name` from this process's resident memory; they are read from
+    /// the file again if touched. A streaming load calls it after decoding each tensor, so the
+    /// mapped file does not pile up in the resident set (the load peak stays the model plus one
+    /// tensor). A no-op for a file built in memory or a name not in the file.
+    pub fn release(&self, name: &str) {
+        #[cfg(unix)]
+        if let (Bytes::Mapped(map), Some(&i)) = (&self.bytes, self.by_name.get(name)) {
+            let info = &self.tensors[i];
+            // SAFETY: a read-only shared file mapping: MADV_DONTNEED drops the pages and a later
+            // access reads the same bytes from the file again (madvise(2)), so no view of them
+            // changes. Failure only means the pages stay resident.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    info.offset as usize,
+                    info.n_bytes,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
+
     fn slice(&self, info: &TensorInfo) -> &[u8] {
         // Bounds were checked when the file was parsed; `get` keeps this panic-free regardless.
         let start = info.offset as usize;

@@ -6,14 +6,17 @@ use std::path::PathBuf;
 
 use burn::module::{Lora, Module, ParamGroup};
 use burn::tensor::{Distribution, Tensor};
-use lora_core::quant::{Nf4Config, quantize_base};
+use lora_core::quant::{Nf4Config, QuantReport, quantize_base};
 use lora_core::targets::TargetMatcher;
 use lora_core::{
-    Adapter, BackendKind, LoraConfig, LoraModel, TargetModules, apply_lora, select_device,
+    Adapter, BackendKind, BaseDtype, LoraConfig, LoraModel, TargetModules, apply_lora,
+    select_device,
 };
 use lora_models::Llama;
+use lora_models::checkpoint::Storage;
 use serde::{Deserialize, Serialize};
 
+use super::scale::{ScaleBase, ScaleShape, base_bits_per_weight};
 use super::{
     Progress, bench_token_ids, rss_now_bytes, time_generation, time_training, trainable_params,
 };
@@ -47,6 +50,23 @@ pub enum Implementation {
 }
 
 impl Implementation {
+    /// How this implementation's rows store the frozen base, streamed in at load: ours in
+    /// `--base-dtype`, QLoRA's with every linear layer but `lm_head` in NF4 (as `burn-lora train
+    /// --quant nf4`), burn's `apply_lora` on the f32 weights.
+    fn storage(self, s: &TrainSettings) -> Storage {
+        match self {
+            Implementation::Ours => Storage {
+                dtype: s.base_dtype,
+                nf4: None,
+            },
+            Implementation::OursNf4 => Storage {
+                dtype: s.base_dtype,
+                nf4: Some(Nf4Config::default()),
+            },
+            _ => Storage::default(),
+        }
+    }
+
     /// How the table names it.
     pub fn label(self) -> &'static str {
         match self {
@@ -140,6 +160,9 @@ pub struct TrainSettings {
     /// for the burn rows (ours and `apply_lora`).
     #[serde(default)]
     pub checkpointing: bool,
+    /// The type the frozen base is stored and multiplied in, for our rows (`--base-dtype`).
+    #[serde(default)]
+    pub base_dtype: BaseDtype,
 }
 
 /// What a child process does.
@@ -157,6 +180,15 @@ pub enum Job {
     },
     /// Time prefill and decode of the base, base + unmerged adapter, merged and NF4 models.
     Inference(InferenceSettings),
+    /// Time training steps of ours on a random-weight real-size shape (`bench --scale`).
+    Scale {
+        /// The Llama shape.
+        shape: ScaleShape,
+        /// How its frozen base is stored.
+        base: ScaleBase,
+        /// Shapes and optimizer (`targets` is all-linear).
+        settings: TrainSettings,
+    },
 }
 
 /// What an inference job measures.
@@ -257,78 +289,112 @@ pub fn run_one(spec: &JobSpec, progress: &mut dyn FnMut(Progress<'_>)) -> Result
             targets,
             settings,
         } => {
-            let device = if settings.checkpointing {
-                device.autodiff().gradient_checkpointing()
-            } else {
-                device.autodiff()
-            };
+            let device = training_device(&device, settings);
             let t0 = std::time::Instant::now();
-            let base = load_model(&spec.model, &device)?;
+            let storage = implementation.storage(settings);
+            let base = load_model(&spec.model, &storage, &device)?;
             let load_s = t0.elapsed().as_secs_f64();
             device.seed(settings.seed);
             let (model, base_bits) = adapt(base, *implementation, *targets, settings, &device)?;
-            let vocab = model.config.vocab_size;
-            let ids = bench_token_ids(settings.batch, settings.seq_len, vocab, settings.seed);
-            let rss_after_load = rss_now_bytes().unwrap_or(0);
-            let trainable = trainable_params(&model);
-            let n = settings.warmup + settings.steps;
             let label = format!("{} {}", implementation.label(), targets.label());
-            progress(Progress::Start {
-                label: &label,
-                total: n,
-            });
-            let (_, t) = time_training(
-                model,
-                &ids,
-                settings.warmup,
-                settings.steps,
-                settings.lr,
-                settings.weight_decay,
-                &mut |i, _, secs, loss| {
-                    progress(Progress::Step {
-                        done: i,
-                        message: format!("last {secs:.2}s, loss {loss:.3}"),
-                    })
-                },
-            )?;
-            progress(Progress::Done);
-            json(&RawTrain {
-                step_s: t.step_s,
-                forward_s: t.forward_s,
-                backward_s: t.backward_s,
-                optimizer_s: t.optimizer_s,
-                cpu_s: t.cpu_s,
-                losses: t.losses,
-                trainable_params: trainable,
-                peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
-                rss_after_load_bytes: rss_after_load,
-                load_s,
-                base_bits_per_weight: Some(base_bits),
-            })?
+            json(&timed_training(
+                model, settings, load_s, base_bits, &label, progress,
+            )?)?
         }
         Job::Inference(settings) => {
-            let base = load_model(&spec.model, &device)?;
+            let base = load_model(&spec.model, &Storage::default(), &device)?;
             json(&run_inference(base, settings, progress)?)?
         }
+        Job::Scale {
+            shape,
+            base,
+            settings,
+        } => json(&super::scale::run_scale(
+            *shape, *base, settings, &device, progress,
+        )?)?,
     };
     Ok(line)
 }
 
-/// The model alone (a Hugging Face directory needs no tokenizer here, so the tiny test fixtures
-/// work too).
-fn load_model(path: &std::path::Path, device: &burn::tensor::Device) -> Result<Llama> {
-    let model = if path.is_dir() {
-        lora_models::pretrained::load_hf_model(path, device)
+/// The autodiff device of a training job: with checkpointing, one that recomputes memory-bound
+/// activations in the backward pass.
+pub(super) fn training_device(
+    device: &burn::tensor::Device,
+    s: &TrainSettings,
+) -> burn::tensor::Device {
+    if s.checkpointing {
+        device.clone().autodiff().gradient_checkpointing()
     } else {
-        lora_models::load(path, device).map(|p| p.model)
+        device.clone().autodiff()
+    }
+}
+
+/// Times `warmup + steps` training steps of `model` (adapters attached, on an autodiff device)
+/// on the settings' fixed token ids, and collects the row's raw numbers.
+pub(super) fn timed_training(
+    model: Llama,
+    settings: &TrainSettings,
+    load_s: f64,
+    base_bits: f64,
+    label: &str,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<RawTrain> {
+    let vocab = model.config.vocab_size;
+    let ids = bench_token_ids(settings.batch, settings.seq_len, vocab, settings.seed);
+    let rss_after_load = rss_now_bytes().unwrap_or(0);
+    let trainable = trainable_params(&model);
+    let n = settings.warmup + settings.steps;
+    progress(Progress::Start { label, total: n });
+    let (_, t) = time_training(
+        model,
+        &ids,
+        settings.warmup,
+        settings.steps,
+        settings.lr,
+        settings.weight_decay,
+        &mut |i, _, secs, loss| {
+            progress(Progress::Step {
+                done: i,
+                message: format!("last {secs:.2}s, loss {loss:.3}"),
+            })
+        },
+    )?;
+    progress(Progress::Done);
+    Ok(RawTrain {
+        step_s: t.step_s,
+        forward_s: t.forward_s,
+        backward_s: t.backward_s,
+        optimizer_s: t.optimizer_s,
+        cpu_s: t.cpu_s,
+        losses: t.losses,
+        trainable_params: trainable,
+        peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+        rss_after_load_bytes: rss_after_load,
+        load_s,
+        base_bits_per_weight: Some(base_bits),
+    })
+}
+
+/// The model alone (a Hugging Face directory needs no tokenizer here, so the tiny test fixtures
+/// work too), each weight streamed into `storage`.
+fn load_model(
+    path: &std::path::Path,
+    storage: &Storage,
+    device: &burn::tensor::Device,
+) -> Result<Llama> {
+    let model = if path.is_dir() {
+        lora_models::pretrained::load_hf_model_as(path, storage, device)
+    } else {
+        lora_models::load_stored(path, storage, device).map(|p| p.model)
     };
     Ok(model?)
 }
 
-/// Puts trainable adapters on `base` with `implementation`'s mechanism; returns the model and
-/// the storage of its frozen linear weights in bits per weight.
+/// Puts trainable adapters on `base` (stored as [`Implementation::storage`] says) with
+/// `implementation`'s mechanism; returns the model and the storage of its frozen linear weights
+/// in bits per weight.
 fn adapt(
-    mut base: Llama,
+    base: Llama,
     implementation: Implementation,
     targets: TargetSet,
     s: &TrainSettings,
@@ -336,14 +402,14 @@ fn adapt(
 ) -> Result<(Llama, f64)> {
     let config = lora_config(targets, s.rank, s.alpha);
     match implementation {
-        Implementation::Ours => Ok((apply_lora(base, &config, device)?.0, 32.0)),
+        Implementation::Ours => {
+            let bits = base_bits_per_weight(&base);
+            Ok((apply_lora(base, &config, device)?.0, bits))
+        }
         Implementation::OursNf4 => {
-            // As `burn-lora train --quant nf4`: quantize first, then put the f32 adapters on.
-            let report = quantize_base(&mut base, &Nf4Config::default(), &["lm_head"])?;
-            Ok((
-                apply_lora(base, &config, device)?.0,
-                report.bits_per_weight(),
-            ))
+            // As `burn-lora train --quant nf4`: the f32 adapters on the NF4 base.
+            let bits = QuantReport::of(&base).bits_per_weight();
+            Ok((apply_lora(base, &config, device)?.0, bits))
         }
         Implementation::Burn => {
             // The same weights as ours: the `.weight.Dense` parameter of every selected linear layer.

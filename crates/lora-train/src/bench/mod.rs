@@ -16,6 +16,7 @@ pub mod job;
 pub mod peft;
 pub mod plot;
 pub mod report;
+pub mod scale;
 pub mod suite;
 mod train_steps;
 

@@ -7,7 +7,10 @@ use std::process::{Command, Stdio};
 
 use lora_models::cache;
 
+use lora_core::BaseDtype;
+
 use super::job::{RawTrain, TargetSet, TrainSettings};
+use super::scale::{ScaleBase, ScaleShape};
 
 /// The script, found next to this crate in the repository.
 pub fn default_script() -> PathBuf {
@@ -48,21 +51,69 @@ pub fn unavailable(python: &Path, script: &Path) -> Option<String> {
     }
 }
 
-/// Runs one PEFT configuration (on a bitsandbytes NF4 base when `nf4`); progress lines go to stderr as they come. Returns the raw
+/// The model a PEFT row trains.
+#[derive(Clone, Debug)]
+pub enum PeftModel<'a> {
+    /// A GGUF file or Hugging Face directory, in f32 / `base_dtype`, or on a bitsandbytes NF4
+    /// base when `nf4`.
+    File {
+        /// The file or directory.
+        path: &'a Path,
+        /// QLoRA's NF4 base.
+        nf4: bool,
+        /// `torch_dtype` of the frozen weights.
+        base_dtype: BaseDtype,
+    },
+    /// A random-weight real-size shape (`bench --scale`).
+    Scale {
+        /// The shape.
+        shape: ScaleShape,
+        /// Its base.
+        base: ScaleBase,
+    },
+}
+
+impl PeftModel<'_> {
+    /// The script's arguments that pick the model.
+    fn args(&self) -> Vec<String> {
+        match self {
+            PeftModel::File {
+                path,
+                nf4,
+                base_dtype,
+            } => {
+                let mut a = vec!["--model".to_string(), path.display().to_string()];
+                if *nf4 {
+                    a.extend(["--quant".into(), "nf4".into()]);
+                }
+                if *base_dtype != BaseDtype::F32 {
+                    a.extend(["--base".into(), base_dtype.name().into()]);
+                }
+                a
+            }
+            PeftModel::Scale { shape, base } => vec![
+                "--shape".into(),
+                shape.name().into(),
+                "--base".into(),
+                base.name().into(),
+            ],
+        }
+    }
+}
+
+/// Runs one PEFT configuration; progress lines go to stderr as they come. Returns the raw
 /// result, or a one-line reason it failed.
 pub fn run(
     python: &Path,
     script: &Path,
-    model: &Path,
+    model: &PeftModel<'_>,
     targets: TargetSet,
     s: &TrainSettings,
     threads: usize,
-    nf4: bool,
 ) -> Result<RawTrain, String> {
     let mut child = Command::new(python)
         .arg(script)
-        .arg("--model")
-        .arg(model)
+        .args(model.args())
         .args(["--targets", targets.modules()])
         .args(["--rank", &s.rank.to_string()])
         .args(["--alpha", &s.alpha.to_string()])
@@ -74,7 +125,11 @@ pub fn run(
         .args(["--lr", &s.lr.to_string()])
         .args(["--weight-decay", &s.weight_decay.to_string()])
         .args(["--seed", &s.seed.to_string()])
-        .args(if nf4 { &["--quant", "nf4"][..] } else { &[] })
+        .args(if s.checkpointing {
+            &["--checkpointing"][..]
+        } else {
+            &[]
+        })
         // The thread pools PyTorch may use besides its intra-op pool.
         .env("OMP_NUM_THREADS", threads.to_string())
         .env("MKL_NUM_THREADS", threads.to_string())

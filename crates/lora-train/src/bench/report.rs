@@ -7,6 +7,7 @@ use super::Stats;
 use serde::Serialize;
 
 use super::job::{Implementation, RawInference, RawTrain, TargetSet, TrainSettings};
+use super::scale::{ScaleBase, ScaleShape};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -188,6 +189,178 @@ impl InferenceReport {
             decode_tokens: raw.decode_tokens,
         }
     }
+}
+
+/// Who produced a scale row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ScaleImpl {
+    /// burn-lora.
+    #[serde(rename = "burn-lora")]
+    Ours,
+    /// PyTorch + PEFT (bitsandbytes for the NF4 base).
+    #[serde(rename = "peft")]
+    Peft,
+}
+
+impl ScaleImpl {
+    /// How the table names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            ScaleImpl::Ours => "burn-lora",
+            ScaleImpl::Peft => "PyTorch + PEFT",
+        }
+    }
+}
+
+/// One row of `bench --scale`: a shape × base × implementation (`bench.json`'s `scale`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleRow {
+    /// `1b`, `3b`, `8b`.
+    pub shape: ScaleShape,
+    /// `f32`, `bf16`, `nf4`.
+    pub base: ScaleBase,
+    /// `burn-lora` or `peft`.
+    #[serde(rename = "impl")]
+    pub implementation: ScaleImpl,
+    /// Median training tokens per wall second.
+    pub tokens_per_s: Option<f64>,
+    /// Peak resident memory of the process (building the model included), GiB.
+    pub peak_rss_gib: Option<f64>,
+    /// Storage of the frozen linear weights but `lm_head`, bits per weight.
+    pub bits_per_weight: Option<f64>,
+    /// Resident memory once the model is built, before the first step, GiB.
+    pub rss_after_load_gib: Option<f64>,
+    /// Seconds to build (draw and convert) the model.
+    pub load_s: Option<f64>,
+    /// Median tokens per CPU second (all threads).
+    pub tokens_per_cpu_s: Option<f64>,
+    /// Why there are no numbers (does not fit, no Python, a failed child).
+    pub missing: Option<String>,
+    /// Every per-step number.
+    pub raw: Option<RawTrain>,
+}
+
+impl ScaleRow {
+    /// A row from a raw result (`tokens` per step).
+    pub fn from_raw(
+        shape: ScaleShape,
+        base: ScaleBase,
+        implementation: ScaleImpl,
+        tokens: usize,
+        raw: RawTrain,
+    ) -> Self {
+        let cpu = (!raw.cpu_s.is_empty() && raw.cpu_s.iter().all(|&c| c > 0.0))
+            .then(|| rate(tokens, &raw.cpu_s).median);
+        ScaleRow {
+            shape,
+            base,
+            implementation,
+            tokens_per_s: Some(rate(tokens, &raw.step_s).median),
+            peak_rss_gib: Some(raw.peak_rss_bytes as f64 / GIB),
+            bits_per_weight: raw.base_bits_per_weight,
+            rss_after_load_gib: Some(raw.rss_after_load_bytes as f64 / GIB),
+            load_s: Some(raw.load_s),
+            tokens_per_cpu_s: cpu,
+            missing: None,
+            raw: Some(raw),
+        }
+    }
+
+    /// A row with no numbers, and why.
+    pub fn missing(
+        shape: ScaleShape,
+        base: ScaleBase,
+        implementation: ScaleImpl,
+        why: String,
+    ) -> Self {
+        ScaleRow {
+            shape,
+            base,
+            implementation,
+            tokens_per_s: None,
+            peak_rss_gib: None,
+            bits_per_weight: None,
+            rss_after_load_gib: None,
+            load_s: None,
+            tokens_per_cpu_s: None,
+            missing: Some(why),
+            raw: None,
+        }
+    }
+}
+
+/// The scale table: per shape × base, burn-lora and PEFT, with burn-lora's peak memory as a
+/// fraction of its own f32 row and both ratios to PEFT on the same shape and base.
+pub fn scale_table(rows: &[ScaleRow], s: &TrainSettings) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Scale: random-weight Llama shapes, batch {} × {} tokens, r {}, lora_alpha {}, all-linear, gradient checkpointing {}; median of {} timed steps after {} warm-up",
+        s.batch,
+        s.seq_len,
+        s.rank,
+        s.alpha,
+        if s.checkpointing { "on" } else { "off" },
+        s.steps,
+        s.warmup
+    );
+    let _ = writeln!(
+        out,
+        "×f32: peak memory over the same implementation's f32 row of the shape; ×PEFT: ours over PyTorch + PEFT on the same shape and base
+"
+    );
+    let _ = writeln!(
+        out,
+        "{:<5} {:<5} {:<15} {:>9} {:>6} {:>9} {:>6} {:>6} {:>10} {:>7} {:>7}",
+        "shape",
+        "base",
+        "implementation",
+        "tokens/s",
+        "×PEFT",
+        "peak RSS",
+        "×f32",
+        "×PEFT",
+        "after load",
+        "bits/w",
+        "build s"
+    );
+    let find = |r: &ScaleRow, base: ScaleBase, imp: ScaleImpl| {
+        rows.iter()
+            .find(|x| x.shape == r.shape && x.base == base && x.implementation == imp)
+    };
+    for r in rows {
+        let (Some(tps), Some(peak)) = (r.tokens_per_s, r.peak_rss_gib) else {
+            let _ = writeln!(
+                out,
+                "{:<5} {:<5} {:<15} {}",
+                r.shape.name(),
+                r.base.name(),
+                r.implementation.label(),
+                r.missing.as_deref().unwrap_or("no result")
+            );
+            continue;
+        };
+        let peft = (r.implementation == ScaleImpl::Ours)
+            .then(|| find(r, r.base, ScaleImpl::Peft))
+            .flatten();
+        let f32_row = find(r, ScaleBase::F32, r.implementation).and_then(|x| x.peak_rss_gib);
+        let _ = writeln!(
+            out,
+            "{:<5} {:<5} {:<15} {:>9.2} {:>6} {:>5.2} GiB {:>6} {:>6} {:>6.2} GiB {:>7} {:>7}",
+            r.shape.name(),
+            r.base.name(),
+            r.implementation.label(),
+            tps,
+            ratio(tps, peft.and_then(|p| p.tokens_per_s)),
+            peak,
+            ratio(peak, f32_row),
+            ratio(peak, peft.and_then(|p| p.peak_rss_gib)),
+            r.rss_after_load_gib.unwrap_or(f64::NAN),
+            r.bits_per_weight.map_or("–".into(), |b| format!("{b:.2}")),
+            r.load_s.map_or("–".into(), |b| format!("{b:.0}"))
+        );
+    }
+    out
 }
 
 /// One rank of `--sweep-rank`.

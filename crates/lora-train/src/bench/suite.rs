@@ -16,7 +16,8 @@ use super::job::{
     Implementation, InferenceSettings, Job, JobSpec, RawInference, RawTrain, TargetSet,
     TrainSettings,
 };
-use super::report::{self, InferenceReport, SweepRow, TrainRow};
+use super::report::{self, InferenceReport, ScaleImpl, ScaleRow, SweepRow, TrainRow};
+use super::scale::{ScaleBase, ScaleShape, does_not_fit, mem_available_bytes};
 use super::{peft, plot};
 use crate::error::TrainError;
 use crate::run::timestamped_dir;
@@ -60,6 +61,11 @@ pub struct BenchConfig {
     pub sweep_targets: TargetSet,
     /// With the sweep: also fine-tune each rank on TREC and record held-out accuracy.
     pub sweep_eval: Option<SweepEval>,
+    /// Instead of the tables: the real-size shapes of `--scale` (random weights), each on
+    /// every base of `scale_bases`, ours and PEFT (when `impls` has `peft`).
+    pub scale: Option<Vec<ScaleShape>>,
+    /// The bases of the scale rows.
+    pub scale_bases: Vec<ScaleBase>,
     /// Where `bench.json` (and `rank_sweep.png`) go; default `runs/bench-<unix time>`.
     pub out: Option<PathBuf>,
 }
@@ -126,6 +132,8 @@ pub struct BenchJson {
     pub inference: Option<InferenceReport>,
     /// Rank sweep rows.
     pub sweep: Vec<SweepRow>,
+    /// `--scale` rows: `{shape, base, impl, tokens_per_s, peak_rss_gib, bits_per_weight, …}`.
+    pub scale: Vec<ScaleRow>,
 }
 
 /// What [`run_bench`] produced.
@@ -268,6 +276,7 @@ pub fn run_bench(
     let mut training: Vec<TrainRow> = Vec::new();
     let mut inference: Option<InferenceReport> = None;
     let mut sweep: Vec<SweepRow> = Vec::new();
+    let mut scale: Vec<ScaleRow> = Vec::new();
     let mut tables = String::new();
     let spec = |job: Job| JobSpec {
         job,
@@ -275,7 +284,10 @@ pub fn run_bench(
         model: cfg.model.clone(),
     };
 
-    if let Some(ranks) = &cfg.sweep_rank {
+    if let Some(shapes) = &cfg.scale {
+        scale = run_scale_rows(cfg, shapes, child, status);
+        tables.push_str(&report::scale_table(&scale, s));
+    } else if let Some(ranks) = &cfg.sweep_rank {
         let targets = cfg.sweep_targets;
         for (k, &rank) in ranks.iter().enumerate() {
             status(&format!(
@@ -391,6 +403,7 @@ pub fn run_bench(
         training,
         inference,
         sweep,
+        scale,
     };
     let json_path = dir.join("bench.json");
     let text =
@@ -477,11 +490,14 @@ fn run_training_rows(
                     None => peft::run(
                         &cfg.python,
                         &script,
-                        &cfg.model,
+                        &peft::PeftModel::File {
+                            path: &cfg.model,
+                            nf4: i.is_nf4(),
+                            base_dtype: cfg.settings.base_dtype,
+                        },
                         t,
                         &cfg.settings,
                         cfg.threads,
-                        i.is_nf4(),
                     ),
                 },
                 _ => {
@@ -504,6 +520,81 @@ fn run_training_rows(
                     TrainRow::missing(i, t, &cfg.settings, why)
                 }
             });
+        }
+    }
+    rows
+}
+
+/// The `--scale` rows: every shape × base, ours then PEFT, each in a fresh process. A row whose
+/// weights do not fit in the memory available when it would start is reported as such and not
+/// attempted; one that fails is kept, marked missing with the reason.
+fn run_scale_rows(
+    cfg: &BenchConfig,
+    shapes: &[ScaleShape],
+    child: &ChildCommand,
+    status: &mut dyn FnMut(&str),
+) -> Vec<ScaleRow> {
+    let script = peft::default_script();
+    let with_peft = cfg.impls.iter().any(|i| i.is_python());
+    let peft_missing = with_peft
+        .then(|| peft::unavailable(&cfg.python, &script))
+        .flatten();
+    let s = &cfg.settings;
+    let tokens = s.batch * s.seq_len;
+    let mut impls = vec![ScaleImpl::Ours];
+    if with_peft {
+        impls.push(ScaleImpl::Peft);
+    }
+    let total = shapes.len() * cfg.scale_bases.len() * impls.len();
+    let mut rows = Vec::with_capacity(total);
+    for &shape in shapes {
+        for &base in &cfg.scale_bases {
+            for &imp in &impls {
+                status(&format!(
+                    "[{}/{total}] {} {} {}",
+                    rows.len() + 1,
+                    shape.name(),
+                    base.name(),
+                    imp.label()
+                ));
+                if let Some(why) = does_not_fit(shape, base, mem_available_bytes()) {
+                    status(&format!("  {why}"));
+                    rows.push(ScaleRow::missing(shape, base, imp, why));
+                    continue;
+                }
+                let result = match imp {
+                    ScaleImpl::Ours => {
+                        let spec = JobSpec {
+                            job: Job::Scale {
+                                shape,
+                                base,
+                                settings: s.clone(),
+                            },
+                            backend: cfg.backend.clone(),
+                            model: cfg.model.clone(),
+                        };
+                        run_child::<RawTrain>(child, &spec, cfg.threads).map_err(|e| e.to_string())
+                    }
+                    ScaleImpl::Peft => match &peft_missing {
+                        Some(why) => Err(why.clone()),
+                        None => peft::run(
+                            &cfg.python,
+                            &script,
+                            &peft::PeftModel::Scale { shape, base },
+                            TargetSet::AllLinear,
+                            s,
+                            cfg.threads,
+                        ),
+                    },
+                };
+                rows.push(match result {
+                    Ok(raw) => ScaleRow::from_raw(shape, base, imp, tokens, raw),
+                    Err(why) => {
+                        status(&format!("  {}: {why}", imp.label()));
+                        ScaleRow::missing(shape, base, imp, why)
+                    }
+                });
+            }
         }
     }
     rows
