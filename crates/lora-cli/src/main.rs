@@ -45,10 +45,23 @@ enum Command {
     Bench(bench::Args),
 }
 
-fn main() -> Result<()> {
+/// Runs the command; an error is printed as one line (`error: what: why`, anyhow's chain joined
+/// by `: `) with exit code 1, rather than `main`'s multi-line `Debug` form.
+fn main() -> std::process::ExitCode {
     malloc::keep_freed_memory();
     let cli = Cli::parse();
-    match cli.command {
+    match dispatch(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Merge(args) => merge::run(args),

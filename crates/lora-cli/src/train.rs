@@ -44,19 +44,19 @@ pub struct Args {
     pub eval_metric: Option<MetricFlag>,
     /// Most tokens generated per held-out answer (0 = the longest reference + 16)
     /// [eval_max_new_tokens].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub eval_max_new_tokens: Option<usize>,
     /// Optimizer steps [steps].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub steps: Option<usize>,
     /// LoRA rank r [lora.r].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rank: Option<usize>,
     /// lora_alpha [lora.lora_alpha, adalora.lora_alpha].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub alpha: Option<f64>,
     /// LoRA dropout [lora.lora_dropout, adalora.lora_dropout].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub dropout: Option<f64>,
     /// Target modules: `q_proj,v_proj`, `all-linear` or `re:<regex>` [lora.target_modules,
     /// adalora.target_modules].
@@ -67,29 +67,29 @@ pub struct Args {
     #[arg(long)]
     pub use_dora: bool,
     /// Peak learning rate [lr].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// LoRA+: lora_B (and DoRA's magnitude) learn at this many times --lr, as PEFT's
     /// create_loraplus_optimizer (the paper suggests 16) [loraplus_lr_ratio].
     #[arg(long)]
     pub loraplus_lr_ratio: Option<f64>,
     /// Sequences per micro-batch [batch_size].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     /// Micro-batches per optimizer step [grad_accum].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub grad_accum: Option<usize>,
     /// Longest sequence in tokens [seq_len].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seq_len: Option<usize>,
     /// Evaluate every N steps (0 = before and after only) [eval_every].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub eval_every: Option<usize>,
     /// Use at most N held-out examples (0 = all) [eval_limit].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub eval_limit: Option<usize>,
     /// Checkpoint every N steps [save_every].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub save_every: Option<usize>,
     /// flex (default), ndarray or wgpu [backend].
     #[arg(long)]
@@ -101,7 +101,7 @@ pub struct Args {
     #[arg(long)]
     pub gradient_checkpointing: bool,
     /// Seed [seed].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Run directory (default runs/run-<unix time>); must be new or empty.
     #[arg(long, conflicts_with = "resume")]
@@ -115,20 +115,20 @@ pub struct Args {
     #[arg(long)]
     pub method: Option<String>,
     /// AdaLoRA: the rank every adapted matrix starts with (PEFT default 12) [adalora.init_r].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub init_r: Option<usize>,
     /// AdaLoRA: the average rank per adapted matrix at the end (PEFT default 8)
     /// [adalora.target_r].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub target_r: Option<usize>,
     /// AdaLoRA: steps at the full budget before pruning starts (PEFT default 0) [adalora.tinit].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub tinit: Option<usize>,
     /// AdaLoRA: final steps at the target budget, masks fixed (PEFT default 0) [adalora.tfinal].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub tfinal: Option<usize>,
     /// AdaLoRA: steps between budget allocations (PEFT default 1) [adalora.deltaT].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub delta_t: Option<usize>,
     /// Machine-readable output: one JSON object per line on stdout, no progress bar.
     #[arg(long)]
@@ -352,25 +352,21 @@ impl Observer for Console {
     }
 }
 
-/// The before/after table and where the files are.
-fn print_summary(s: &Summary) {
+/// The before/after rows of the held-out numbers.
+fn print_heldout(s: &Summary, before: &EvalReport, after: &EvalReport) {
     let acc = |e: &EvalReport| {
         e.accuracy
             .map_or("—".to_string(), |a| format!("{:.1}%", 100.0 * a))
     };
-    let rss = s.peak_rss_bytes.map_or("—".into(), |b| {
-        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
-    });
-    println!();
     println!("                      before      after");
-    if s.before.accuracy.is_some() || s.after.accuracy.is_some() {
+    if before.accuracy.is_some() || after.accuracy.is_some() {
         println!(
             "  held-out accuracy   {:>8}   {:>8}",
-            acc(&s.before),
-            acc(&s.after)
+            acc(before),
+            acc(after)
         );
     }
-    if s.after.exact_match.is_some() {
+    if after.exact_match.is_some() {
         let rate = |e: &EvalReport| {
             e.exact_match
                 .map_or("—".to_string(), |a| format!("{:.1}%", 100.0 * a))
@@ -381,15 +377,29 @@ fn print_summary(s: &Summary) {
         };
         println!(
             "  held-out {name}{:>8}   {:>8}   ({} questions)",
-            rate(&s.before),
-            rate(&s.after),
-            s.after.exact_match_examples
+            rate(before),
+            rate(after),
+            after.exact_match_examples
         );
     }
     println!(
         "  held-out loss       {:>8.4}   {:>8.4}",
-        s.before.loss, s.after.loss
+        before.loss, after.loss
     );
+}
+
+/// The before/after table and where the files are.
+fn print_summary(s: &Summary) {
+    let rss = s.peak_rss_bytes.map_or("—".into(), |b| {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    });
+    println!();
+    match (&s.before, &s.after) {
+        (Some(before), Some(after)) => print_heldout(s, before, after),
+        _ => println!(
+            "  no held-out examples: nothing was evaluated, so no held-out number is reported"
+        ),
+    }
     println!("  tokens/s (train)    {:>8.0}", s.tokens_per_s);
     println!("  peak memory (RSS)   {rss:>8}");
     if let Some(q) = &s.quant {
@@ -410,7 +420,7 @@ fn print_summary(s: &Summary) {
     println!(
         "run directory: {}  (adapter/, metrics.jsonl, summary.json, loss.png{}{})",
         s.run_dir.display(),
-        if s.after.exact_match.is_some() {
+        if s.after.as_ref().is_some_and(|a| a.exact_match.is_some()) {
             ", samples.md, answers.jsonl"
         } else {
             ""

@@ -9,6 +9,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::LoraError;
 
+/// The largest rank a config may ask for: 4096 (the widest layers of open models are 16 384;
+/// published LoRA ranks stay at or below a few hundred). The memory the adapters take is checked
+/// separately, per model, when they are attached.
+pub const MAX_RANK: usize = 4096;
+
 /// Which linear layers receive an adapter (PEFT's `target_modules`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetModules {
@@ -215,6 +220,14 @@ impl LoraConfig {
         if self.r == 0 {
             return bad("r must be at least 1".into());
         }
+        if let Some((k, r)) = std::iter::once(("r", &self.r))
+            .chain(self.rank_pattern.iter().map(|(k, r)| (k.as_str(), r)))
+            .find(|(_, r)| **r > MAX_RANK)
+        {
+            return bad(format!(
+                "{k} = {r} is over the limit of {MAX_RANK} (LoRA ranks are usually 4–256)"
+            ));
+        }
         if !self.lora_alpha.is_finite() {
             return bad(format!(
                 "lora_alpha must be finite, got {}",
@@ -231,6 +244,11 @@ impl LoraConfig {
             && names.is_empty()
         {
             return bad("target_modules is empty".into());
+        }
+        if let Some((k, a)) = self.alpha_pattern.iter().find(|(_, a)| !a.is_finite()) {
+            return bad(format!(
+                "alpha_pattern {k:?} sets lora_alpha = {a}; it must be finite"
+            ));
         }
         if let Some((k, _)) = self.rank_pattern.iter().find(|(_, r)| **r == 0) {
             return bad(format!("rank_pattern {k:?} sets r = 0"));

@@ -129,13 +129,41 @@ pub struct Slot<'a> {
     pub lora_alpha: f64,
 }
 
+/// The most values all of a model's adapters may hold together: 2^32 (16 GiB in f32, before
+/// gradients and optimizer moments), far above any real LoRA (SmolLM2 at r = 8 on q/k/v/o:
+/// 1.1 M).
+pub const MAX_ADAPTER_VALUES: usize = 1 << 32;
+
+/// Refuses a rank that would make the adapters larger than [`MAX_ADAPTER_VALUES`], before any is
+/// allocated: each adapter holds `r · (d_in + d_out)` values (`A` is `r × d_in`, `B` is
+/// `d_out × r`), summed with overflow-checked arithmetic.
+fn check_adapter_size<M: LoraModel>(model: &M, matcher: &TargetMatcher) -> Result<(), LoraError> {
+    let mut total: Option<usize> = Some(0);
+    let mut largest_r = 0;
+    model.visit_linears(&mut |path, lin| {
+        if matcher.matches(path) {
+            let (r, _) = matcher.rank_and_alpha(path);
+            let (d_in, d_out) = lin.dims();
+            largest_r = largest_r.max(r);
+            total = total.and_then(|t| d_in.checked_add(d_out)?.checked_mul(r)?.checked_add(t));
+        }
+    });
+    match total {
+        Some(n) if n <= MAX_ADAPTER_VALUES => Ok(()),
+        _ => Err(LoraError::InvalidConfig(format!(
+            "r = {largest_r} makes the adapters hold {} values, over the limit of {MAX_ADAPTER_VALUES}; lower r or target fewer modules",
+            total.map_or("more than usize::MAX".to_string(), |n| n.to_string())
+        ))),
+    }
+}
+
 /// Freezes every parameter of `model`, then attaches `make(slot)` to each linear layer that
 /// `targets` selects: the walk behind [`apply_lora`] and AdaLoRA's `apply_adalora`.
 ///
 /// # Errors
-/// [`LoraError::InvalidConfig`] / [`LoraError::BadRegex`] for a bad config,
-/// [`LoraError::TargetMatchesNothing`] when a target entry selects no layer, and whatever
-/// `make` returns.
+/// [`LoraError::InvalidConfig`] / [`LoraError::BadRegex`] for a bad config or adapters over
+/// [`MAX_ADAPTER_VALUES`], [`LoraError::TargetMatchesNothing`] when a target entry selects no
+/// layer, and whatever `make` returns.
 pub fn attach_adapters<M: LoraModel>(
     model: M,
     targets: &LoraConfig,
@@ -143,6 +171,7 @@ pub fn attach_adapters<M: LoraModel>(
 ) -> Result<(M, AdaptReport), LoraError> {
     let matcher = TargetMatcher::new(targets)?;
     matcher.check_all_used(&model.linear_paths())?;
+    check_adapter_size(&model, &matcher)?;
     // Freeze first: the adapters created below are the only trainable parameters.
     let mut model = model.no_grad();
     model.visit_linears_mut(&mut |path, lin| {

@@ -21,6 +21,22 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    /// Checks that every value is finite.
+    ///
+    /// # Errors
+    /// A message with the first non-finite value, its flat index and how many there are.
+    pub fn check_finite(&self) -> Result<(), String> {
+        let Some(i) = self.data.iter().position(|v| !v.is_finite()) else {
+            return Ok(());
+        };
+        let n = self.data.iter().filter(|v| !v.is_finite()).count();
+        Err(format!(
+            "holds non-finite values ({} at flat index {i}; {n} of {} values)",
+            self.data[i],
+            self.data.len()
+        ))
+    }
+
     /// A 2-D host tensor `[rows, cols]` transposed to `[cols, rows]` (PyTorch ↔ burn layout).
     pub fn transposed_2d(&self) -> HostTensor {
         let (rows, cols) = (self.shape[0], self.shape[1]);
@@ -71,7 +87,8 @@ impl HostTensor {
 ///
 /// # Errors
 /// [`LoraError::Io`] if the file cannot be read, [`LoraError::Safetensors`] if it is not a valid
-/// safetensors file, [`LoraError::AdapterTensor`] for a tensor of another dtype.
+/// safetensors file, [`LoraError::AdapterTensor`] for a tensor of another dtype or one holding a
+/// NaN or an infinity (non-finite values are refused where they enter).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, LoraError> {
     let bytes = std::fs::read(path).map_err(|source| LoraError::Io {
         path: path.to_path_buf(),
@@ -88,13 +105,20 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Lor
             key: name.clone(),
             message,
         })?;
-        out.insert(
-            name,
-            HostTensor {
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
+        let tensor = HostTensor {
+            shape: view.shape().to_vec(),
+            data,
+        };
+        if let Err(message) = tensor.check_finite() {
+            return Err(LoraError::AdapterTensor {
+                path: path.to_path_buf(),
+                key: name,
+                message: format!(
+                    "{message}: the file is corrupt or the run that wrote it diverged"
+                ),
+            });
+        }
+        out.insert(name, tensor);
     }
     Ok(out)
 }
@@ -150,14 +174,24 @@ pub enum DiskDtype {
 /// (PEFT and transformers expect `{"format": "pt"}`).
 ///
 /// # Errors
-/// [`LoraError::Io`] / [`LoraError::Safetensors`] on write failure; the previous file, if any,
-/// is left untouched.
+/// [`LoraError::Io`] / [`LoraError::Safetensors`] on write failure;
+/// [`LoraError::AdapterTensor`] for a tensor holding a NaN or an infinity, checked before
+/// anything is written (a non-finite adapter or merged model is never saved). The previous file,
+/// if any, is left untouched.
 pub fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, HostTensor>,
     dtype: DiskDtype,
     metadata: HashMap<String, String>,
 ) -> Result<(), LoraError> {
+    for (key, t) in tensors {
+        t.check_finite()
+            .map_err(|message| LoraError::AdapterTensor {
+                path: path.to_path_buf(),
+                key: key.clone(),
+                message: format!("{message}; nothing was written (did training diverge?)"),
+            })?;
+    }
     let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(k, t)| {

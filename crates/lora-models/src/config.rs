@@ -8,6 +8,15 @@ use crate::family::{Family, Variant};
 
 /// The most values a RoPE table may hold (`max_seq_len × head_dim`): 2^28, 1 GiB of f32.
 const MAX_ROPE_TABLE: usize = 1 << 28;
+/// The largest any one dimension (vocabulary, widths, heads, context) may be: 2^24. The largest
+/// real values are far below (Gemma 3's vocabulary 262 144 = 2^18, Llama 3.1's context 2^17).
+pub const MAX_DIMENSION: usize = 1 << 24;
+/// The most decoder layers: 1024 (the deepest open models have about 128).
+pub const MAX_LAYERS: usize = 1024;
+/// The most parameters a model may have: 2^38 (a trillion f32 values is 1 TiB; no machine this
+/// runs on holds that). Checked with overflow-safe arithmetic, so [`LlamaConfig::num_params`]
+/// cannot overflow on a validated config.
+pub const MAX_PARAMS: usize = 1 << 38;
 
 /// Hyper-parameters of a Llama-style decoder (of any [`Family`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,6 +142,23 @@ impl LlamaConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
+        if self.n_layers > MAX_LAYERS {
+            return Err(format!(
+                "num_hidden_layers is {}, over the limit of {MAX_LAYERS}; the config is corrupt",
+                self.n_layers
+            ));
+        }
+        if let Some((name, v)) = positive.iter().find(|(_, v)| *v > MAX_DIMENSION) {
+            return Err(format!(
+                "{name} is {v}, over the limit of {MAX_DIMENSION}; the config is corrupt or not a language model's"
+            ));
+        }
+        if self.checked_num_params().is_none_or(|n| n > MAX_PARAMS) {
+            return Err(format!(
+                "these dimensions make a model of more than {MAX_PARAMS} parameters (hidden_size {}, intermediate_size {}, {} layers, vocab_size {}); the config is corrupt",
+                self.d_model, self.d_ff, self.n_layers, self.vocab_size
+            ));
+        }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
@@ -193,28 +219,38 @@ impl LlamaConfig {
             .sqrt()
     }
 
-    /// Parameters in the model, counting a tied embedding once.
+    /// Parameters in the model, counting a tied embedding once (saturating at `usize::MAX`
+    /// for dimensions [`LlamaConfig::validate`] refuses).
     pub fn num_params(&self) -> usize {
+        self.checked_num_params().unwrap_or(usize::MAX)
+    }
+
+    /// [`LlamaConfig::num_params`] with overflow-checked arithmetic: `None` if the count does
+    /// not fit in `usize`.
+    pub fn checked_num_params(&self) -> Option<usize> {
         let (d, e, f, v) = (self.d_model, self.head_dim, self.d_ff, &self.variant);
         let (h, k) = (self.n_heads, self.n_kv_heads);
-        let mut attn = d * h * e * 2 + d * k * e * 2;
-        if v.qkv_bias {
-            attn += (h + 2 * k) * e;
-        }
-        if v.o_bias {
-            attn += d;
-        }
-        if v.qk_norm {
-            attn += 2 * e;
-        }
-        let mlp = 3 * d * f + if v.mlp_bias { 2 * f + d } else { 0 };
-        let norms = if v.sandwich_norms { 4 * d } else { 2 * d };
-        let layer = attn + mlp + norms;
-        let head = if self.tie_word_embeddings {
-            0
-        } else {
-            self.vocab_size * d
+        let mul = |xs: &[usize]| xs.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+        let sum = |xs: &[Option<usize>]| {
+            xs.iter()
+                .try_fold(0usize, |a, x| x.and_then(|x| a.checked_add(x)))
         };
-        self.vocab_size * d + self.n_layers * layer + d + head
+        let on = |flag: bool, n: Option<usize>| if flag { n } else { Some(0) };
+        let attn = sum(&[
+            mul(&[d, h, e, 2]),
+            mul(&[d, k, e, 2]),
+            on(v.qkv_bias, mul(&[h.checked_add(k.checked_mul(2)?)?, e])),
+            on(v.o_bias, Some(d)),
+            on(v.qk_norm, mul(&[2, e])),
+        ])?;
+        let mlp = sum(&[
+            mul(&[3, d, f]),
+            on(v.mlp_bias, sum(&[mul(&[2, f]), Some(d)])),
+        ])?;
+        let norms = mul(&[if v.sandwich_norms { 4 } else { 2 }, d])?;
+        let layer = sum(&[Some(attn), Some(mlp), Some(norms)])?;
+        let embed = mul(&[self.vocab_size, d]);
+        let head = on(!self.tie_word_embeddings, embed);
+        sum(&[embed, mul(&[self.n_layers, layer]), Some(d), head])
     }
 }

@@ -47,9 +47,9 @@ impl Sampler {
     /// # Errors
     /// [`ModelError::Generate`] for a negative temperature or `top_p` outside `(0, 1]`.
     pub fn new(config: SamplingConfig) -> Result<Self, ModelError> {
-        if !(config.temperature >= 0.0) {
+        if !(config.temperature >= 0.0 && config.temperature.is_finite()) {
             return Err(ModelError::Generate(format!(
-                "temperature must be ≥ 0, got {}",
+                "temperature must be a finite number ≥ 0 (0 = greedy), got {}",
                 config.temperature
             )));
         }
@@ -129,12 +129,38 @@ pub fn last_logits(logits: Tensor<3>) -> Result<Vec<f32>, ModelError> {
         .map_err(|e| ModelError::Generate(format!("reading logits: {e:?}")))
 }
 
+/// Checks token ids before burn sees them: an empty sequence (burn's causal mask indexes out of
+/// bounds) and an id with no embedding row (burn's gather reads out of bounds) are errors.
+///
+/// # Errors
+/// [`ModelError::Generate`] naming the first bad id and the vocabulary size.
+pub fn check_ids(model: &Llama, tokens: &[u32]) -> Result<(), ModelError> {
+    if tokens.is_empty() {
+        return Err(ModelError::Generate(
+            "the prompt is empty: give at least one token".into(),
+        ));
+    }
+    let vocab = model.config.vocab_size;
+    if let Some((i, id)) = tokens
+        .iter()
+        .enumerate()
+        .find(|&(_, &id)| id as usize >= vocab)
+    {
+        return Err(ModelError::Generate(format!(
+            "token id {id} (position {i}) is outside the model's vocabulary of {vocab} ids; the tokenizer does not belong to this model"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `tokens` (one sequence) through the model, appending to `cache`; returns the logits of
 /// the last position.
 ///
 /// # Errors
-/// [`ModelError::Generate`] if the sequence would exceed the model's context length.
+/// [`ModelError::Generate`] for an empty sequence or an id outside the vocabulary
+/// ([`check_ids`]), or if the sequence would exceed the model's context length.
 pub fn step(model: &Llama, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+    check_ids(model, tokens)?;
     let max = model.config.max_seq_len;
     if cache.len() + tokens.len() > max {
         return Err(ModelError::Generate(format!(
@@ -217,6 +243,10 @@ pub fn generate_greedy_batch(
     if prompts.iter().any(|p| p.is_empty()) {
         return Err(ModelError::Generate("a prompt is empty".into()));
     }
+    for p in prompts {
+        check_ids(model, p)?;
+    }
+    check_ids(model, &[pad_id])?;
     let context = model.config.max_seq_len;
     if b == 0 || max_new_tokens == 0 {
         return Ok(vec![Vec::new(); b]);

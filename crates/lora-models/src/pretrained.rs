@@ -70,6 +70,12 @@ pub fn load_stored(
         let model = checkpoint::build_llama_as(&config, weights, storage, device)?;
         (model, TextTokenizer::from_gguf(&file)?)
     };
+    tokenizer
+        .check_fits_embedding(model.config.vocab_size)
+        .map_err(|message| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
     let family = model.config.family;
     let fallback = family_chat_template(family).filter(|_| tokenizer.chat_template().is_none());
     if let Some(template) = fallback {

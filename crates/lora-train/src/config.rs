@@ -19,6 +19,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 
+/// The most optimizer (or warm-up) steps a run may ask for: 10^8, far beyond any fine-tuning
+/// run, and small enough that a resumed run's schedule fast-forward stays instant.
+pub const MAX_STEPS: usize = 100_000_000;
+/// The most sequences in one micro-batch, or micro-batches in one step.
+pub const MAX_BATCH: usize = 65_536;
+/// The longest sequence (or generated answer) in tokens a run may ask for: 2^20.
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
+/// The settings a resumed run may change: how long it runs and how it evaluates and reports.
+/// Every other setting defines the run and must stay as saved ([`TrainConfig::resume_conflicts`]).
+pub const RESUMABLE_SETTINGS: &[&str] = &[
+    "steps",
+    "eval_every",
+    "save_every",
+    "eval_limit",
+    "eval_metric",
+    "eval_max_new_tokens",
+    "backend",
+];
+
 /// Which adapter a run trains.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -232,6 +252,21 @@ fn merge_into(base: &mut toml::Table, over: &toml::Table) {
     }
 }
 
+/// Appends every leaf of `table` as `(dotted key, value as TOML text)`.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+    for (key, value) in table {
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(t) => flatten(&key, t, out),
+            v => out.push((key, v.to_string())),
+        }
+    }
+}
+
 /// Deserializes `table` as a [`TrainConfig`], refusing keys the config does not have.
 fn from_table(table: toml::Table, source: &str) -> Result<TrainConfig, TrainError> {
     let mut unknown = Vec::new();
@@ -322,6 +357,29 @@ impl TrainConfig {
         if self.seq_len < 2 {
             return Err("seq_len must be at least 2".into());
         }
+        // Counts a run multiplies or loops over are capped so that no setting can overflow a
+        // counter, spin for hours before the first step, or size a batch beyond any memory.
+        let capped = [
+            ("steps", self.steps, MAX_STEPS),
+            ("warmup_steps", self.warmup_steps, MAX_STEPS),
+            ("batch_size", self.batch_size, MAX_BATCH),
+            ("grad_accum", self.grad_accum, MAX_BATCH),
+            ("seq_len", self.seq_len, MAX_SEQ_LEN),
+            ("eval_max_new_tokens", self.eval_max_new_tokens, MAX_SEQ_LEN),
+        ];
+        if let Some((name, v, max)) = capped.iter().find(|(_, v, max)| v > max) {
+            return Err(format!("{name} must be at most {max}, got {v}"));
+        }
+        for (name, v) in [
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!(
+                    "{name} must be a finite number ≥ 0 (0 turns it off), got {v}"
+                ));
+            }
+        }
         self.quant.to_nf4()?;
         self.lora.validate().map_err(|e| e.to_string())?;
         if self.method == Method::Adalora && self.lora.use_dora {
@@ -337,11 +395,108 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The settings in which `self` differs from `saved` (the config a run was started with)
+    /// other than [`RESUMABLE_SETTINGS`], each as `key: saved → given`, in key order. Resuming
+    /// with any of them changed would make a different run: an adapter whose config contradicts
+    /// its tensors (rank), a different update scale (alpha), other data or another optimizer.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] if either config cannot be written as TOML.
+    pub fn resume_conflicts(&self, saved: &TrainConfig) -> Result<Vec<String>, TrainError> {
+        let table = |c: &TrainConfig| {
+            toml::Table::try_from(c).map_err(|e| TrainError::Config(format!("config: {e}")))
+        };
+        let (mut given, mut was) = (Vec::new(), Vec::new());
+        flatten("", &table(self)?, &mut given);
+        flatten("", &table(saved)?, &mut was);
+        let given: std::collections::BTreeMap<_, _> = given.into_iter().collect();
+        let was: std::collections::BTreeMap<_, _> = was.into_iter().collect();
+        let keys: std::collections::BTreeSet<&String> = given.keys().chain(was.keys()).collect();
+        let shown = |v: Option<&String>| v.map_or("(unset)".to_string(), Clone::clone);
+        Ok(keys
+            .into_iter()
+            .filter(|k| !RESUMABLE_SETTINGS.contains(&k.as_str()))
+            .filter(|k| given.get(*k) != was.get(*k))
+            .map(|k| format!("{k}: {} → {}", shown(was.get(k)), shown(given.get(k))))
+            .collect())
+    }
+
     /// The run's [`AdaLoraConfig`]: `[adalora]` with `total_step` = `steps` unless set.
     pub fn adalora_config(&self) -> AdaLoraConfig {
         AdaLoraConfig {
             total_step: self.adalora.total_step.or(Some(self.steps)),
             ..self.adalora.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layered(toml: &str) -> Result<TrainConfig, TrainError> {
+        TrainConfig::layered(&[("test", toml.parse().unwrap())])
+    }
+
+    #[test]
+    fn optimizer_and_schedule_settings_must_be_finite_and_in_range() {
+        for (setting, key) in [
+            ("weight_decay = nan", "weight_decay"),
+            ("weight_decay = -0.1", "weight_decay"),
+            ("max_grad_norm = -1.0", "max_grad_norm"),
+            ("max_grad_norm = inf", "max_grad_norm"),
+            ("warmup_steps = 1000000000000", "warmup_steps"),
+            ("steps = 1000000000000", "steps"),
+            ("batch_size = 1000000", "batch_size"),
+            ("seq_len = 100000000", "seq_len"),
+            ("lr = nan", "lr"),
+            ("min_lr_ratio = nan", "min_lr_ratio"),
+            ("[lora]\nlora_alpha = nan", "lora_alpha"),
+            ("[lora]\nlora_dropout = nan", "lora_dropout"),
+            ("[lora]\nr = 5000", "r = 5000"),
+            (
+                "method = \"adalora\"\n[adalora]\north_reg_weight = inf",
+                "orth_reg_weight",
+            ),
+        ] {
+            let err = layered(setting).unwrap_err().to_string();
+            assert!(err.contains(key), "{setting}: {err}");
+        }
+        assert!(layered("weight_decay = 0.01\nmax_grad_norm = 0.0").is_ok());
+    }
+
+    #[test]
+    fn resume_conflicts_list_what_defines_the_run_and_allow_what_does_not() {
+        let saved = TrainConfig::default();
+        let given = TrainConfig {
+            steps: 400,
+            eval_every: 10,
+            backend: "ndarray".into(),
+            ..saved.clone()
+        };
+        assert!(given.resume_conflicts(&saved).unwrap().is_empty());
+        let mut given = saved.clone();
+        given.lora.r = 16;
+        given.lora.lora_alpha = 32.0;
+        given.data = "other.jsonl".into();
+        given.quant.method = QuantMethod::Nf4;
+        let conflicts = given.resume_conflicts(&saved).unwrap();
+        assert_eq!(
+            conflicts,
+            vec![
+                "data: \"trec\" → \"other.jsonl\"",
+                "lora.lora_alpha: 16.0 → 32.0",
+                "lora.r: 8 → 16",
+                "quant.method: \"none\" → \"nf4\"",
+            ]
+        );
+        let model = TrainConfig {
+            model: Some("other.gguf".into()),
+            ..saved.clone()
+        };
+        assert_eq!(
+            model.resume_conflicts(&saved).unwrap(),
+            vec!["model: (unset) → \"other.gguf\""]
+        );
     }
 }

@@ -14,10 +14,9 @@
 //! let config = TrainConfig::default();
 //! let run = RunDir::create(None)?; // runs/run-<unix time>
 //! let summary = run_training(&config, &run, &mut Silent)?;
-//! println!(
-//!     "held-out accuracy {:?} → {:?}",
-//!     summary.before.accuracy, summary.after.accuracy
-//! );
+//! if let (Some(before), Some(after)) = (&summary.before, &summary.after) {
+//!     println!("held-out accuracy {:?} → {:?}", before.accuracy, after.accuracy);
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -133,6 +132,29 @@ impl RunDir {
     pub fn saved_config(&self) -> Result<toml::Table, TrainError> {
         TrainConfig::read_table(&self.path.join("config.toml"))
     }
+
+    /// Checks that `cfg` continues the run saved here: a resumed run may run longer or report
+    /// differently, but a setting that shapes the adapter, the model, the data or the
+    /// optimizer must be the saved one (see [`TrainConfig::resume_conflicts`]).
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] listing every contradicting setting with its saved and given
+    /// value, or the saved config's own error.
+    pub fn check_same_run(&self, cfg: &TrainConfig) -> Result<(), TrainError> {
+        let path = self.path.join("config.toml");
+        let source = path.display().to_string();
+        let saved = TrainConfig::layered(&[(source.as_str(), self.saved_config()?)])?;
+        let conflicts = cfg.resume_conflicts(&saved)?;
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        Err(TrainError::Config(format!(
+            "--resume {}: the given settings contradict the saved run ({}); a resumed run keeps its settings (only {} may change): drop those flags, or start a new run with --out",
+            self.path.display(),
+            conflicts.join("; "),
+            crate::config::RESUMABLE_SETTINGS.join(", ")
+        )))
+    }
 }
 
 /// How the base weights were stored, for `summary.json` (QLoRA runs).
@@ -177,10 +199,11 @@ pub struct Summary {
     pub trainable_params: usize,
     /// Adapted linear layers.
     pub adapted_modules: usize,
-    /// The base model's held-out numbers.
-    pub before: EvalReport,
-    /// The fine-tuned model's held-out numbers.
-    pub after: EvalReport,
+    /// The base model's held-out numbers; `None` when there is no held-out example (nothing
+    /// was measured, so no number is reported).
+    pub before: Option<EvalReport>,
+    /// The fine-tuned model's held-out numbers; `None` as for `before`.
+    pub after: Option<EvalReport>,
     /// How accuracy is decided.
     pub accuracy_rule: &'static str,
     /// Median training tokens/s over this process's steps.
@@ -269,7 +292,10 @@ fn evaluate_at(
     pad: u32,
     at: EvalPoint,
     observer: &mut dyn Observer,
-) -> Result<(EvalReport, Vec<Answer>), TrainError> {
+) -> Result<(Option<EvalReport>, Vec<Answer>), TrainError> {
+    if task.test.is_empty() {
+        return Ok((None, Vec::new()));
+    }
     observer.on_eval_start(at, task.test.len());
     let settings = AnswerSettings {
         metric: cfg.eval_metric,
@@ -289,7 +315,7 @@ fn evaluate_at(
         answers.len(),
         t.elapsed().as_secs_f64()
     ));
-    Ok((report, answers))
+    Ok((Some(report), answers))
 }
 
 /// Reads a JSON file the run wrote earlier (a resumed run's `eval_before.json`).
@@ -447,7 +473,9 @@ pub fn run_training(
     let t0 = Instant::now();
     cfg.validate().map_err(TrainError::Config)?;
     let dir = run.path();
-    if !run.is_resume() {
+    if run.is_resume() {
+        run.check_same_run(cfg)?;
+    } else {
         write_atomic(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     }
     let kind: BackendKind = cfg
@@ -479,6 +507,13 @@ pub fn run_training(
         cfg.eval_limit,
     )?;
     observer.on_message(&task.summary.to_string());
+    if task.test.is_empty() {
+        observer.on_message(
+            "no held-out examples: training goes on, but nothing is evaluated and no held-out number is reported (add valid.jsonl to the data folder, or give --eval-data FILE)",
+        );
+    }
+    // The batch must fit the data: refused here, before the model is evaluated, not at step 1.
+    crate::data::BatchSampler::new(task.train.len(), cfg.batch_size, cfg.seed)?;
     let adapter = adapter_config(cfg);
     let checkpoint = RunCheckpoint::new(dir, adapter.clone(), &base_name);
 
@@ -489,6 +524,15 @@ pub fn run_training(
             ));
         }
         let state = checkpoint.load_state()?;
+        if state.step > cfg.steps {
+            return Err(TrainError::Checkpoint(format!(
+                "{}: the checkpoint is at step {}, past the run's {} steps; resume with --steps {} or more",
+                checkpoint.dir.display(),
+                state.step,
+                cfg.steps,
+                state.step
+            )));
+        }
         let (mut model, _, _) =
             peft::load_adapter(pretrained.model, &checkpoint.adapter_dir()?, &device)?;
         checkpoint.restore_param_ids(&mut model)?;
@@ -517,32 +561,43 @@ pub fn run_training(
     // Before: the base model (B = 0, so the adapter changes nothing yet).
     let before_path = dir.join("eval_before.json");
     let answers_path = dir.join("answers_before.json");
-    let (before, base_answers): (EvalReport, Option<Vec<Answer>>) = if run.is_resume()
+    let (before, base_answers): (Option<EvalReport>, Option<Vec<Answer>>) = if run.is_resume()
         && before_path.exists()
     {
         let answers = answers_path
             .exists()
             .then(|| read_json(&answers_path))
             .transpose()?;
-        (read_json(&before_path)?, answers)
+        (Some(read_json(&before_path)?), answers)
     } else {
         let (b, answers) = evaluate_at(&model, &tok, &task, cfg, pad, EvalPoint::Before, observer)?;
-        write_json(&before_path, &b)?;
-        write_json(&answers_path, &answers)?;
+        if let Some(b) = &b {
+            write_json(&before_path, b)?;
+            write_json(&answers_path, &answers)?;
+        }
         (b, Some(answers))
     };
 
     let mut recorder = Recorder {
         inner: observer,
         log: MetricsLog::open(dir)?,
-        evals: vec![(0, before.clone())],
+        evals: before.iter().map(|b| (0, b.clone())).collect(),
         rates: Vec::new(),
     };
     let t_train = Instant::now();
+    // With no held-out example there is nothing to evaluate at intervals either.
+    let loop_cfg = TrainConfig {
+        eval_every: if task.test.is_empty() {
+            0
+        } else {
+            cfg.eval_every
+        },
+        ..cfg.clone()
+    };
     let job = TrainLoop {
         data: &task.train,
         pad_id: pad,
-        config: cfg,
+        config: &loop_cfg,
         checkpoint: &checkpoint,
         resume,
         allocator: allocator.as_mut(),
@@ -580,7 +635,7 @@ pub fn run_training(
         Outcome::Finished => cfg.steps,
         Outcome::Interrupted => checkpoint.load_state()?.step,
     };
-    evals.push((steps_done, after.clone()));
+    evals.extend(after.iter().map(|a| (steps_done, a.clone())));
     let steps = read_metrics(&dir.join("metrics.jsonl"), steps_done)?;
     let title = format!(
         "{} on {} — {}",

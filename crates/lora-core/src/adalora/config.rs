@@ -172,9 +172,9 @@ impl AdaLoraConfig {
                 return bad(format!("AdaLoRA {name} must be in (0, 1), got {b}"));
             }
         }
-        if self.orth_reg_weight.is_nan() || self.orth_reg_weight < 0.0 {
+        if !(self.orth_reg_weight.is_finite() && self.orth_reg_weight >= 0.0) {
             return bad(format!(
-                "AdaLoRA orth_reg_weight must be ≥ 0, got {}",
+                "AdaLoRA orth_reg_weight must be a finite number ≥ 0, got {}",
                 self.orth_reg_weight
             ));
         }

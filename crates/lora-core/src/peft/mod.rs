@@ -128,9 +128,42 @@ pub(crate) fn read_config_json<T: serde::de::DeserializeOwned>(
     })?;
     let value = serde_json::from_str(&text).map_err(|e| LoraError::AdapterConfig {
         path: path.clone(),
-        message: e.to_string(),
+        message: match blame_key::<T>(&text) {
+            Some(key) => format!("key {key:?}: {e}"),
+            None => e.to_string(),
+        },
     })?;
     Ok((path, value))
+}
+
+/// The top-level key of the JSON object `text` that makes it fail to deserialize as `T`: the one
+/// whose value, replaced by some value of another JSON type, makes it deserialize. serde's errors
+/// inside `#[serde(flatten)]` fields (PEFT configs flatten the LoRA settings) carry the position
+/// of the closing brace rather than the key, so the key is found this way (on the error path
+/// only). `None` when no single key is to blame.
+fn blame_key<T: serde::de::DeserializeOwned>(text: &str) -> Option<String> {
+    use serde_json::{Value, json};
+    let Value::Object(object) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    let stand_ins = [
+        json!(1),
+        json!(0.5),
+        json!(""),
+        json!(true),
+        json!(null),
+        json!([]),
+        json!({}),
+    ];
+    object.keys().find_map(|key| {
+        stand_ins.iter().find_map(|v| {
+            let mut changed = object.clone();
+            changed.insert(key.clone(), v.clone());
+            serde_json::from_value::<T>(Value::Object(changed))
+                .ok()
+                .map(|_| key.clone())
+        })
+    })
 }
 
 /// Writes an adapter directory: `dir` created if needed, `adapter_model.safetensors` (f32,

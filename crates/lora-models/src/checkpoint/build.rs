@@ -47,7 +47,14 @@ impl NamedWeights<'_> {
                 message: format!("shape {:?}, expected {shape:?}", t.shape),
             });
         }
-        t.load()
+        let t = t.load()?;
+        // Non-finite weights would give NaN logits much later; refuse them where they enter.
+        t.check_finite().map_err(|message| ModelError::Tensor {
+            path: self.source.clone(),
+            name: name.into(),
+            message: format!("{message}: the checkpoint is corrupt"),
+        })?;
+        Ok(t)
     }
 }
 
@@ -123,7 +130,8 @@ impl WeightSource for Loader<'_> {
 /// Builds the model from `ckpt`, consuming it, every weight in f32.
 ///
 /// # Errors
-/// [`ModelError::Tensor`] for a missing or misshaped tensor, or for tensors left unused (named).
+/// [`ModelError::Tensor`] for a missing, misshaped or non-finite tensor, or for tensors left
+/// unused (named).
 pub fn build_llama(
     config: &LlamaConfig,
     ckpt: NamedWeights<'_>,

@@ -144,11 +144,21 @@ impl TextTokenizer {
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let json_path = dir.join("tokenizer.json");
-        let inner =
-            Tokenizer::from_file(&json_path).map_err(|source| TokenizerError::Tokenizers {
-                context: format!("loading {}", json_path.display()),
-                source,
-            })?;
+        let text = std::fs::read_to_string(&json_path).map_err(|source| TokenizerError::Io {
+            path: json_path.clone(),
+            source,
+        })?;
+        // Parse as plain JSON first: `tokenizers` 0.22 panics (`expect("Helper")` in its decoder
+        // deserializer) on some malformed JSON instead of returning an error; valid JSON cannot
+        // reach that panic, and this error names the line and column.
+        serde_json::from_str::<Json>(&text).map_err(|source| TokenizerError::Json {
+            path: json_path.clone(),
+            source,
+        })?;
+        let inner: Tokenizer = text.parse().map_err(|source| TokenizerError::Tokenizers {
+            context: format!("loading {}", json_path.display()),
+            source,
+        })?;
         let config_path = dir.join("tokenizer_config.json");
         let config: Json = match std::fs::read_to_string(&config_path) {
             Ok(text) => serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
@@ -319,6 +329,32 @@ impl TextTokenizer {
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// One past the largest id the tokenizer can produce (added tokens included).
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Checks that every id this tokenizer produces has a row in an embedding of `rows` rows; an
+    /// id past the last row would make the model's embedding lookup read out of bounds.
+    ///
+    /// # Errors
+    /// A message naming both sizes.
+    pub fn check_fits_embedding(&self, rows: usize) -> std::result::Result<(), String> {
+        let bound = self.id_bound();
+        if bound > rows {
+            return Err(format!(
+                "the tokenizer has ids up to {} but the embedding has only {rows} rows (vocab_size); the tokenizer and the weights come from different models",
+                bound - 1
+            ));
+        }
+        Ok(())
     }
 
     /// Beginning-of-sequence id, if the model has one.

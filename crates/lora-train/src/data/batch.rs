@@ -128,7 +128,7 @@ impl BatchSampler {
     /// A sampler over indices `0..n` at the start of epoch 0.
     ///
     /// # Errors
-    /// [`DataError::Sampler`] if `n` or `batch_size` is 0.
+    /// As [`BatchSampler::from_state`].
     pub fn new(n: usize, batch_size: usize, seed: u64) -> Result<Self, DataError> {
         Self::from_state(n, batch_size, seed, SamplerState::default())
     }
@@ -136,8 +136,8 @@ impl BatchSampler {
     /// A sampler resumed at `state` (from [`BatchSampler::position`]).
     ///
     /// # Errors
-    /// [`DataError::Sampler`] if `n` or `batch_size` is 0, or `state.cursor ≥ n` (the dataset
-    /// is not the one the state was saved with).
+    /// [`DataError::Sampler`] if `n` or `batch_size` is 0, `batch_size > n`, or
+    /// `state.cursor ≥ n` (the dataset is not the one the state was saved with).
     pub fn from_state(
         n: usize,
         batch_size: usize,
@@ -149,6 +149,13 @@ impl BatchSampler {
         }
         if batch_size == 0 {
             return Err(DataError::Sampler("batch size must be at least 1".into()));
+        }
+        // A batch larger than the data would hold the same examples several times over and only
+        // cost memory (a huge one cannot be allocated at all).
+        if batch_size > n {
+            return Err(DataError::Sampler(format!(
+                "batch_size {batch_size} is larger than the {n} training examples; lower --batch-size to at most {n} (use --grad-accum for larger effective batches)"
+            )));
         }
         if state.cursor >= n {
             return Err(DataError::Sampler(format!(

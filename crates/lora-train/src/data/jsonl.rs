@@ -28,12 +28,22 @@ use super::{DataError, Sample};
 ///
 /// # Errors
 /// [`DataError::Io`] if the file cannot be read; [`DataError::Malformed`] naming the file and
-/// line of the first bad line; [`DataError::Empty`] if it holds no examples.
+/// line of the first bad line (invalid UTF-8 included); [`DataError::Empty`] if it holds no
+/// examples.
 pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Sample>, DataError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Name the line of the first invalid byte, as for any other bad line.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        DataError::Malformed {
+            source_name: path.display().to_string(),
+            line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+            message: "not valid UTF-8; save the file as UTF-8".into(),
+        }
     })?;
     samples_from_jsonl(&text, &path.display().to_string())
 }
