@@ -15,7 +15,9 @@ fn device() -> Device {
 
 /// Deterministic values in [-1, 1) (a 64-bit LCG; no dependence on a random crate's stream).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             s = s
@@ -43,7 +45,7 @@ fn check(d_out: usize, d_in: usize, block_size: usize, double_quant: bool, rows:
         .transpose()
         .into_data()
         .convert::<f32>()
-        .into_vec()
+        .try_into_vec::<f32>()
         .unwrap();
     let what = format!("{d_out}x{d_in} block {block_size} double {double_quant}");
     for (k, (g, h)) in got.iter().zip(&w_host).enumerate() {
@@ -53,7 +55,12 @@ fn check(d_out: usize, d_in: usize, block_size: usize, double_quant: bool, rows:
     for &n in rows {
         let x = values(n * d_in, 7 + n as u64);
         let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, d_in]), &device());
-        let y: Vec<f32> = weight.matmul(xt).into_data().convert::<f32>().into_vec().unwrap();
+        let y: Vec<f32> = weight
+            .matmul(xt)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
         assert_eq!(y.len(), n * d_out, "{what}: output size for {n} rows");
         for r in 0..n {
             for o in 0..d_out {

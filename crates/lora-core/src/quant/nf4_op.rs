@@ -11,9 +11,10 @@
 //! not even the input activation `x` is needed.
 //!
 //! burn 0.22 routes a custom operation through its `#[backend_extension]` (burn's `extension`
-//! feature): the forward of every execution backend (flex, ndarray, wgpu) is the trait's default
-//! body, written with backend primitive ops, and `Autodiff<B, C>` implements the op with its own
-//! backward step.
+//! feature): the forward of every execution backend (ndarray, wgpu) is the trait's default
+//! body, written with backend primitive ops; flex overrides it with host kernels that read the
+//! packed bytes ([`crate::quant::nf4_flex`], checked against the default body's results); and
+//! `Autodiff<B, C>` implements the op with its own backward step.
 //!
 //! # Shapes
 //! `x`: `[N, d_in]`, the dequantized `W`: `[d_in, d_out]` (burn layout), output `[N, d_out]`.
@@ -116,7 +117,7 @@ impl Nf4Backend for burn::backend::Flex {
     fn nf4_matmul(x: FloatTensor<Self>, w: Nf4Parts<Self>) -> FloatTensor<Self> {
         match crate::quant::nf4_flex::fused_matmul(&x, &w) {
             Some(y) => y,
-            None => Self::float_matmul(x, Self::nf4_dequantize(w)),
+            None => matmul::<Self>(x, Self::nf4_dequantize(w)),
         }
     }
 }
@@ -125,6 +126,12 @@ impl Nf4Backend for burn::backend::Flex {
 impl Nf4Backend for burn::backend::NdArray {}
 #[cfg(feature = "wgpu")]
 impl Nf4Backend for burn::backend::Cube {}
+
+/// `x · w` (a generic bound brings the backend's float ops into scope for a concrete backend).
+#[cfg(feature = "flex")]
+fn matmul<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_matmul(x, w)
+}
 
 /// The four bytes of every 32-bit word, lowest first (the order [`BYTE_SHIFTS`] packs them
 /// in), as `[4 · words]` ids.
