@@ -19,7 +19,7 @@ echo "== fetch the model and data"
 cargo xtask fetch
 
 echo "== wgpu vs flex on the tiny model"
-cargo xtask test --backend wgpu --test wgpu_parity
+cargo xtask test --backend wgpu --test wgpu_parity -- --include-ignored
 
 echo "== bench on wgpu"
 cargo xtask bench --backend wgpu --impls ours,burn,ours-nf4 --out runs/gpu-check "$@"
