@@ -5,6 +5,7 @@
 //!
 //! ## The files, in the order to read them
 //! 1. [`run`] — [`run_training`]: load, split, attach, evaluate, train, save, evaluate again;
+//!    [`run_dir`] — the run's directory, new or resumed;
 //! 2. [`trainer`] — the training loop itself, one function ([`trainer::train`]), and the
 //!    [`Observer`] it reports to;
 //! 3. [`data`] — JSONL datasets in five shapes and the TREC task → tokenized
@@ -30,6 +31,7 @@ pub mod loss;
 pub mod rank_report;
 pub mod report;
 pub mod run;
+pub mod run_dir;
 pub mod samples;
 pub mod schedule;
 pub mod task;
