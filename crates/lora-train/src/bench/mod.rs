@@ -13,6 +13,7 @@
 
 mod inference;
 pub mod job;
+mod machine;
 pub mod peft;
 pub mod plot;
 pub mod report;

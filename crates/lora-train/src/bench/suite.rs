@@ -19,6 +19,7 @@ use super::job::{
 use super::report::{self, InferenceReport, ScaleImpl, ScaleRow, SweepRow, TrainRow};
 use super::scale::{ScaleBase, ScaleShape, does_not_fit, mem_available_bytes};
 use super::{peft, plot};
+use crate::bench::machine::{cpu_model, git_commit, loadavg};
 use crate::error::TrainError;
 use crate::run::timestamped_dir;
 
@@ -145,29 +146,6 @@ pub struct BenchOutcome {
     pub tables: String,
     /// Where `bench.json` was written.
     pub json_path: PathBuf,
-}
-
-fn loadavg() -> Option<String> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-}
-
-fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("model name"))?;
-    Some(line.split(':').nth(1)?.trim().to_string())
-}
-
-fn git_commit() -> Option<String> {
-    let out = Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Runs `spec` in a child process; the child's progress shows on stderr.
