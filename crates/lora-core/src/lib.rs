@@ -47,6 +47,7 @@ pub mod combine;
 pub mod config;
 pub mod dora;
 pub mod error;
+pub mod fused;
 pub mod inject;
 pub mod linear;
 pub mod lora;

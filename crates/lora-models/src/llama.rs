@@ -18,7 +18,7 @@
 //! `H` query heads · `K` key/value heads · `E` head width · `F` MLP width · `V` vocabulary.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
+use lora_core::fused;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 use lora_core::LoraLinear;
@@ -126,7 +126,7 @@ impl Attention {
             Some(m) => scores.mask_fill(m.clone().unsqueeze_dim::<4>(1), f32::NEG_INFINITY),
             None => scores,
         };
-        let probs = softmax(scores, 3);
+        let probs = fused::softmax(scores); // over the S keys, one autodiff node
         let out = probs.matmul(value); // [B, K, G·T, E]
 
         let out = out
@@ -157,11 +157,12 @@ impl Mlp {
     /// `x`: `[B, T, D]` → `[B, T, D]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = self.gate_proj.forward(x.clone()); // [B, T, F]
-        let gate = match self.activation {
-            Activation::Silu => silu(gate),
-            Activation::GeluTanh => gelu_tanh(gate),
+        let up = self.up_proj.forward(x); // [B, T, F]
+        let hidden = match self.activation {
+            Activation::Silu => fused::swiglu(gate, up), // one autodiff node
+            Activation::GeluTanh => gelu_tanh(gate) * up,
         };
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        self.down_proj.forward(hidden)
     }
 }
 

@@ -25,16 +25,11 @@ impl RmsNorm {
     /// # Shapes
     /// `x`: `[..., D]` → `[..., D]`
     pub fn forward<const N: usize>(&self, x: Tensor<N>) -> Tensor<N> {
-        let rms = x
-            .clone()
-            .square()
-            .mean_dim(N - 1)
-            .add_scalar(self.eps)
-            .sqrt(); // [..., 1]
         let gain = match self.gain {
             NormGain::Weight => self.weight.val(),
             NormGain::OnePlusWeight => self.weight.val().add_scalar(1.0),
         };
-        (x / rms) * gain.unsqueeze::<N>()
+        // One fused op (flex: row-parallel, one pass each way) rather than six tensor ops.
+        lora_core::fused::rms_norm(x, gain, self.eps)
     }
 }

@@ -2,7 +2,6 @@
 //! over the positions that count (the assistant's answer tokens), as transformers computes it
 //! (`loss_utils.py` `ForCausalLMLoss`: shift by one, ignore index −100, mean over the rest).
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use lora_models::Llama;
 
@@ -33,7 +32,7 @@ pub fn weighted_cross_entropy(
     weights: Tensor<1>,
 ) -> Tensor<1> {
     let x = logits.clone().detach();
-    let probs = softmax(x.clone(), 1); // [N, V]
+    let probs = lora_core::fused::softmax(x.clone()); // [N, V], row-parallel on flex
     let targets = targets.unsqueeze_dim::<2>(1); // [N, 1]
     let weights = weights.unsqueeze_dim::<2>(1); // [N, 1]
     let log_sum_exp = x.clone().max_dim(1) - probs.clone().max_dim(1).log(); // [N, 1]

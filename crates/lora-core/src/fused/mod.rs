@@ -1,0 +1,67 @@
+//! Fused transformer ops: softmax, SwiGLU and RMSNorm as single operations with their own
+//! backward, on every backend.
+//!
+//! Composed of tensor ops, each of these becomes five to eight autodiff nodes, and on the CPU
+//! each node is a pass over the tensor that burn-flex runs on one thread. A SmolLM2 training
+//! step spent about a third of its CPU time there while the other core waited (README,
+//! "Benchmark"). Here each is one node that keeps only its inputs (softmax: its output), and
+//! flex runs the forward and backward passes row-parallel on all cores ([`flex`]). The
+//! composed versions stay as the reference: they are the default bodies every other backend
+//! runs, and the tests compare the two (values and gradients).
+//!
+//! - [`softmax`]: along the last dimension (attention probabilities, the loss).
+//! - [`swiglu`]: `silu(gate) ⊙ up` (the gated MLP of Llama, Qwen, Mistral).
+//! - [`rms_norm`]: `x / √(mean(x²) + ε) ⊙ gain` over the last dimension.
+//!
+//! Source: softmax's backward `p ⊙ (g − Σ g ⊙ p)`, SiLU's derivative `σ(z)(1 + z(1 − σ(z)))`
+//! and RMSNorm's (Zhang & Sennrich 2019, §3) written out on [`FusedBackend`]; PyTorch's
+//! `_softmax_backward_data`, `silu_backward` and the fused RMSNorm kernels compute the same.
+
+#[cfg(feature = "flex")]
+mod flex;
+pub mod ops;
+
+use burn::tensor::Tensor;
+use burn::backend::Dispatch;
+
+pub use ops::FusedBackend;
+
+/// `softmax(x)` along the last dimension, as one autodiff node.
+///
+/// # Shapes
+/// `x`: `[..., C]` → `[..., C]`
+pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let cols = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x = x.reshape([rows, cols]).into_dispatch();
+    Tensor::<2>::from_dispatch(<Dispatch as FusedBackend>::fused_softmax(x)).reshape(dims)
+}
+
+/// `silu(gate) ⊙ up`, `silu(z) = z · σ(z)`, as one autodiff node.
+///
+/// # Shapes
+/// `gate`, `up`: `[..., F]` (the same shape) → `[..., F]`
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    let dims = gate.dims();
+    let cols = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let gate = gate.reshape([rows, cols]).into_dispatch();
+    let up = up.reshape([rows, cols]).into_dispatch();
+    Tensor::<2>::from_dispatch(<Dispatch as FusedBackend>::fused_swiglu(gate, up)).reshape(dims)
+}
+
+/// RMSNorm over the last dimension: `x / √(mean(x²) + eps) ⊙ gain`, as one autodiff node
+/// (`gain` gets its gradient when it is tracked).
+///
+/// # Shapes
+/// `x`: `[..., C]`, `gain`: `[C]` → `[..., C]`
+pub fn rms_norm<const D: usize>(x: Tensor<D>, gain: Tensor<1>, eps: f64) -> Tensor<D> {
+    let dims = x.dims();
+    let cols = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x = x.reshape([rows, cols]).into_dispatch();
+    let gain = gain.into_dispatch();
+    Tensor::<2>::from_dispatch(<Dispatch as FusedBackend>::fused_rms_norm(x, gain, eps))
+        .reshape(dims)
+}

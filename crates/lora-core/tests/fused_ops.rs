@@ -1,0 +1,96 @@
+//! The fused ops (`lora_core::fused`) equal the same functions composed of burn tensor ops, in
+//! value and in every input's gradient, on flex (where they run as multi-threaded host
+//! kernels). Shapes are larger than one rayon task (2¹⁴ elements), so the row split is
+//! exercised, and odd (not a multiple of the kernels' eight lanes).
+
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::{Distribution, Tensor};
+use lora_core::fused;
+use lora_core::{BackendKind, select_device};
+
+fn device() -> burn::tensor::Device {
+    select_device(BackendKind::Flex)
+        .expect("flex is the default backend")
+        .autodiff()
+}
+
+/// Largest `|a − b|` over the largest `|b|`.
+fn rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-12);
+    (a - b).abs().max().into_scalar::<f32>() / scale
+}
+
+/// A fixed random weighting of the output, so that every output element's gradient differs.
+fn weights<const D: usize>(dims: [usize; D]) -> Tensor<D> {
+    Tensor::random(dims, Distribution::Normal(0.0, 1.0), &device())
+}
+
+#[test]
+fn fused_softmax_equals_the_composed_softmax_in_value_and_gradient() {
+    let dims = [3, 37, 301];
+    let x = Tensor::<3>::random(dims, Distribution::Normal(0.0, 4.0), &device());
+    // Attention masks: −∞ entries must get probability 0 and gradient 0.
+    let mask = Tensor::<3>::random(dims, Distribution::Uniform(0.0, 1.0), &device()).lower_elem(0.2);
+    let x = x.mask_fill(mask, f32::NEG_INFINITY);
+    let w = weights(dims);
+    let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+    let (pa, pb) = (fused::softmax(xa.clone()), softmax(xb.clone(), 2));
+    assert!(rel_diff(pa.clone(), pb.clone()) < 1e-6);
+    let ga = xa.grad(&(pa * w.clone()).sum().backward()).unwrap();
+    let gb = xb.grad(&(pb * w).sum().backward()).unwrap();
+    assert!(!ga.clone().is_nan().any().into_scalar::<bool>());
+    let d = rel_diff(ga, gb);
+    assert!(d < 1e-5, "softmax gradients differ by {d} (relative)");
+}
+
+#[test]
+fn fused_swiglu_equals_silu_times_up_in_value_and_both_gradients() {
+    let dims = [2, 29, 611];
+    // Gates up to ±40: σ saturates on both sides without overflow.
+    let gate = Tensor::<3>::random(dims, Distribution::Normal(0.0, 10.0), &device());
+    let up = Tensor::<3>::random(dims, Distribution::Normal(0.0, 1.0), &device());
+    let w = weights(dims);
+    let (ga, gb) = (gate.clone().require_grad(), gate.require_grad());
+    let (ua, ub) = (up.clone().require_grad(), up.require_grad());
+    let ya = fused::swiglu(ga.clone(), ua.clone());
+    let yb = gb.clone() * sigmoid(gb.clone()) * ub.clone();
+    assert!(rel_diff(ya.clone(), yb.clone()) < 1e-6);
+    let grads_a = (ya * w.clone()).sum().backward();
+    let grads_b = (yb * w).sum().backward();
+    let d_gate = rel_diff(ga.grad(&grads_a).unwrap(), gb.grad(&grads_b).unwrap());
+    let d_up = rel_diff(ua.grad(&grads_a).unwrap(), ub.grad(&grads_b).unwrap());
+    assert!(d_gate < 1e-5, "gate gradients differ by {d_gate}");
+    assert!(d_up < 1e-6, "up gradients differ by {d_up}");
+}
+
+#[test]
+fn fused_rms_norm_equals_the_composed_norm_in_value_and_the_input_and_gain_gradients() {
+    let (dims, eps) = ([4, 23, 577], 1e-5);
+    let x = Tensor::<3>::random(dims, Distribution::Normal(0.5, 3.0), &device());
+    let gain = Tensor::<1>::random([577], Distribution::Normal(1.0, 0.2), &device());
+    let w = weights(dims);
+    let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+    let (wa, wb) = (gain.clone().require_grad(), gain.require_grad());
+    let ya = fused::rms_norm(xa.clone(), wa.clone(), eps);
+    let rms = xb.clone().square().mean_dim(2).add_scalar(eps).sqrt();
+    let yb = (xb.clone() / rms) * wb.clone().unsqueeze::<3>();
+    assert!(rel_diff(ya.clone(), yb.clone()) < 1e-6);
+    let grads_a = (ya * w.clone()).sum().backward();
+    let grads_b = (yb * w).sum().backward();
+    let d_x = rel_diff(xa.grad(&grads_a).unwrap(), xb.grad(&grads_b).unwrap());
+    let d_gain = rel_diff(wa.grad(&grads_a).unwrap(), wb.grad(&grads_b).unwrap());
+    assert!(d_x < 1e-5, "input gradients differ by {d_x}");
+    assert!(d_gain < 1e-5, "gain gradients differ by {d_gain}");
+}
+
+#[test]
+fn a_frozen_gain_gets_no_gradient_and_the_input_still_does() {
+    let x = Tensor::<2>::random([5, 64], Distribution::Normal(0.0, 1.0), &device()).require_grad();
+    let gain = Tensor::<1>::ones([64], &device()); // not tracked: a frozen norm weight
+    let y = fused::rms_norm(x.clone(), gain.clone(), 1e-6);
+    let grads = y.sum().backward();
+    assert!(gain.grad(&grads).is_none());
+    // Σ_c x̂_c has gradient r·(1 − x̂·mean(x̂)) per element: nonzero for random rows.
+    let gx = x.grad(&grads).unwrap();
+    assert!(gx.abs().max().into_scalar::<f32>() > 1e-3);
+}
