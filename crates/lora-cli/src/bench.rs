@@ -56,8 +56,9 @@ pub struct Args {
     /// rows ours-nf4 and peft-nf4 (PEFT on a bitsandbytes NF4 base).
     #[arg(long, default_value = "ours,burn,peft,ours-nf4,peft-nf4")]
     pub impls: String,
-    /// What to measure, comma-separated: training, inference.
-    #[arg(long, default_value = "training,inference")]
+    /// What to measure, comma-separated: training, inference, gemm (the training step's matrix
+    /// products alone, ours and PyTorch's GFLOP/s).
+    #[arg(long, default_value = "training,inference,gemm")]
     pub parts: String,
     /// Gradient checkpointing (burn's balanced strategy) for the burn rows: less memory, more
     /// compute (always on with --scale, for PEFT too).
@@ -161,6 +162,7 @@ impl Args {
             impls: parse_list(&self.impls, parse_impl)?,
             training: parts.iter().any(|p| p == "training"),
             inference: parts.iter().any(|p| p == "inference"),
+            gemm: parts.iter().any(|p| p == "gemm"),
             threads: self.threads,
             python: self.python.clone().unwrap_or_else(default_python),
             prompt_len: self.prompt_len,

@@ -30,7 +30,8 @@ fn fused_softmax_equals_the_composed_softmax_in_value_and_gradient() {
     let dims = [3, 37, 301];
     let x = Tensor::<3>::random(dims, Distribution::Normal(0.0, 4.0), &device());
     // Attention masks: −∞ entries must get probability 0 and gradient 0.
-    let mask = Tensor::<3>::random(dims, Distribution::Uniform(0.0, 1.0), &device()).lower_elem(0.2);
+    let mask =
+        Tensor::<3>::random(dims, Distribution::Uniform(0.0, 1.0), &device()).lower_elem(0.2);
     let x = x.mask_fill(mask, f32::NEG_INFINITY);
     let w = weights(dims);
     let (xa, xb) = (x.clone().require_grad(), x.require_grad());

@@ -18,10 +18,10 @@
 //! `H` query heads · `K` key/value heads · `E` head width · `F` MLP width · `V` vocabulary.
 
 use burn::module::{Module, Param};
-use lora_core::fused;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 use lora_core::LoraLinear;
+use lora_core::fused;
 
 use crate::config::LlamaConfig;
 use crate::family::Activation;

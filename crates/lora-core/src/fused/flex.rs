@@ -107,7 +107,10 @@ pub(super) fn swiglu(gate: &FlexTensor, up: &FlexTensor) -> Option<FlexTensor> {
     let (gate, up) = (gate.as_slice::<f32>()?, up.as_slice::<f32>()?);
     let mut out = vec![0f32; rows * cols];
     out.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(gate.par_chunks(ELEMS_PER_TASK).zip(up.par_chunks(ELEMS_PER_TASK)))
+        .zip(
+            gate.par_chunks(ELEMS_PER_TASK)
+                .zip(up.par_chunks(ELEMS_PER_TASK)),
+        )
         .for_each(|(o, (gate, up))| {
             for ((o, &z), &u) in o.iter_mut().zip(gate).zip(up) {
                 *o = z * sigmoid(z) * u;
@@ -138,7 +141,11 @@ pub(super) fn swiglu_backward(
     d_gate
         .par_chunks_mut(n)
         .zip(d_up.par_chunks_mut(n))
-        .zip(gate.par_chunks(n).zip(up.par_chunks(n)).zip(g.par_chunks(n)))
+        .zip(
+            gate.par_chunks(n)
+                .zip(up.par_chunks(n))
+                .zip(g.par_chunks(n)),
+        )
         .for_each(|((dg, du), ((gate, up), g))| {
             for i in 0..dg.len() {
                 let (z, s) = (gate[i], sigmoid(gate[i]));

@@ -21,8 +21,8 @@
 mod flex;
 pub mod ops;
 
-use burn::tensor::Tensor;
 use burn::backend::Dispatch;
+use burn::tensor::Tensor;
 
 pub use ops::FusedBackend;
 

@@ -53,7 +53,11 @@ pub trait FusedBackend: Backend {
     }
 
     /// RMSNorm: `x / √(mean_c(x²) + ε) ⊙ gain`. `x`: `[R, C]`, `gain`: `[C]` → `[R, C]`.
-    fn fused_rms_norm(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn fused_rms_norm(
+        x: FloatTensor<Self>,
+        gain: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         reference::rms_norm::<Self>(x, gain, eps)
     }
 
@@ -100,7 +104,11 @@ impl FusedBackend for burn::backend::Flex {
         }
     }
 
-    fn fused_rms_norm(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn fused_rms_norm(
+        x: FloatTensor<Self>,
+        gain: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         match super::flex::rms_norm(&x, &gain, eps) {
             Some(t) => t,
             None => reference::rms_norm::<Self>(x, gain, eps),
@@ -135,7 +143,10 @@ mod reference {
         B::float_recip(B::float_sqrt(B::float_add_scalar(mean_sq, eps.into())))
     }
 
-    pub(super) fn softmax_backward<B: Backend>(p: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
+    pub(super) fn softmax_backward<B: Backend>(
+        p: FloatTensor<B>,
+        g: FloatTensor<B>,
+    ) -> FloatTensor<B> {
         let dot = B::float_sum_dim(B::float_mul(g.clone(), p.clone()), 1); // [R, 1]
         B::float_mul(p, B::float_sub(g, dot))
     }
@@ -155,13 +166,23 @@ mod reference {
         let d_up = B::float_mul(g.clone(), silu);
         let one_minus_s = B::float_add_scalar(B::float_neg(s.clone()), 1.0.into());
         let slope = B::float_add_scalar(B::float_mul(gate, one_minus_s), 1.0.into());
-        (B::float_mul(B::float_mul(B::float_mul(g, up), s), slope), d_up)
+        (
+            B::float_mul(B::float_mul(B::float_mul(g, up), s), slope),
+            d_up,
+        )
     }
 
-    pub(super) fn rms_norm<B: Backend>(x: FloatTensor<B>, gain: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    pub(super) fn rms_norm<B: Backend>(
+        x: FloatTensor<B>,
+        gain: FloatTensor<B>,
+        eps: f64,
+    ) -> FloatTensor<B> {
         let cols = x.shape().dims::<2>()[1];
         let inv = inv_rms::<B>(x.clone(), eps); // [R, 1]
-        B::float_mul(B::float_mul(x, inv), B::float_reshape(gain, Shape::new([1, cols])))
+        B::float_mul(
+            B::float_mul(x, inv),
+            B::float_reshape(gain, Shape::new([1, cols])),
+        )
     }
 
     pub(super) fn rms_norm_backward<B: Backend>(
@@ -179,7 +200,10 @@ mod reference {
         );
         let h = B::float_mul(g, B::float_reshape(gain, Shape::new([1, cols])));
         let mean_hx = B::float_mean_dim(B::float_mul(h.clone(), x_hat.clone()), 1); // [R, 1]
-        (B::float_mul(B::float_sub(h, B::float_mul(x_hat, mean_hx)), inv), d_gain)
+        (
+            B::float_mul(B::float_sub(h, B::float_mul(x_hat, mean_hx)), inv),
+            d_gain,
+        )
     }
 }
 
@@ -193,7 +217,9 @@ impl<B: FusedBackend> Backward<B, 1> for SoftmaxBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let p = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |g| B::fused_softmax_backward(p, g));
+        unary::<B, _>(ops.parents, ops.node, grads, |g| {
+            B::fused_softmax_backward(p, g)
+        });
     }
 }
 
@@ -245,7 +271,11 @@ impl<B: FusedBackend> Backward<B, 2> for RmsNormBackward {
 impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let (x, node) = x.into_parts();
-        match SoftmaxBackward.prepare::<C>([node]).compute_bound().stateful() {
+        match SoftmaxBackward
+            .prepare::<C>([node])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
                 let p = B::fused_softmax(x);
                 prep.finish(p.clone(), p)
@@ -270,7 +300,11 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         }
     }
 
-    fn fused_rms_norm(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn fused_rms_norm(
+        x: FloatTensor<Self>,
+        gain: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         let (x, x_node) = x.into_parts();
         let (gain, gain_node) = gain.into_parts();
         match RmsNormBackward

@@ -189,6 +189,13 @@ pub enum Job {
         /// Shapes and optimizer (`targets` is all-linear).
         settings: TrainSettings,
     },
+    /// GFLOP/s of each matrix product (`bench --parts gemm`), in order.
+    Gemm {
+        /// The products.
+        shapes: Vec<super::gemm::GemmShape>,
+        /// Timed repetitions of each.
+        reps: usize,
+    },
 }
 
 /// What an inference job measures.
@@ -312,6 +319,12 @@ pub fn run_one(spec: &JobSpec, progress: &mut dyn FnMut(Progress<'_>)) -> Result
         } => json(&super::scale::run_scale(
             *shape, *base, settings, &device, progress,
         )?)?,
+        Job::Gemm { shapes, reps } => json(
+            &shapes
+                .iter()
+                .map(|s| super::gemm::time_gemm(s, *reps, &device))
+                .collect::<Vec<f64>>(),
+        )?,
     };
     Ok(line)
 }

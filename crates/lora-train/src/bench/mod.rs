@@ -6,11 +6,13 @@
 //! - [`suite`]: [`run_bench`], the whole comparison (rows, tables, `bench.json`);
 //! - [`job`]: one configuration ([`JobSpec`]), run in a child process by [`run_one`];
 //! - `train_steps` / `inference`: the timed loops; [`peft`]: the Python rows;
+//! - [`gemm`]: the step's matrix products alone, ours and PyTorch's (`--parts gemm`);
 //! - [`report`] and [`plot`]: rows, tables and `rank_sweep.png`.
 //!
 //! Timings are wall-clock seconds; [`process_cpu_seconds`] is recorded next to them because on a
 //! shared machine the CPU time a step consumed is far steadier than its wall time.
 
+pub mod gemm;
 mod inference;
 pub mod job;
 mod machine;

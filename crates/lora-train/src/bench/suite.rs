@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
+use super::gemm::{GemmRow, GemmRun, GemmShape, gemm_table, run_gemm_rows};
 use super::job::{
     Implementation, InferenceSettings, Job, JobSpec, RawInference, RawTrain, TargetSet,
     TrainSettings,
@@ -46,6 +47,8 @@ pub struct BenchConfig {
     pub training: bool,
     /// Measure inference rows.
     pub inference: bool,
+    /// Time the training step's matrix products alone, ours and PyTorch's.
+    pub gemm: bool,
     /// Threads for every implementation (rayon for burn, intra-op threads for PyTorch).
     pub threads: usize,
     /// Python with torch, transformers and peft for the PEFT rows.
@@ -135,6 +138,8 @@ pub struct BenchJson {
     pub sweep: Vec<SweepRow>,
     /// `--scale` rows: `{shape, base, impl, tokens_per_s, peak_rss_gib, bits_per_weight, …}`.
     pub scale: Vec<ScaleRow>,
+    /// `--parts gemm` rows: each product of a training step, ours and PyTorch's GFLOP/s.
+    pub gemm: Vec<GemmRow>,
 }
 
 /// What [`run_bench`] produced.
@@ -255,6 +260,7 @@ pub fn run_bench(
     let mut inference: Option<InferenceReport> = None;
     let mut sweep: Vec<SweepRow> = Vec::new();
     let mut scale: Vec<ScaleRow> = Vec::new();
+    let mut gemm: Vec<GemmRow> = Vec::new();
     let mut tables = String::new();
     let spec = |job: Job| JobSpec {
         job,
@@ -373,6 +379,24 @@ pub fn run_bench(
                 Err(e) => status(&format!("  inference: {e}")),
             }
         }
+        if cfg.gemm {
+            let run = GemmRun {
+                model: &cfg.model,
+                batch: s.batch,
+                seq_len: s.seq_len,
+                python: &cfg.python,
+                threads: cfg.threads,
+            };
+            let mut ours = |shapes: &[GemmShape], reps| {
+                let job = Job::Gemm {
+                    shapes: shapes.to_vec(),
+                    reps,
+                };
+                run_child::<Vec<f64>>(child, &spec(job), cfg.threads).map_err(|e| e.to_string())
+            };
+            gemm = run_gemm_rows(&run, &mut ours, status);
+            tables.push_str(&gemm_table(&gemm, cfg.threads));
+        }
     }
 
     meta.loadavg_end = loadavg();
@@ -382,6 +406,7 @@ pub fn run_bench(
         inference,
         sweep,
         scale,
+        gemm,
     };
     let json_path = dir.join("bench.json");
     let text =
