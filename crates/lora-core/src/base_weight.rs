@@ -11,6 +11,38 @@ use crate::base_dtype::BaseDtype;
 use crate::error::LoraError;
 use crate::quant::{Nf4Config, Nf4Weight};
 
+/// The most weights one product of a bf16/f16 base reads at a time (32 MiB as f32).
+///
+/// burn-flex multiplies bf16 and f16 by converting both operands to f32 (after copying a
+/// transposed operand, as the backward's `Wᵀ` is, into a contiguous one): without a bound that
+/// is a transient f32 copy of the whole weight at every product — 400 MB for the output head of
+/// a 1B model, which set a bf16 base's training peak. Column blocks bound it.
+const CAST_CHUNK: usize = 1 << 23;
+
+/// `x · W` for a weight stored in another float type than `x`: `x` is cast to `W`'s type, the
+/// product is taken there and cast back, over blocks of output columns of at most `chunk`
+/// weights each, concatenated. Each block casts `x` itself, so the blocks' input gradients are
+/// summed in `x`'s type (f32), not in 16 bits.
+///
+/// # Shapes
+/// `x`: `[..., d_in]`, `w`: `[d_in, d_out]` → `[..., d_out]`
+fn cast_matmul<const D: usize>(x: Tensor<D>, w: Tensor<2>, chunk: usize) -> Tensor<D> {
+    let (wt, xt) = (w.dtype(), x.dtype());
+    let [d_in, d_out] = w.dims();
+    let cols = (chunk / d_in.max(1)).max(1);
+    if d_out <= cols {
+        return linear(x.cast(wt), w, None).cast(xt);
+    }
+    let blocks = (0..d_out)
+        .step_by(cols)
+        .map(|start| {
+            let block = w.clone().slice([0..d_in, start..(start + cols).min(d_out)]);
+            linear(x.clone().cast(wt), block, None).cast(xt)
+        })
+        .collect();
+    Tensor::cat(blocks, D - 1)
+}
+
 /// The frozen base weight of a [`LoraLinear`](crate::LoraLinear).
 // One per linear layer (a few hundred per model): the NF4 variant's extra handles on the stack
 // cost nothing next to the weights, and a Box would change every match on it.
@@ -54,7 +86,7 @@ impl BaseWeight {
                 if wt == xt {
                     linear(x, w, None)
                 } else {
-                    linear(x.cast(wt), w, None).cast(xt)
+                    cast_matmul(x, w, CAST_CHUNK)
                 }
             }
             BaseWeight::Nf4(q) => q.matmul(x),
@@ -155,5 +187,31 @@ mod tests {
         assert!(!merged.is_require_grad());
         assert_eq!(merged.into_data().try_to_vec::<f32>().unwrap(), w_hat);
         layer.unmerge("l").unwrap();
+    }
+    /// Column blocks change no value, and the input gradient only by the order in which f32
+    /// sums of bf16 products are added (a bf16 weight, 5 blocks of 7 columns and one of 1).
+    #[test]
+    fn a_16_bit_product_in_column_blocks_equals_the_whole_product() {
+        let d = select_device(BackendKind::Flex).unwrap().autodiff();
+        let w = Tensor::<2>::random([16, 36], Distribution::Normal(0.0, 1.0), &d)
+            .cast(burn::tensor::DType::BF16);
+        let x = Tensor::<3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &d);
+        let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+        let whole = cast_matmul(xa.clone(), w.clone(), usize::MAX);
+        let blocks = cast_matmul(xb.clone(), w, 16 * 7);
+        let host = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(host(whole.clone()), host(blocks.clone()));
+        let weights = Tensor::<3>::random([2, 3, 36], Distribution::Normal(0.0, 1.0), &d);
+        let ga = xa
+            .grad(&(whole * weights.clone()).sum().backward())
+            .unwrap();
+        let gb = xb.grad(&(blocks * weights).sum().backward()).unwrap();
+        let scale = ga.clone().abs().max().into_scalar::<f32>();
+        let diff = (ga - gb).abs().max().into_scalar::<f32>();
+        // One bf16 rounding of the whole sum against one per block: a few 2⁻⁸ steps.
+        assert!(
+            diff <= 0.02 * scale,
+            "input gradients differ by {diff} (max {scale})"
+        );
     }
 }

@@ -320,16 +320,7 @@ mod tests {
 
     #[test]
     fn smollm2_step_products_add_up_to_the_hand_count() {
-        let cfg = LlamaConfig {
-            vocab_size: 49152,
-            d_model: 576,
-            n_layers: 30,
-            n_heads: 9,
-            n_kv_heads: 3,
-            head_dim: 64,
-            d_ff: 1536,
-            ..LlamaConfig::tiny()
-        };
+        let cfg = LlamaConfig::smollm2_135m();
         let shapes = step_shapes(&cfg, 4, 256);
         let flops: f64 = shapes
             .iter()
