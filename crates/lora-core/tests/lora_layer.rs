@@ -22,6 +22,8 @@ fn cfg(r: usize, alpha: f64) -> LoraConfig {
 }
 
 /// `x·W + (α/r)·x·A·B` in f64, burn layout (`W` `[in, out]`, `A` `[in, r]`, `B` `[r, out]`).
+// Every operand and dimension of the formula, by name: a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn by_hand(
     x: &[f32],
     w: &[f32],

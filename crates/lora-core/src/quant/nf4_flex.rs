@@ -145,7 +145,7 @@ pub(crate) fn fused_matmul(x: &FlexTensor, w: &Nf4Parts<Flex>) -> Option<FlexTen
     if n == 0 || n > FUSED_MAX_ROWS || d_in != w.d_in || x.dtype() != DType::F32 {
         return None;
     }
-    if w.d_in % 2 != 0 || w.block_size % 2 != 0 {
+    if !w.d_in.is_multiple_of(2) || !w.block_size.is_multiple_of(2) {
         return None;
     }
     let x = x.to_contiguous();

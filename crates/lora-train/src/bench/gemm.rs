@@ -225,12 +225,15 @@ pub struct GemmRun<'a> {
     pub threads: usize,
 }
 
+/// Times `shapes` with `reps` repetitions each: GFLOP/s in order, or why not.
+pub type GemmTimer<'a> = dyn FnMut(&[GemmShape], usize) -> Result<Vec<f64>, String> + 'a;
+
 /// The products of a training step of `run.model`, timed by `ours` (the bench runs it in a child
 /// process with `run.threads` rayon threads: GFLOP/s in order) and in PyTorch when `run.python`
 /// has torch. A side that fails is reported through `status`; ours failing leaves no rows.
 pub fn run_gemm_rows(
     run: &GemmRun<'_>,
-    ours: &mut dyn FnMut(&[GemmShape], usize) -> Result<Vec<f64>, String>,
+    ours: &mut GemmTimer<'_>,
     status: &mut dyn FnMut(&str),
 ) -> Vec<GemmRow> {
     let model = match model_config(run.model) {
