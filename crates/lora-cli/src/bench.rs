@@ -136,6 +136,12 @@ impl Args {
             ),
         };
         let rank = self.rank.unwrap_or(if at_scale { 16 } else { 8 });
+        if let Ok(kind) = self.backend.parse::<lora_core::BackendKind>() {
+            self.base_dtype.unwrap_or_default().check_backend(kind)?;
+            if at_scale && self.scale_bases.contains("bf16") {
+                BaseDtype::Bf16.check_backend(kind)?;
+            }
+        }
         let parts: Vec<String> = parse_list(&self.parts, |s| Ok(s.to_string()))?;
         Ok(BenchConfig {
             backend: self.backend.clone(),

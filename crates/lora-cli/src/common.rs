@@ -144,6 +144,10 @@ impl ModelArgs {
     /// The device for `--backend`.
     pub fn device(&self) -> Result<Device> {
         let kind: BackendKind = self.backend.parse()?;
+        self.quant
+            .base_dtype
+            .unwrap_or_default()
+            .check_backend(kind)?;
         Ok(select_device(kind)?)
     }
 

@@ -13,6 +13,7 @@ use std::str::FromStr;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::BackendKind;
 use crate::error::LoraError;
 use crate::inject::LoraModel;
 
@@ -55,6 +56,23 @@ impl BaseDtype {
             BaseDtype::F32 => 32,
             BaseDtype::Bf16 | BaseDtype::F16 => 16,
         }
+    }
+
+    /// Whether `backend` can store and multiply a base in this type.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidConfig`] for bf16 on wgpu: burn compiles wgpu kernels to WGSL, which
+    /// has no bf16 type (cubecl-wgpu 0.11 stops with `UnsupportedType("cube.bf16")`, a panic on
+    /// a device thread), so the run is refused before anything is loaded.
+    pub fn check_backend(self, backend: BackendKind) -> Result<(), LoraError> {
+        if self == BaseDtype::Bf16 && backend == BackendKind::Wgpu {
+            return Err(LoraError::InvalidConfig(
+                "--base-dtype bf16 is not available on wgpu: its WGSL kernels have no bf16 type; \
+                 use --base-dtype f16 (devices with shader-f16), f32, or --quant nf4"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -131,5 +149,19 @@ mod tests {
         let out = layer.forward(x);
         assert_eq!(out.dtype(), DType::F32);
         assert_eq!(out.into_data(), f32_out); // [1.75, -11.5]
+    }
+
+    #[test]
+    fn bf16_on_wgpu_is_refused_with_the_alternatives_and_every_other_pair_is_allowed() {
+        let err = BaseDtype::Bf16
+            .check_backend(BackendKind::Wgpu)
+            .unwrap_err();
+        assert!(err.to_string().contains("--quant nf4"), "{err}");
+        for dtype in [BaseDtype::F32, BaseDtype::Bf16, BaseDtype::F16] {
+            for backend in [BackendKind::Flex, BackendKind::Ndarray, BackendKind::Wgpu] {
+                let refused = dtype == BaseDtype::Bf16 && backend == BackendKind::Wgpu;
+                assert_eq!(dtype.check_backend(backend).is_err(), refused);
+            }
+        }
     }
 }

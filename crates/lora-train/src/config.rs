@@ -357,6 +357,11 @@ impl TrainConfig {
         if self.seq_len < 2 {
             return Err("seq_len must be at least 2".into());
         }
+        if let Ok(kind) = self.backend.parse::<lora_core::BackendKind>() {
+            self.base_dtype
+                .check_backend(kind)
+                .map_err(|e| e.to_string())?;
+        }
         // Counts a run multiplies or loops over are capped so that no setting can overflow a
         // counter, spin for hours before the first step, or size a batch beyond any memory.
         let capped = [
