@@ -16,6 +16,7 @@ pub mod gemm;
 mod inference;
 pub mod job;
 mod machine;
+mod parse;
 pub mod peft;
 pub mod plot;
 pub mod report;
@@ -25,9 +26,8 @@ mod train_steps;
 
 pub use inference::time_generation;
 pub use job::{Implementation, JobSpec, TargetSet, TrainSettings, run_one};
-pub use suite::{
-    BenchConfig, BenchOutcome, ChildCommand, SweepEval, parse_impl, parse_list, run_bench,
-};
+pub use parse::{parse_impl, parse_list};
+pub use suite::{BenchConfig, BenchOutcome, ChildCommand, SweepEval, run_bench};
 pub use train_steps::{TrainTimings, time_training, trainable_params};
 
 /// Progress of a bench job, for a progress bar: `Start`, then `Step`s, then `Done`.
