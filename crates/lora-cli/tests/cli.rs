@@ -359,6 +359,17 @@ fn bench_on_the_tiny_model_fills_every_row_and_marks_peft_missing_without_python
             assert!(s["peak_rss_gib"].as_f64().unwrap() > 0.0, "{row}");
         }
     }
+    // The gemm part: every product of the tiny model's step timed on our side, PyTorch's missing.
+    let gemm = json["gemm"].as_array().unwrap();
+    assert_eq!(
+        gemm.len(),
+        17,
+        "5 projections × fwd/bwd, 5 attention products, 2 head products"
+    );
+    for row in gemm {
+        assert!(row["ours_gflops"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["torch_gflops"].is_null(), "{row}");
+    }
     // Ours and burn's apply_lora adapt the same weights at the same rank.
     let trainable = |i: &str, t: &str| {
         rows.iter()
