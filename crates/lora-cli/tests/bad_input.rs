@@ -95,6 +95,15 @@ fn tiny_run(dir: &Path, model: &Path) -> PathBuf {
 }
 
 /// Fails with the command's stderr unless it succeeded.
+/// A scratch directory `name` with the tiny model and a finished two-step run in it:
+/// `(dir, model, run)`.
+fn trained(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let model = tiny_model(&dir);
+    let run = tiny_run(&dir, &model);
+    (dir, model, run)
+}
+
 fn assert_succeeded(out: &Output) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -161,9 +170,7 @@ fn a_checkpoint_with_a_corrupt_config_ends_with_one_error_line_naming_the_key() 
 
 #[test]
 fn an_adapter_full_of_nan_is_refused_naming_the_tensor_and_nothing_is_written() {
-    let dir = scratch("nan-adapter");
-    let model = tiny_model(&dir);
-    let run = tiny_run(&dir, &model);
+    let (dir, model, run) = trained("nan-adapter");
     let weights = run.join("adapter/adapter_model.safetensors");
     let mut tensors = lora_core::tensor_io::read_safetensors(&weights).unwrap();
     for t in tensors.values_mut() {
@@ -223,9 +230,7 @@ fn write_raw_f32_safetensors(
 
 #[test]
 fn resuming_with_a_different_rank_is_refused_listing_it_and_changes_nothing() {
-    let dir = scratch("resume-rank");
-    let model = tiny_model(&dir);
-    let run = tiny_run(&dir, &model);
+    let (dir, _model, run) = trained("resume-rank");
     let before = snapshot(&run);
     let out = bin()
         .args([
@@ -346,9 +351,7 @@ fn bad_settings_and_prompts_end_with_one_error_line_naming_the_setting() {
 
 #[test]
 fn a_fractional_r_in_adapter_config_names_the_key() {
-    let dir = scratch("fractional-r");
-    let model = tiny_model(&dir);
-    let run = tiny_run(&dir, &model);
+    let (dir, model, run) = trained("fractional-r");
     let config = run.join("adapter/adapter_config.json");
     let mut json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();

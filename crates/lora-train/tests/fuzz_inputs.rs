@@ -231,7 +231,10 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Runs `case(rng)` for each case of the target `name` under `catch_unwind`; returns how many
 /// cases ran, and fails listing every case that panicked.
-fn fuzz(name: &str, mut case: impl FnMut(&mut Rng) -> Result<(), String>) -> usize {
+fn fuzz<T, E: std::fmt::Display>(
+    name: &str,
+    mut case: impl FnMut(&mut Rng) -> Result<T, E>,
+) -> usize {
     let seed: u64 = std::env::var("FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -248,7 +251,7 @@ fn fuzz(name: &str, mut case: impl FnMut(&mut Rng) -> Result<(), String>) -> usi
         }
         let mut rng = Rng(seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
         match catch_unwind(AssertUnwindSafe(|| case(&mut rng))) {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 errors += 1;
                 if std::env::var("FUZZ_VERBOSE").is_ok() {
@@ -289,8 +292,6 @@ fn corrupted_gguf_models_load_or_fail_without_panic_or_huge_allocation() {
     let ran = fuzz("gguf", |rng| {
         std::fs::write(&path, mutate_bytes(&original, rng)).unwrap();
         lora_models::load(&path, &device)
-            .map(drop)
-            .map_err(|e| e.to_string())
     });
     assert!(ran > 0);
     let _ = std::fs::remove_dir_all(&dir);
@@ -319,8 +320,6 @@ fn corrupted_hugging_face_directories_load_or_fail_without_panic_or_huge_allocat
         };
         std::fs::write(model.join(files[k]), bytes).unwrap();
         lora_models::load(&model, &device)
-            .map(drop)
-            .map_err(|e| e.to_string())
     });
     assert!(ran > 0);
     let _ = std::fs::remove_dir_all(&dir);
@@ -349,8 +348,6 @@ fn fuzz_adapter(name: &str, base: Llama, adapter: &str) {
         };
         std::fs::write(adapter_dir.join(files[k]), bytes).unwrap();
         lora_core::peft::load_adapter(base.clone(), &adapter_dir, &device)
-            .map(drop)
-            .map_err(|e| e.to_string())
     });
     assert!(ran > 0);
     let _ = std::fs::remove_dir_all(&dir);
@@ -401,9 +398,7 @@ fn corrupted_jsonl_data_parses_and_encodes_or_fails_without_panic() {
     let ran = fuzz("jsonl", |rng| {
         std::fs::write(&path, mutate_text(&original, rng)).unwrap();
         let samples = lora_train::data::jsonl::read_jsonl(&path).map_err(|e| e.to_string())?;
-        lora_train::data::encode::encode_all(&samples, &tok, 64)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        lora_train::data::encode::encode_all(&samples, &tok, 64).map_err(|e| e.to_string())
     });
     assert!(ran > 0);
     let _ = std::fs::remove_dir_all(&dir);
@@ -423,7 +418,7 @@ fn corrupted_run_configs_are_refused_or_valid() {
                 .validate_training()
                 .map_err(|e| e.to_string())?;
         }
-        Ok(())
+        Ok::<(), String>(())
     });
     assert!(ran > 0);
 }

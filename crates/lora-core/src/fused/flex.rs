@@ -70,9 +70,8 @@ fn sigmoid(z: f32) -> f32 {
 
 /// `p ⊙ (g − Σ_c g ⊙ p)` per row.
 pub(super) fn softmax_backward(p: &FlexTensor, g: &FlexTensor) -> Option<FlexTensor> {
-    let (p, rows, cols) = host(p)?;
-    let (g, g_rows, g_cols) = host(g)?;
-    if (g_rows, g_cols) != (rows, cols) || cols == 0 {
+    let ((p, g), rows, cols) = pair(p, g)?;
+    if cols == 0 {
         return None;
     }
     let (p, g) = (p.as_slice::<f32>()?, g.as_slice::<f32>()?);
@@ -126,10 +125,7 @@ pub(super) fn swiglu_backward(
     g: &FlexTensor,
 ) -> Option<(FlexTensor, FlexTensor)> {
     let ((gate, up), rows, cols) = pair(gate, up)?;
-    let (g, g_rows, g_cols) = host(g)?;
-    if (g_rows, g_cols) != (rows, cols) {
-        return None;
-    }
+    let ((g, _), _, _) = pair(g, &up)?;
     let (gate, up, g) = (
         gate.as_slice::<f32>()?,
         up.as_slice::<f32>()?,
