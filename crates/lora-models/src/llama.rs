@@ -120,14 +120,9 @@ impl Attention {
         // all read key/value head k, so they are stacked as G·T rows against that one head
         // (transformers' `repeat_kv` would materialize each key/value head G times).
         let q = q.reshape([b, k, g * t, e]); // [B, K, G·T, E], row j·T + i = head k·G + j, query i
-        let scores = q.matmul(key.swap_dims(2, 3)); // [B, K, G·T, S]
-        let scores = match mask {
-            // [1 or B, 1, G·T, S] broadcast over the K key/value heads.
-            Some(m) => scores.mask_fill(m.clone().unsqueeze_dim::<4>(1), f32::NEG_INFINITY),
-            None => scores,
-        };
-        let probs = fused::softmax(scores); // over the S keys, one autodiff node
-        let out = probs.matmul(value); // [B, K, G·T, E]
+        // softmax(Q·Kᵀ + mask)·V as one autodiff node; the mask ([1 or B, G·T, S]) is shared
+        // by the K key/value heads, and on flex the products skip the keys it hides.
+        let out = fused::attention(q, key, value, mask); // [B, K, G·T, E]
 
         let out = out
             .reshape([b, h, t, e])

@@ -12,19 +12,54 @@
 //! - [`softmax`]: along the last dimension (attention probabilities, the loss).
 //! - [`swiglu`]: `silu(gate) ⊙ up` (the gated MLP of Llama, Qwen, Mistral).
 //! - [`rms_norm`]: `x / √(mean(x²) + ε) ⊙ gain` over the last dimension.
+//! - [`attention`]: `softmax(Q·Kᵀ + mask)·V`, whose flex kernels skip what the mask hides
+//!   ([`attention_op`]).
 //!
 //! Source: softmax's backward `p ⊙ (g − Σ g ⊙ p)`, SiLU's derivative `σ(z)(1 + z(1 − σ(z)))`
 //! and RMSNorm's (Zhang & Sennrich 2019, §3) written out on [`FusedBackend`]; PyTorch's
 //! `_softmax_backward_data`, `silu_backward` and the fused RMSNorm kernels compute the same.
 
 #[cfg(feature = "flex")]
+mod attention_flex;
+pub mod attention_op;
+#[cfg(feature = "flex")]
 mod flex;
 pub mod ops;
 
 use burn::backend::Dispatch;
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor, TensorData};
 
+pub use attention_op::AttentionBackend;
 pub use ops::FusedBackend;
+
+/// `softmax(q·kᵀ + mask)·v` with `−∞` where `mask` is `true`, as one autodiff node
+/// ([`attention_op`]). The `G` query heads that share a key/value head come stacked as `R = G·T`
+/// rows; `q` is already scaled.
+///
+/// # Shapes
+/// `q`: `[B, K, R, E]`, `k`, `v`: `[B, K, S, E]`, `mask`: `[1, R, S]` or `[B, R, S]` (`None`:
+/// nothing masked) → `[B, K, R, E]`
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<&Tensor<3, Bool>>,
+) -> Tensor<4> {
+    let mask = match mask {
+        Some(m) => m.clone(),
+        None => {
+            let ([_, _, r, _], s) = (q.dims(), k.dims()[2]);
+            Tensor::from_data(TensorData::new(vec![false; r * s], [1, r, s]), &q.device())
+        }
+    };
+    let (out, _probs) = <Dispatch as AttentionBackend>::fused_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        mask.into_dispatch(),
+    );
+    Tensor::from_dispatch(out)
+}
 
 /// `softmax(x)` along the last dimension, as one autodiff node.
 ///
