@@ -39,6 +39,9 @@ pub const FUSED_MAX_ROWS: usize = 8;
 /// Output units handed to one rayon task (a few thousand weights each at SmolLM2's widths).
 const ROWS_PER_TASK: usize = 16;
 
+/// Blocks handed to one rayon task at least when dequantizing (64 blocks of 64: 4,096 weights).
+const BLOCKS_PER_TASK: usize = 64;
+
 type Flex = burn::backend::Flex;
 
 /// An NF4 weight's parts as host slices: the packed bytes, the per-block `absmax` (already
@@ -123,11 +126,25 @@ pub(crate) fn dequantize(w: &Nf4Parts<Flex>) -> Option<FlexTensor> {
     let host = HostNf4::new(w)?;
     let mut out = vec![0f32; host.d_out * host.d_in];
     out.par_chunks_mut(host.block)
+        .with_min_len(BLOCKS_PER_TASK)
         .enumerate()
         .for_each(|(b, chunk)| {
             let start = b * host.block;
-            for (j, v) in chunk.iter_mut().enumerate() {
-                *v = host.value(start + j);
+            if start.is_multiple_of(2) && chunk.len().is_multiple_of(2) {
+                // The block starts on a byte: one table pair and one multiply per byte, with no
+                // division or bounds check per element (the loop `value` runs for other blocks).
+                let scale = host.absmax[b];
+                let bytes = &host.bytes[start / 2..(start + chunk.len()) / 2];
+                for (out, &byte) in chunk.chunks_exact_mut(2).zip(bytes) {
+                    let i = 2 * byte as usize;
+                    let pair = &host.pairs[i..i + 2];
+                    out[0] = pair[0] * scale;
+                    out[1] = pair[1] * scale;
+                }
+            } else {
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    *v = host.value(start + j);
+                }
             }
         });
     let t = FlexTensor::from_data(TensorData::new(out, [host.d_out, host.d_in]));
