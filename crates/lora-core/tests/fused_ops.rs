@@ -2,9 +2,14 @@
 //! value and in every input's gradient, on flex (where they run as multi-threaded host
 //! kernels). Shapes are larger than one rayon task (2¹⁴ elements), so the row split is
 //! exercised, and odd (not a multiple of the kernels' eight lanes).
+//!
+//! Attention (`fused::attention`) runs on flex as blocked host kernels that skip the keys a block
+//! of query rows cannot see: it is checked on the model's masks — causal (also after a cache
+//! offset, so `S > T`), a sliding window, per-row left padding, and none — with row counts that
+//! are not multiples of the kernels' 64-row blocks.
 
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Bool, Distribution, Tensor, TensorData};
 use lora_core::fused;
 use lora_core::{BackendKind, select_device};
 
@@ -94,4 +99,117 @@ fn a_frozen_gain_gets_no_gradient_and_the_input_still_does() {
     // Σ_c x̂_c has gradient r·(1 − x̂·mean(x̂)) per element: nonzero for random rows.
     let gx = x.grad(&grads).unwrap();
     assert!(gx.abs().max().into_scalar::<f32>() > 1e-3);
+}
+
+/// A `[M, G·T, S]` mask in the model's grouped layout: `masked(row, i, j)` for batch row `row`,
+/// query `i` (of `T`), key `j` (of `S`), repeated for the `G` stacked query heads.
+fn mask(
+    m: usize,
+    g: usize,
+    t: usize,
+    s: usize,
+    masked: impl Fn(usize, usize, usize) -> bool,
+) -> Tensor<3, Bool> {
+    let mut data = Vec::with_capacity(m * g * t * s);
+    for row in 0..m {
+        for _ in 0..g {
+            for i in 0..t {
+                data.extend((0..s).map(|j| masked(row, i, j)));
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [m, g * t, s]), &device())
+}
+
+/// Fused against composed attention on random `q`, `k`, `v` of the given shape.
+fn check(b: usize, kh: usize, g: usize, t: usize, s: usize, mask: Option<Tensor<3, Bool>>) {
+    let (r, e) = (g * t, 16);
+    let d = device();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let q = Tensor::<4>::random([b, kh, r, e], normal, &d).mul_scalar(0.5);
+    let k = Tensor::<4>::random([b, kh, s, e], normal, &d);
+    let v = Tensor::<4>::random([b, kh, s, e], normal, &d);
+    let w = Tensor::<4>::random([b, kh, r, e], normal, &d);
+    let (qa, qb) = (q.clone().require_grad(), q.require_grad());
+    let (ka, kb) = (k.clone().require_grad(), k.require_grad());
+    let (va, vb) = (v.clone().require_grad(), v.require_grad());
+
+    let ya = fused::attention(qa.clone(), ka.clone(), va.clone(), mask.as_ref());
+    let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3));
+    let scores = match &mask {
+        Some(m) => scores.mask_fill(m.clone().unsqueeze_dim::<4>(1), f32::NEG_INFINITY),
+        None => scores,
+    };
+    let yb = softmax(scores, 3).matmul(vb.clone());
+    let dy = rel_diff(ya.clone(), yb.clone());
+    assert!(dy < 1e-5, "outputs differ by {dy} (relative)");
+
+    let grads_a = (ya * w.clone()).sum().backward();
+    let grads_b = (yb * w).sum().backward();
+    for (name, a, b) in [
+        ("q", qa.grad(&grads_a), qb.grad(&grads_b)),
+        ("k", ka.grad(&grads_a), kb.grad(&grads_b)),
+        ("v", va.grad(&grads_a), vb.grad(&grads_b)),
+    ] {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            !a.clone().is_nan().any().into_scalar::<bool>(),
+            "∂{name} has NaN"
+        );
+        let diff = rel_diff(a, b);
+        assert!(diff < 1e-5, "∂{name} differs by {diff} (relative)");
+    }
+}
+
+#[test]
+fn causal_attention_equals_the_composed_ops_in_value_and_every_gradient() {
+    // 3 query heads per key/value head, 70 positions: 210 rows, blocks of 64 + a partial one.
+    let (b, g, t) = (2, 3, 70);
+    check(b, 2, g, t, t, Some(mask(1, g, t, t, |_, i, j| j > i)));
+}
+
+#[test]
+fn attention_after_a_cache_offset_sees_the_cached_keys() {
+    // 5 new queries after 40 cached positions: query i sits at 40 + i.
+    let (g, t, offset) = (2, 5, 40);
+    let s = offset + t;
+    check(
+        1,
+        3,
+        g,
+        t,
+        s,
+        Some(mask(1, g, t, s, |_, i, j| j > offset + i)),
+    );
+}
+
+#[test]
+fn sliding_window_attention_skips_keys_on_both_sides() {
+    // Window 16 (Mistral, Gemma 3 local layers): key j visible for i − 16 < j ≤ i.
+    let (g, t, window) = (2, 100, 16);
+    check(
+        2,
+        1,
+        g,
+        t,
+        t,
+        Some(mask(1, g, t, t, |_, i, j| j > i || j + window <= i)),
+    );
+}
+
+#[test]
+fn left_padded_rows_each_use_their_own_mask() {
+    // Batch row 0 has 7 padding positions, row 1 none (`left_padded_causal_mask`'s pattern: a
+    // real query sees no padding key; a padding query sees the padding keys up to itself).
+    let (g, t, pads) = (3, 33, [7usize, 0]);
+    let m = mask(2, g, t, t, |row, i, j| {
+        let pad = pads[row];
+        j > i || (i >= pad && j < pad)
+    });
+    check(2, 2, g, t, t, Some(m));
+}
+
+#[test]
+fn unmasked_attention_equals_the_composed_ops() {
+    check(1, 2, 4, 9, 23, None);
 }
