@@ -124,26 +124,15 @@ fn gemm(dst: &mut [f32], dst_rs: usize, lhs: View<'_>, rhs: View<'_>, accumulate
     }
 }
 
-/// The keys `lo..hi` that any of `rows` (each `s` long) marks visible, `(0, 0)` if none.
-fn visible(rows: &[u8], s: usize, masked: impl Fn(u8) -> bool) -> (usize, usize) {
+/// The columns `lo..hi` spanning every entry of `rows` (each `s` long) that `on` holds for —
+/// the keys a block of query rows may see (mask entry 0) or has a nonzero probability for —
+/// or `(0, 0)` if there is none.
+fn extent<T: Copy>(rows: &[T], s: usize, on: impl Fn(T) -> bool) -> (usize, usize) {
     let (mut lo, mut hi) = (s, 0);
     for row in rows.chunks(s) {
-        if let Some(first) = row.iter().position(|&m| !masked(m)) {
+        if let Some(first) = row.iter().position(|&x| on(x)) {
             lo = lo.min(first);
-            let last = row.iter().rposition(|&m| !masked(m)).unwrap_or(first);
-            hi = hi.max(last + 1);
-        }
-    }
-    if hi > lo { (lo, hi) } else { (0, 0) }
-}
-
-/// The nonzero keys `lo..hi` of a block of probability rows (`s` long), `(0, 0)` if none.
-fn support(p: &[f32], s: usize) -> (usize, usize) {
-    let (mut lo, mut hi) = (s, 0);
-    for row in p.chunks(s) {
-        if let Some(first) = row.iter().position(|&x| x != 0.0) {
-            lo = lo.min(first);
-            let last = row.iter().rposition(|&x| x != 0.0).unwrap_or(first);
+            let last = row.iter().rposition(|&x| on(x)).unwrap_or(first);
             hi = hi.max(last + 1);
         }
     }
@@ -193,7 +182,7 @@ pub(super) fn attention(
                 .for_each(|(blk, (out, probs))| {
                     let (r0, nr) = (blk * br, out.len() / e);
                     let rows = &mask[r0 * s..(r0 + nr) * s];
-                    let (lo, hi) = visible(rows, s, |x| x != 0);
+                    let (lo, hi) = extent(rows, s, |m: u8| m == 0);
                     let w = hi - lo;
                     if w == 0 {
                         return; // every key masked: probabilities and output stay 0
@@ -281,7 +270,7 @@ pub(super) fn attention_backward(
             for r0 in (0..r).step_by(BLOCK_ROWS) {
                 let nr = BLOCK_ROWS.min(r - r0);
                 let p_rows = &p[ph + r0 * s..ph + (r0 + nr) * s];
-                let (lo, hi) = support(p_rows, s);
+                let (lo, hi) = extent(p_rows, s, |p: f32| p != 0.0);
                 let w = hi - lo;
                 if w == 0 {
                     continue; // no visible key: every gradient of these rows is 0
