@@ -213,3 +213,47 @@ fn left_padded_rows_each_use_their_own_mask() {
 fn unmasked_attention_equals_the_composed_ops() {
     check(1, 2, 4, 9, 23, None);
 }
+
+/// RoPE composed of tensor ops, as `lora-models`' rotary embedding was written before the fused
+/// op: swap the head axis forward, `x ⊙ cos + (−x₂, x₁) ⊙ sin`, times `scale`.
+fn composed_rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, scale: f64) -> Tensor<4> {
+    let x = x.swap_dims(1, 2); // [B, N, T, E]
+    let e = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, e / 2);
+    let x2 = x.clone().narrow(3, e / 2, e / 2);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    (x * cos.unsqueeze::<4>() + rotated * sin.unsqueeze::<4>()).mul_scalar(scale)
+}
+
+#[test]
+fn fused_rope_equals_the_composed_rotation_in_value_and_gradient() {
+    // 2·37·5 rows of 64: several rayon tasks. Random tables, different in the two halves, so
+    // that each half's own cos/sin entry is checked (real tables repeat the frequencies).
+    let (b, t, n, e, scale) = (2, 37, 5, 64, 0.125);
+    let x = Tensor::<4>::random([b, t, n, e], Distribution::Normal(0.0, 2.0), &device());
+    let cos = Tensor::<2>::random([t, e], Distribution::Uniform(-1.0, 1.0), &device());
+    let sin = Tensor::<2>::random([t, e], Distribution::Uniform(-1.0, 1.0), &device());
+    let w = weights([b, n, t, e]);
+    let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+    let ya = fused::rope(xa.clone(), cos.clone(), sin.clone(), scale);
+    let yb = composed_rope(xb.clone(), cos, sin, scale);
+    assert_eq!(ya.dims(), [b, n, t, e]);
+    let d = rel_diff(ya.clone(), yb.clone());
+    assert!(d < 1e-6, "RoPE values differ by {d}");
+    let ga = xa.grad(&(ya * w.clone()).sum().backward()).unwrap();
+    let gb = xb.grad(&(yb * w).sum().backward()).unwrap();
+    let d = rel_diff(ga, gb);
+    assert!(d < 1e-6, "RoPE gradients differ by {d}");
+}
+
+#[test]
+fn fused_rope_at_angle_zero_only_moves_the_heads_and_scales() {
+    // cos = 1, sin = 0: the rotation is the identity, so the output is the scaled transpose.
+    let (b, t, n, e) = (1, 3, 2, 4);
+    let x = Tensor::<4>::random([b, t, n, e], Distribution::Normal(0.0, 1.0), &device());
+    let ones = Tensor::<2>::ones([t, e], &device());
+    let zeros = Tensor::<2>::zeros([t, e], &device());
+    let y = fused::rope(x.clone(), ones, zeros, 3.0);
+    let want = x.swap_dims(1, 2).mul_scalar(3.0);
+    assert!(rel_diff(y, want) < 1e-7);
+}

@@ -102,13 +102,13 @@ impl Attention {
             Some(norm) => norm.forward(key),
             None => key,
         };
-        let (q, key) = (q.swap_dims(1, 2), key.swap_dims(1, 2)); // [B, heads, T, E]
 
-        // Positions enter through the rotation of queries and keys only. The scale goes on the
-        // queries ([B, H, T, E]) rather than the scores ([B, H, T, S]): a smaller tensor, the
-        // same product.
-        let q = rope.apply(q, offset).mul_scalar(self.scale);
-        let key = rope.apply(key, offset);
+        // Positions enter through the rotation of queries and keys only; the rotation also
+        // brings the heads before the positions: [B, T, heads, E] → [B, heads, T, E]. The scale
+        // goes on the queries ([B, H, T, E]) rather than the scores ([B, H, T, S]): a smaller
+        // tensor, the same product.
+        let q = rope.apply(q, offset, self.scale);
+        let key = rope.apply(key, offset, 1.0);
 
         // The cache holds every earlier key/value: [B, K, S, E] with S = offset + T.
         let (key, value) = match cache {

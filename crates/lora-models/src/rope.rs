@@ -39,25 +39,16 @@ impl RotaryEmbedding {
         }
     }
 
-    /// Rotates queries or keys at positions `offset..offset + T`.
+    /// Rotates queries or keys at positions `offset..offset + T` and multiplies them by `scale`
+    /// (`1` for keys; the score factor for queries, which costs nothing here and spares a pass
+    /// over the scores), moving the head axis before the position axis on the way — one
+    /// autodiff node ([`lora_core::fused::rope`]).
     ///
     /// # Shapes
-    /// `x`: `[B, heads, T, E]` → `[B, heads, T, E]`
-    pub fn apply(&self, x: Tensor<4>, offset: usize) -> Tensor<4> {
-        let [_, _, t, e] = x.dims();
-        let cos = self
-            .cos
-            .clone()
-            .slice([offset..offset + t, 0..e])
-            .unsqueeze::<4>(); // [1, 1, T, E]
-        let sin = self
-            .sin
-            .clone()
-            .slice([offset..offset + t, 0..e])
-            .unsqueeze::<4>();
-        let x1 = x.clone().narrow(3, 0, e / 2);
-        let x2 = x.clone().narrow(3, e / 2, e / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3); // (−x₂, x₁)
-        x * cos + rotated * sin
+    /// `x`: `[B, T, heads, E]` (as the projection gives it) → `[B, heads, T, E]`
+    pub fn apply(&self, x: Tensor<4>, offset: usize, scale: f64) -> Tensor<4> {
+        let [_, t, _, e] = x.dims();
+        let rows = |table: &Tensor<2>| table.clone().slice([offset..offset + t, 0..e]);
+        lora_core::fused::rope(x, rows(&self.cos), rows(&self.sin), scale)
     }
 }

@@ -237,3 +237,67 @@ pub(super) fn rms_norm_backward(
     let d_gain = FlexTensor::from_data(TensorData::new(d_gain, [cols]));
     Some((tensor(d_x, rows, cols), d_gain))
 }
+
+/// RoPE with the two middle axes swapped ([`super::rope_op`]). Forward (`backward = false`):
+/// `x` `[B, T, N, E]` → `[B, N, T, E]`, each head vector rotated by its position's angles,
+/// `s·(x₁cos₁ − x₂sin₁, x₂cos₂ + x₁sin₂)`. Backward: `g` `[B, N, T, E]` → `[B, T, N, E]`, the
+/// transposed rotation `s·(g₁cos₁ + g₂sin₂, g₂cos₂ − g₁sin₁)`. `cos`, `sin`: `[T, E]`, `E` even.
+/// Each task writes whole output rows; it reads one input row per output row.
+pub(super) fn rope(
+    x: &FlexTensor,
+    cos: &FlexTensor,
+    sin: &FlexTensor,
+    scale: f64,
+    backward: bool,
+) -> Option<FlexTensor> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    let &[b, a, c, e] = x.layout().shape().as_slice() else {
+        return None;
+    };
+    let (cos, t, e_cos) = host(cos)?;
+    let (sin, t_sin, e_sin) = host(sin)?;
+    // Forward reads positions along axis 1 (`a`), backward along axis 2 (`c`).
+    let positions = if backward { c } else { a };
+    if e == 0 || e % 2 != 0 || (t, e_cos) != (positions, e) || (t_sin, e_sin) != (t, e) {
+        return None;
+    }
+    let x = x.to_contiguous();
+    let (x, cos, sin) = (
+        x.as_slice::<f32>()?,
+        cos.as_slice::<f32>()?,
+        sin.as_slice::<f32>()?,
+    );
+    let (h, s) = (e / 2, scale as f32);
+    let mut out = vec![0f32; b * a * c * e];
+    let rows = rows_per_task(e);
+    out.par_chunks_mut(rows * e)
+        .enumerate()
+        .for_each(|(task, o)| {
+            for (i, o) in o.chunks_mut(e).enumerate() {
+                // Output row (bi, ci, ai) of [B, C, A, E] reads input row (bi, ai, ci).
+                let r = task * rows + i;
+                let (ai, rest) = (r % a, r / a);
+                let (ci, bi) = (rest % c, rest / c);
+                let src = ((bi * a + ai) * c + ci) * e;
+                let x = &x[src..src + e];
+                let p = if backward { ci } else { ai } * e;
+                let (cos, sin) = (&cos[p..p + e], &sin[p..p + e]);
+                let (x1, x2) = x.split_at(h);
+                let (o1, o2) = o.split_at_mut(h);
+                if backward {
+                    for j in 0..h {
+                        o1[j] = s * (x1[j] * cos[j] + x2[j] * sin[h + j]);
+                        o2[j] = s * (x2[j] * cos[h + j] - x1[j] * sin[j]);
+                    }
+                } else {
+                    for j in 0..h {
+                        o1[j] = s * (x1[j] * cos[j] - x2[j] * sin[j]);
+                        o2[j] = s * (x2[j] * cos[h + j] + x1[j] * sin[h + j]);
+                    }
+                }
+            }
+        });
+    Some(FlexTensor::from_data(TensorData::new(out, [b, c, a, e])))
+}

@@ -14,6 +14,8 @@
 //! - [`rms_norm`]: `x / √(mean(x²) + ε) ⊙ gain` over the last dimension.
 //! - [`attention`]: `softmax(Q·Kᵀ + mask)·V`, whose flex kernels skip what the mask hides
 //!   ([`attention_op`]).
+//! - [`rope`]: rotary position embedding on queries or keys, with the move of the head axis
+//!   before the position axis and the query scale ([`rope_op`]).
 //!
 //! Source: softmax's backward `p ⊙ (g − Σ g ⊙ p)`, SiLU's derivative `σ(z)(1 + z(1 − σ(z)))`
 //! and RMSNorm's (Zhang & Sennrich 2019, §3) written out on [`FusedBackend`]; PyTorch's
@@ -25,12 +27,14 @@ pub mod attention_op;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod ops;
+pub mod rope_op;
 
 use burn::backend::Dispatch;
 use burn::tensor::{Bool, Tensor, TensorData};
 
 pub use attention_op::AttentionBackend;
 pub use ops::FusedBackend;
+pub use rope_op::RopeBackend;
 
 /// `softmax(q·kᵀ + mask)·v` with `−∞` where `mask` is `true`, as one autodiff node
 /// ([`attention_op`]). The `G` query heads that share a key/value head come stacked as `R = G·T`
@@ -99,4 +103,21 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, gain: Tensor<1>, eps: f64) -> Tens
     let gain = gain.into_dispatch();
     Tensor::<2>::from_dispatch(<Dispatch as FusedBackend>::fused_rms_norm(x, gain, eps))
         .reshape(dims)
+}
+
+/// Rotary position embedding `s·(x ⊙ cos + rotate_half(x) ⊙ sin)`, `rotate_half(x₁, x₂) =
+/// (−x₂, x₁)`, with the head axis moved before the position axis, as one autodiff node that keeps
+/// nothing of `x` ([`rope_op`]). `cos` and `sin` are the tables' rows for the `T` positions of
+/// `x`; they are constants (no gradient flows to them). `scale` is `1` for keys and the score
+/// factor for queries.
+///
+/// # Shapes
+/// `x`: `[B, T, N, E]` (`E` even), `cos`, `sin`: `[T, E]` → `[B, N, T, E]`
+pub fn rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, scale: f64) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as RopeBackend>::fused_rope(
+        x.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        scale,
+    ))
 }
