@@ -22,6 +22,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{BoolStore, DType, TensorData};
 use rayon::prelude::*;
 
+use super::vmath::{exp, simd, sum};
+
 /// Query rows per block: one block's scores (64 × S) stay in L2 for S up to a few thousand.
 const BLOCK_ROWS: usize = 64;
 
@@ -204,12 +206,12 @@ pub(super) fn attention(
                             row.fill(0.0);
                             continue;
                         }
-                        let mut sum = 0f32;
-                        for x in row.iter_mut() {
-                            *x = (*x - max).exp();
-                            sum += *x;
-                        }
-                        let inv = 1.0 / sum;
+                        simd(|| {
+                            for x in row.iter_mut() {
+                                *x = exp(*x - max);
+                            }
+                        });
+                        let inv = 1.0 / sum(row);
                         for x in row.iter_mut() {
                             *x *= inv;
                         }

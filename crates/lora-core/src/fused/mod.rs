@@ -28,6 +28,8 @@ pub mod attention_op;
 mod flex;
 pub mod ops;
 pub mod rope_op;
+#[cfg(feature = "flex")]
+mod vmath;
 
 use burn::backend::Dispatch;
 use burn::tensor::{Bool, Tensor, TensorData};

@@ -170,11 +170,7 @@ impl<B: RopeBackend, C: CheckpointStrategy> RopeBackend for Autodiff<B, C> {
         let (x, node) = x.into_parts();
         let (cos, _) = cos.into_parts();
         let (sin, _) = sin.into_parts();
-        match RopeBackward
-            .prepare::<C>([node])
-            .compute_bound()
-            .stateful()
-        {
+        match RopeBackward.prepare::<C>([node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let out = B::fused_rope(x, cos.clone(), sin.clone(), scale);
                 prep.finish((cos, sin, scale), out)
