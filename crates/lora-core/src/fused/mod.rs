@@ -1,5 +1,5 @@
-//! Fused transformer ops: softmax, SwiGLU and RMSNorm as single operations with their own
-//! backward, on every backend.
+//! Fused transformer ops: softmax, SwiGLU, RMSNorm, RoPE and attention as single operations with
+//! their own backward, on every backend.
 //!
 //! Composed of tensor ops, each of these becomes five to eight autodiff nodes, and on the CPU
 //! each node is a pass over the tensor that burn-flex runs on one thread. A SmolLM2 training
