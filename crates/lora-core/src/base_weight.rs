@@ -69,8 +69,10 @@ impl BaseWeight {
         }
     }
 
-    /// `x·W`: a dense weight through burn's matmul, an NF4 weight through
-    /// [`Nf4Weight::matmul`] (dequantized again in backward, never kept in f32).
+    /// `x·W`: a frozen dense weight through [`crate::fused::frozen_matmul`] (one product over
+    /// all rows, a backward that forms only `∂x`), a trainable one through burn's `linear`, an
+    /// NF4 weight through [`Nf4Weight::matmul`] (dequantized again in backward, never kept in
+    /// f32).
     ///
     /// # Shapes
     /// `x`: `[..., d_in]` → `[..., d_out]`
@@ -83,7 +85,9 @@ impl BaseWeight {
             BaseWeight::Dense(w) => {
                 let w = w.val();
                 let (wt, xt) = (w.dtype(), x.dtype());
-                if wt == xt {
+                if wt == xt && !w.is_require_grad() {
+                    crate::fused::frozen_matmul(x, w)
+                } else if wt == xt {
                     linear(x, w, None)
                 } else {
                     cast_matmul(x, w, CAST_CHUNK)

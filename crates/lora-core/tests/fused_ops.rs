@@ -257,3 +257,49 @@ fn fused_rope_at_angle_zero_only_moves_the_heads_and_scales() {
     let want = x.swap_dims(1, 2).mul_scalar(3.0);
     assert!(rel_diff(y, want) < 1e-7);
 }
+
+/// `x · w` and `∂x` of the frozen product against burn's matmul, for `w` stored `[K, M]` and for
+/// `w` a transposed view of `[M, K]` (the tied output head; the backward's `Wᵀ`).
+fn check_frozen_matmul(b: usize, t: usize, k: usize, m: usize) {
+    let x = Tensor::<3>::random([b, t, k], Distribution::Normal(0.0, 1.0), &device());
+    let g = weights([b, t, m]);
+    for transposed in [false, true] {
+        let w = if transposed {
+            Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device()).transpose()
+        } else {
+            Tensor::<2>::random([k, m], Distribution::Normal(0.0, 1.0), &device())
+        };
+        let (xa, xb) = (x.clone().require_grad(), x.clone().require_grad());
+        let ya = fused::frozen_matmul(xa.clone(), w.clone());
+        let yb = xb.clone().matmul(w.unsqueeze::<3>());
+        let d = rel_diff(ya.clone(), yb.clone());
+        assert!(d < 1e-6, "{b}×{t}×{k}·{k}×{m} (transposed {transposed}): values differ by {d}");
+        let ga = xa.grad(&(ya * g.clone()).sum().backward()).unwrap();
+        let gb = xb.grad(&(yb * g.clone()).sum().backward()).unwrap();
+        let d = rel_diff(ga, gb);
+        assert!(d < 1e-6, "{b}×{t}×{k}·{k}×{m} (transposed {transposed}): ∂x differs by {d}");
+    }
+}
+
+#[test]
+fn frozen_matmul_split_across_threads_equals_matmul_in_value_and_input_gradient() {
+    // 303 rows: one block per thread, the last one partial (not a multiple of 16).
+    check_frozen_matmul(3, 101, 67, 45);
+}
+
+#[test]
+fn frozen_matmul_of_a_few_rows_equals_matmul_in_value_and_input_gradient() {
+    // 5 rows (a decode step's shape): one product, not split.
+    check_frozen_matmul(1, 5, 130, 77);
+}
+
+#[test]
+fn a_tracked_weight_through_frozen_matmul_gets_no_gradient() {
+    let x = Tensor::<2>::random([70, 9], Distribution::Normal(0.0, 1.0), &device()).require_grad();
+    let w = Tensor::<2>::random([9, 4], Distribution::Normal(0.0, 1.0), &device()).require_grad();
+    let grads = fused::frozen_matmul(x.clone(), w.clone()).sum().backward();
+    assert!(w.grad(&grads).is_none());
+    // Σᵢⱼ (x·w)ᵢⱼ has ∂/∂x = 1 · wᵀ: every row of ∂x is w's row sums.
+    let expected = w.clone().sum_dim(1).reshape([1, 9]).expand([70, 9]);
+    assert!(rel_diff(x.grad(&grads).unwrap(), expected.inner()) < 1e-6);
+}

@@ -16,6 +16,8 @@
 //!   ([`attention_op`]).
 //! - [`rope`]: rotary position embedding on queries or keys, with the move of the head axis
 //!   before the position axis and the query scale ([`rope_op`]).
+//! - [`frozen_matmul`]: the frozen base weight's product `x · W`, all rows as one product split
+//!   once per thread, with a backward that forms `∂x` only ([`frozen_matmul_op`]).
 //!
 //! Source: softmax's backward `p ⊙ (g − Σ g ⊙ p)`, SiLU's derivative `σ(z)(1 + z(1 − σ(z)))`
 //! and RMSNorm's (Zhang & Sennrich 2019, §3) written out on [`FusedBackend`]; PyTorch's
@@ -26,6 +28,9 @@ mod attention_flex;
 pub mod attention_op;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
+mod frozen_matmul_flex;
+pub mod frozen_matmul_op;
 pub mod ops;
 pub mod rope_op;
 #[cfg(feature = "flex")]
@@ -35,6 +40,7 @@ use burn::backend::Dispatch;
 use burn::tensor::{Bool, Tensor, TensorData};
 
 pub use attention_op::AttentionBackend;
+pub use frozen_matmul_op::FrozenMatmulBackend;
 pub use ops::FusedBackend;
 pub use rope_op::RopeBackend;
 
@@ -122,4 +128,23 @@ pub fn rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, scale: f64) -> Tensor<
         sin.into_dispatch(),
         scale,
     ))
+}
+
+/// `x · w` for a frozen weight `w`, as one autodiff node whose backward forms only `∂x = ∂y · wᵀ`
+/// ([`frozen_matmul_op`]); all leading axes of `x` are one product. `w` gets no gradient even
+/// when it is tracked: pass only frozen weights (a trainable one belongs in burn's `linear`).
+///
+/// # Shapes
+/// `x`: `[..., K]`, `w`: `[K, M]` → `[..., M]`
+pub fn frozen_matmul<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
+    let mut dims = x.dims();
+    let k = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    dims[D - 1] = w.dims()[1];
+    let x = x.reshape([rows, k]).into_dispatch();
+    Tensor::<2>::from_dispatch(<Dispatch as FrozenMatmulBackend>::frozen_matmul(
+        x,
+        w.into_dispatch(),
+    ))
+    .reshape(dims)
 }
