@@ -70,7 +70,8 @@ impl BaseWeight {
     }
 
     /// `x·W`: a frozen dense weight through [`crate::fused::frozen_matmul`] (one product over
-    /// all rows, a backward that forms only `∂x`), a trainable one through burn's `linear`, an
+    /// all rows, a backward that forms only `∂x`), a tracked one (trainable, or composed from
+    /// trainable tensors as burn's `apply_lora` does) through burn's `linear`, an
     /// NF4 weight through [`Nf4Weight::matmul`] (dequantized again in backward, never kept in
     /// f32).
     ///
@@ -85,7 +86,7 @@ impl BaseWeight {
             BaseWeight::Dense(w) => {
                 let w = w.val();
                 let (wt, xt) = (w.dtype(), x.dtype());
-                if wt == xt && !w.is_require_grad() {
+                if wt == xt && !w.is_tracked() {
                     crate::fused::frozen_matmul(x, w)
                 } else if wt == xt {
                     linear(x, w, None)
@@ -169,6 +170,7 @@ impl BaseWeight {
 mod tests {
     use super::*;
     use crate::{BackendKind, LoraAdapter, LoraConfig, LoraLinear, TargetModules, select_device};
+    use burn::module::ParamId;
     use burn::tensor::Distribution;
 
     /// Regression: merging into an NF4 base right after training, on the autodiff device, used
@@ -217,5 +219,23 @@ mod tests {
             diff <= 0.02 * scale,
             "input gradients differ by {diff} (max {scale})"
         );
+    }
+
+    /// burn's `apply_lora` makes the weight a value composed from trainable tensors (`W + s·A·B`,
+    /// a tracked non-leaf): its gradient must still flow, so it takes burn's `linear`, not the
+    /// frozen product (regression: the bench's `apply_lora` rows had an untracked loss).
+    #[test]
+    fn a_weight_composed_from_trainable_tensors_passes_its_gradient_on() {
+        let d = select_device(BackendKind::Flex).unwrap().autodiff();
+        let a = Tensor::<2>::random([8, 3], Distribution::Normal(0.0, 1.0), &d).require_grad();
+        let x = Tensor::<2>::random([70, 8], Distribution::Normal(0.0, 1.0), &d);
+        let base = Tensor::<2>::random([8, 3], Distribution::Normal(0.0, 1.0), &d);
+        let weight = BaseWeight::Dense(Param::initialized(ParamId::new(), base + a.clone()));
+        let grads = weight.matmul(x.clone()).sum().backward();
+        // Σᵢⱼ (x·(W₀ + A))ᵢⱼ has ∂/∂A = xᵀ·1: every column of ∂A is x's column sums.
+        let expected = x.sum_dim(0).reshape([8, 1]).expand([8, 3]).inner();
+        let got = a.grad(&grads).expect("A gets a gradient through the composed weight");
+        let diff = (got - expected.clone()).abs().max().into_scalar::<f32>();
+        assert!(diff <= 1e-4 * expected.abs().max().into_scalar::<f32>().max(1.0));
     }
 }

@@ -32,7 +32,7 @@ const PARALLEL_MACS: usize = 192 * 192 * 192;
 
 /// `x · w`: `x` `[m, k]` (any layout; copied once if not contiguous), `w` `[k, n]` read through
 /// its strides (a transposed view costs no copy) → `[m, n]` row-major.
-pub(super) fn matmul(x: &FlexTensor, w: &FlexTensor) -> Option<FlexTensor> {
+pub(crate) fn matmul(x: &FlexTensor, w: &FlexTensor) -> Option<FlexTensor> {
     if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
         return None;
     }

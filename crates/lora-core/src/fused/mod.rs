@@ -29,7 +29,7 @@ pub mod attention_op;
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
-mod frozen_matmul_flex;
+pub(crate) mod frozen_matmul_flex;
 pub mod frozen_matmul_op;
 pub mod ops;
 pub mod rope_op;

@@ -100,6 +100,17 @@ pub trait Nf4Backend: Backend {
     fn nf4_matmul(x: FloatTensor<Self>, #[extension_type] w: Nf4Parts<Self>) -> FloatTensor<Self> {
         Self::float_matmul(x, Self::nf4_dequantize(w))
     }
+
+    /// The input gradient of [`Nf4Backend::nf4_matmul`], `g · Wᵀ`, with `W` dequantized again.
+    ///
+    /// # Shapes
+    /// `g`: `[N, d_out]` → `[N, d_in]`
+    fn nf4_matmul_backward(
+        g: FloatTensor<Self>,
+        #[extension_type] w: Nf4Parts<Self>,
+    ) -> FloatTensor<Self> {
+        Self::float_matmul(g, Self::float_transpose(Self::nf4_dequantize(w)))
+    }
 }
 
 /// flex reads the packed bytes on the host: dequantizing in parallel over blocks, and the
@@ -117,8 +128,12 @@ impl Nf4Backend for burn::backend::Flex {
     fn nf4_matmul(x: FloatTensor<Self>, w: Nf4Parts<Self>) -> FloatTensor<Self> {
         match crate::quant::nf4_flex::fused_matmul(&x, &w) {
             Some(y) => y,
-            None => matmul::<Self>(x, Self::nf4_dequantize(w)),
+            None => frozen_matmul(x, Self::nf4_dequantize(w)),
         }
+    }
+
+    fn nf4_matmul_backward(g: FloatTensor<Self>, w: Nf4Parts<Self>) -> FloatTensor<Self> {
+        frozen_matmul(g, transpose::<Self>(Self::nf4_dequantize(w)))
     }
 }
 #[cfg(feature = "ndarray")]
@@ -127,10 +142,29 @@ impl Nf4Backend for burn::backend::NdArray {}
 #[cfg(feature = "wgpu")]
 impl Nf4Backend for burn::backend::Cube {}
 
+/// `x · w` on flex: the frozen base product's row-split kernel (a dequantized `W` is as
+/// frozen as a dense one), or burn-flex's matmul for what that does not take.
+#[cfg(feature = "flex")]
+fn frozen_matmul(
+    x: FloatTensor<burn::backend::Flex>,
+    w: FloatTensor<burn::backend::Flex>,
+) -> FloatTensor<burn::backend::Flex> {
+    match crate::fused::frozen_matmul_flex::matmul(&x, &w) {
+        Some(y) => y,
+        None => matmul::<burn::backend::Flex>(x, w),
+    }
+}
+
 /// `x · w` (a generic bound brings the backend's float ops into scope for a concrete backend).
 #[cfg(feature = "flex")]
 fn matmul<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
     B::float_matmul(x, w)
+}
+
+/// `wᵀ`, a view (the same generic-bound reason as [`matmul`]).
+#[cfg(feature = "flex")]
+fn transpose<B: Backend>(w: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_transpose(w)
 }
 
 /// The four bytes of every 32-bit word, lowest first (the order [`BYTE_SHIFTS`] packs them
@@ -242,10 +276,7 @@ impl<B: Nf4Backend> Backward<B, 1> for Nf4MatmulBackward {
             node,
             state,
         } = ops;
-        unary::<B, _>(parents, node, grads, |grad| {
-            let w = B::nf4_dequantize(state); // [d_in, d_out]
-            B::float_matmul(grad, B::float_transpose(w))
-        });
+        unary::<B, _>(parents, node, grads, |grad| B::nf4_matmul_backward(grad, state));
     }
 }
 
