@@ -303,3 +303,27 @@ fn a_tracked_weight_through_frozen_matmul_gets_no_gradient() {
     let expected = w.clone().sum_dim(1).reshape([1, 9]).expand([70, 9]);
     assert!(rel_diff(x.grad(&grads).unwrap(), expected.inner()) < 1e-6);
 }
+
+#[test]
+fn fused_cross_entropy_equals_log_softmax_at_the_target_in_value_and_gradient() {
+    use burn::tensor::Int;
+    use burn::tensor::activation::log_softmax;
+    let (n, v) = (37, 1001);
+    // Logits with std 30: a naive exp overflows, and most probabilities underflow f32.
+    let x = Tensor::<2>::random([n, v], Distribution::Normal(0.0, 30.0), &device());
+    let ids: Vec<i64> = (0..n as i64).map(|i| (i * 271) % v as i64).collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device());
+    let w = weights([n]);
+    let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+    let fused = fused::cross_entropy(xa.clone(), targets.clone());
+    let textbook = log_softmax(xb.clone(), 1)
+        .gather(1, targets.unsqueeze_dim::<2>(1))
+        .squeeze_dim::<1>(1)
+        .neg();
+    let d = rel_diff(fused.clone(), textbook.clone());
+    assert!(d < 1e-6, "losses differ by {d} (relative)");
+    let ga = xa.grad(&(fused * w.clone()).sum().backward()).unwrap();
+    let gb = xb.grad(&(textbook * w).sum().backward()).unwrap();
+    let d = rel_diff(ga, gb);
+    assert!(d < 1e-5, "gradients differ by {d} (relative)");
+}

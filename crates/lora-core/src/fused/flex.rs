@@ -22,7 +22,7 @@ use super::vmath::{sigmoid, simd};
 const ELEMS_PER_TASK: usize = 1 << 14;
 
 /// A contiguous f32 `[rows, cols]` tensor's values and shape, or `None`.
-fn host(t: &FlexTensor) -> Option<(FlexTensor, usize, usize)> {
+pub(super) fn host(t: &FlexTensor) -> Option<(FlexTensor, usize, usize)> {
     if t.dtype() != DType::F32 {
         return None;
     }
@@ -38,7 +38,7 @@ fn rows_per_task(cols: usize) -> usize {
 }
 
 /// A `[rows, cols]` f32 tensor from its values.
-fn tensor(values: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
+pub(super) fn tensor(values: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, [rows, cols]))
 }
 

@@ -16,6 +16,8 @@
 //!   ([`attention_op`]).
 //! - [`rope`]: rotary position embedding on queries or keys, with the move of the head axis
 //!   before the position axis and the query scale ([`rope_op`]).
+//! - [`cross_entropy`]: `−log softmax(x)[t]` per row, with a backward that is one pass over the
+//!   logits ([`cross_entropy_op`]).
 //! - [`frozen_matmul`]: the frozen base weight's product `x · W`, all rows as one product split
 //!   once per thread, with a backward that forms `∂x` only ([`frozen_matmul_op`]).
 //!
@@ -27,6 +29,9 @@
 mod attention_flex;
 pub mod attention_op;
 #[cfg(feature = "flex")]
+mod cross_entropy_flex;
+pub mod cross_entropy_op;
+#[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
 pub(crate) mod frozen_matmul_flex;
@@ -37,9 +42,10 @@ pub mod rope_op;
 mod vmath;
 
 use burn::backend::Dispatch;
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 pub use attention_op::AttentionBackend;
+pub use cross_entropy_op::CrossEntropyBackend;
 pub use frozen_matmul_op::FrozenMatmulBackend;
 pub use ops::FusedBackend;
 pub use rope_op::RopeBackend;
@@ -147,4 +153,18 @@ pub fn frozen_matmul<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
         w.into_dispatch(),
     ))
     .reshape(dims)
+}
+
+/// The cross-entropy of each row of `logits` against its target, `−log softmax(logits)[t]`, as
+/// one autodiff node whose backward is one pass over the logits ([`cross_entropy_op`]).
+///
+/// # Shapes
+/// `logits`: `[N, V]`, `targets`: `[N]` token ids, each `< V` (ids come from the tokenizer
+/// whose vocabulary sized the model's embedding) → `[N]`
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let (nll, _lse) = <Dispatch as CrossEntropyBackend>::fused_cross_entropy(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+    );
+    Tensor::from_dispatch(nll)
 }

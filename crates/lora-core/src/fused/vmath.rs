@@ -70,6 +70,38 @@ pub(super) fn sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `max x` in eight lanes (`−∞` for an empty slice). A NaN may be skipped here; callers that
+/// go on to `Σ exp(x − max)` get NaN from the sum all the same.
+#[inline]
+pub(super) fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    acc.iter().fold(tail, |m, &v| if v > m { v } else { m })
+}
+
+/// `Σ exp(x − shift)` in eight lanes (as [`sum`], with [`exp`] inlined: nothing is written).
+#[inline]
+pub(super) fn sum_exp(x: &[f32], shift: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - shift)).sum();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += exp(c[l] - shift);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Runs `f` compiled for the widest SIMD instructions this CPU has (AVX2 + FMA on x86-64 where
 /// present, else the baseline), so that the loops in it — inlined into `f` — are vectorised for
 /// them.
@@ -131,5 +163,24 @@ mod tests {
         for (&o, &x) in v.iter().zip(&xs) {
             assert_eq!(o.to_bits(), exp(x).to_bits(), "at {x}");
         }
+    }
+
+    #[test]
+    fn max_finds_the_largest_element_in_any_lane_or_the_tail() {
+        let mut x: Vec<f32> = (0..203).map(|i| -(i as f32)).collect();
+        assert_eq!(max(&x), 0.0);
+        for at in [5, 100, 202] {
+            x[at] = 7.5 + at as f32;
+            assert_eq!(max(&x), 7.5 + at as f32, "largest at {at}");
+        }
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn sum_exp_is_the_sum_of_the_exponentials() {
+        let x: Vec<f32> = (0..203).map(|i| (i as f32 - 100.0) * 0.05).collect();
+        let want: f64 = x.iter().map(|&v| ((v - 1.0) as f64).exp()).sum();
+        let got = simd(|| sum_exp(&x, 1.0));
+        assert!(((got as f64 - want) / want).abs() < 1e-6, "{got} vs {want}");
     }
 }

@@ -1,5 +1,6 @@
 //! `bench --parts gemm`: the matrix products of one training step, on the model's real shapes,
-//! timed alone in burn (flex's gemm) and in PyTorch (`scripts/bench_gemm.py`, the same shapes
+//! timed alone in burn (the frozen base product [`lora_core::fused::frozen_matmul`], whose flex
+//! kernel is one `gemm` call per thread) and in PyTorch (`scripts/bench_gemm.py`, the same shapes
 //! and thread count), and weighted by how often a step runs each.
 //!
 //! A SmolLM2 training step spends about two thirds of its CPU time in gemm (README, "where the
@@ -109,8 +110,9 @@ pub fn step_shapes(cfg: &LlamaConfig, batch: usize, seq_len: usize) -> Vec<GemmS
     out
 }
 
-/// GFLOP/s of `[m, k] · [k, n]` on `device`: one warm-up product, then the median over
-/// `reps` timed ones (each read back, so the time includes the whole product).
+/// GFLOP/s of `[m, k] · [k, n]` on `device` through [`lora_core::fused::frozen_matmul`], the
+/// product a training step runs for every frozen weight: one warm-up product, then the median
+/// over `reps` timed ones (each read back, so the time includes the whole product).
 pub fn time_gemm(shape: &GemmShape, reps: usize, device: &burn::tensor::Device) -> f64 {
     let lhs = Tensor::<2>::random([shape.m, shape.k], Distribution::Default, device);
     let rhs = if shape.rhs_t {
@@ -120,7 +122,7 @@ pub fn time_gemm(shape: &GemmShape, reps: usize, device: &burn::tensor::Device) 
     };
     let run = || {
         let t = Instant::now();
-        let y = lhs.clone().matmul(rhs.clone());
+        let y = lora_core::fused::frozen_matmul(lhs.clone(), rhs.clone());
         let _ = y.into_data();
         t.elapsed().as_secs_f64()
     };
