@@ -35,8 +35,8 @@
 //!    or NF4 (QLoRA);
 //! 8. [`adalora`] — AdaLoRA: the SVD-form adapter and its rank allocator;
 //! 9. [`recompute`] — block-level gradient checkpointing (a layer runs again in backward);
-//!    [`fused`] — softmax, SwiGLU, RMSNorm, RoPE and attention as one autodiff op each (the
-//!    model's elementwise work, multi-threaded and vectorised on the CPU);
+//!    [`fused`] — softmax, SwiGLU, RMSNorm, RoPE, attention, the cross-entropy and the frozen
+//!    base product as one autodiff op each (multi-threaded and vectorised on the CPU);
 //! 10. [`tensor_io`], [`backend`], [`error`] — safetensors on the host, devices, the error type.
 
 pub mod adalora;

@@ -8,7 +8,7 @@ use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 use super::flex::{host, tensor};
-use super::vmath::{exp, max, simd, sum_exp};
+use super::vmath::{exp, log_sum_exp, simd};
 
 /// Per row `i` of `x` `[N, V]`: `lseᵢ = mᵢ + ln Σⱼ exp(xᵢⱼ − mᵢ)` with `mᵢ = maxⱼ xᵢⱼ`, and the
 /// loss `lseᵢ − xᵢ,ₜᵢ` → (`[N]`, `[N]`).
@@ -23,10 +23,7 @@ pub(super) fn cross_entropy(x: &FlexTensor, t: &FlexTensor) -> Option<(FlexTenso
         .enumerate()
         .for_each(|(i, (nll, lse))| {
             let row = &x[i * v..(i + 1) * v];
-            let l = simd(|| {
-                let m = max(row);
-                m + sum_exp(row, m).ln()
-            });
+            let l = log_sum_exp(row);
             *lse = l;
             *nll = l - row[t[i]];
         });

@@ -1,5 +1,5 @@
-//! Fused transformer ops: softmax, SwiGLU, RMSNorm, RoPE and attention as single operations with
-//! their own backward, on every backend.
+//! Fused transformer ops: softmax, SwiGLU, RMSNorm, RoPE, attention, the cross-entropy loss and
+//! the frozen base product as single operations with their own backward, on every backend.
 //!
 //! Composed of tensor ops, each of these becomes five to eight autodiff nodes, and on the CPU
 //! each node is a pass over the tensor that burn-flex runs on one thread. A SmolLM2 training
@@ -9,7 +9,7 @@
 //! composed versions stay as the reference: they are the default bodies every other backend
 //! runs, and the tests compare the two (values and gradients).
 //!
-//! - [`softmax`]: along the last dimension (attention probabilities, the loss).
+//! - [`softmax`]: along the last dimension.
 //! - [`swiglu`]: `silu(gate) ⊙ up` (the gated MLP of Llama, Qwen, Mistral).
 //! - [`rms_norm`]: `x / √(mean(x²) + ε) ⊙ gain` over the last dimension.
 //! - [`attention`]: `softmax(Q·Kᵀ + mask)·V`, whose flex kernels skip what the mask hides

@@ -29,16 +29,21 @@ pub(super) fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer (ties to even) in f32.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(EXP_MIN, EXP_MAX);
-    let n = (xc * LOG2_E + ROUND) - ROUND;
+    let t = xc * LOG2_E + ROUND; // 1.5·2²³ + n, exactly
+    let n = t - ROUND;
     let r = (xc - n * C1) - n * C2;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 5.000_000_1e-1;
     let e_r = p * (r * r) + r + 1.0;
-    // 2ⁿ built from its exponent bits: n ∈ [−126, 127], so n + 127 ∈ [1, 254]. (A checked `+`
-    // — debug builds check overflow — would be a branch per element, and stop vectorisation.)
-    let two_n = f32::from_bits(((n as i32).wrapping_add(127) as u32) << 23);
+    // 2ⁿ built from its exponent bits: n ∈ [−126, 127], so n + 127 ∈ [1, 254]. `t` lies in
+    // [2²³, 2²⁴), where f32's step is 1, so its bits are ROUND's plus n: integer arithmetic on
+    // them gives n without `n as i32` (Rust's saturating conversion compiled to scalar code, one
+    // element at a time). Wrapping, because a checked `+` — debug builds check overflow — would
+    // be a branch per element, and stop vectorisation too.
+    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let two_n = f32::from_bits(n_bits.wrapping_add(127) << 23);
     let y = e_r * two_n;
     if x < EXP_MIN {
         0.0
@@ -72,7 +77,7 @@ pub(super) fn sum(x: &[f32]) -> f32 {
 
 /// `max x` in eight lanes (`−∞` for an empty slice). A NaN may be skipped here; callers that
 /// go on to `Σ exp(x − max)` get NaN from the sum all the same.
-#[inline]
+#[inline(always)]
 pub(super) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
@@ -88,18 +93,46 @@ pub(super) fn max(x: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &v| if v > m { v } else { m })
 }
 
-/// `Σ exp(x − shift)` in eight lanes (as [`sum`], with [`exp`] inlined: nothing is written).
-#[inline]
+/// `Σ exp(x − shift)` in eight lanes. The exponentials go through a small buffer, 64 at a
+/// time: written as a plain loop they vectorise (as in the other kernels), while `exp` inside
+/// the eight-lane accumulation compiled to scalar code with a branch per element (seen in the
+/// disassembly).
+#[inline(always)]
 pub(super) fn sum_exp(x: &[f32], shift: f32) -> f32 {
     let mut acc = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - shift)).sum();
-    for c in chunks {
-        for l in 0..8 {
-            acc[l] += exp(c[l] - shift);
+    let mut buf = [0f32; 64];
+    let mut tail = 0f32;
+    for c in x.chunks(64) {
+        let b = &mut buf[..c.len()];
+        for (o, &v) in b.iter_mut().zip(c) {
+            *o = exp(v - shift);
+        }
+        let lanes = b.chunks_exact(8);
+        tail += lanes.remainder().iter().sum::<f32>();
+        for e in lanes {
+            for l in 0..8 {
+                acc[l] += e[l];
+            }
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// `log Σ exp(x)` of one row, `m + ln Σ exp(x − m)` with `m = max x`, compiled for the widest
+/// SIMD instructions this CPU has. Through pulp's [`pulp::WithSimd`] with an always-inlined
+/// body rather than [`simd`]: a closure holding both loops was compiled out of line, for the
+/// baseline, and ran scalar (seen in the disassembly).
+pub(super) fn log_sum_exp(row: &[f32]) -> f32 {
+    struct Lse<'a>(&'a [f32]);
+    impl pulp::WithSimd for Lse<'_> {
+        type Output = f32;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> f32 {
+            let m = max(self.0);
+            m + sum_exp(self.0, m).ln()
+        }
+    }
+    pulp::Arch::new().dispatch(Lse(row))
 }
 
 /// Runs `f` compiled for the widest SIMD instructions this CPU has (AVX2 + FMA on x86-64 where
@@ -182,5 +215,9 @@ mod tests {
         let want: f64 = x.iter().map(|&v| ((v - 1.0) as f64).exp()).sum();
         let got = simd(|| sum_exp(&x, 1.0));
         assert!(((got as f64 - want) / want).abs() < 1e-6, "{got} vs {want}");
+        // The row's log-sum-exp, shifted by its maximum (4.95) so nothing overflows.
+        let want = want.ln() + 1.0;
+        let got = log_sum_exp(&x) as f64;
+        assert!((got - want).abs() < 1e-6 * want.abs(), "{got} vs {want}");
     }
 }
