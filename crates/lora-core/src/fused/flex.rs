@@ -15,7 +15,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
-use super::vmath::{sigmoid, simd};
+use super::vmath::{dot, sigmoid, simd};
 
 /// Elements handed to one rayon task: large enough that scheduling costs nothing measurable,
 /// small enough that two cores share a SmolLM2-sized tensor evenly.
@@ -40,25 +40,6 @@ fn rows_per_task(cols: usize) -> usize {
 /// A `[rows, cols]` f32 tensor from its values.
 pub(super) fn tensor(values: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, [rows, cols]))
-}
-
-/// `Σ a ⊙ b` in eight lanes.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `p ⊙ (g − Σ_c g ⊙ p)` per row.

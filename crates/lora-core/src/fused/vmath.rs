@@ -1,5 +1,6 @@
-//! `exp` and `σ` in a form the compiler turns into SIMD code, and [`simd`], which runs a loop
-//! with the widest vector instructions the CPU has.
+//! `exp` and `σ` in a form the compiler turns into SIMD code, the fused kernels' eight-lane
+//! reductions (`sum`, `dot`, `max`, `Σ exp`, the row log-sum-exp), and [`simd`], which runs a
+//! loop with the widest vector instructions the CPU has.
 //!
 //! The fused kernels' elementwise loops called the C library's `expf` once per element — a
 //! function call the compiler cannot vectorise — and SwiGLU's forward and backward spent about
@@ -70,6 +71,25 @@ pub(super) fn sum(x: &[f32]) -> f32 {
     for c in chunks {
         for l in 0..8 {
             acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a ⊙ b` in eight lanes (as [`sum`]); the shorter slice sets the length.
+#[inline]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
         }
     }
     acc.iter().sum::<f32>() + tail
