@@ -234,7 +234,9 @@ mod tests {
         let grads = weight.matmul(x.clone()).sum().backward();
         // Σᵢⱼ (x·(W₀ + A))ᵢⱼ has ∂/∂A = xᵀ·1: every column of ∂A is x's column sums.
         let expected = x.sum_dim(0).reshape([8, 1]).expand([8, 3]).inner();
-        let got = a.grad(&grads).expect("A gets a gradient through the composed weight");
+        let got = a
+            .grad(&grads)
+            .expect("A gets a gradient through the composed weight");
         let diff = (got - expected.clone()).abs().max().into_scalar::<f32>();
         assert!(diff <= 1e-4 * expected.abs().max().into_scalar::<f32>().max(1.0));
     }

@@ -273,11 +273,17 @@ fn check_frozen_matmul(b: usize, t: usize, k: usize, m: usize) {
         let ya = fused::frozen_matmul(xa.clone(), w.clone());
         let yb = xb.clone().matmul(w.unsqueeze::<3>());
         let d = rel_diff(ya.clone(), yb.clone());
-        assert!(d < 1e-6, "{b}×{t}×{k}·{k}×{m} (transposed {transposed}): values differ by {d}");
+        assert!(
+            d < 1e-6,
+            "{b}×{t}×{k}·{k}×{m} (transposed {transposed}): values differ by {d}"
+        );
         let ga = xa.grad(&(ya * g.clone()).sum().backward()).unwrap();
         let gb = xb.grad(&(yb * g.clone()).sum().backward()).unwrap();
         let d = rel_diff(ga, gb);
-        assert!(d < 1e-6, "{b}×{t}×{k}·{k}×{m} (transposed {transposed}): ∂x differs by {d}");
+        assert!(
+            d < 1e-6,
+            "{b}×{t}×{k}·{k}×{m} (transposed {transposed}): ∂x differs by {d}"
+        );
     }
 }
 

@@ -58,7 +58,9 @@ fn adapter_grads(model: &Llama, grads: &burn::tensor::Gradients) -> Vec<f32> {
     model.visit_linears(&mut |_, lin| {
         if let Some(a) = lin.adapter.as_ref().and_then(|a| a.as_lora()) {
             for t in [a.lora_a.val(), a.lora_b.val()] {
-                out.extend(host(t.grad(grads).expect("every adapter factor gets a gradient")));
+                out.extend(host(
+                    t.grad(grads).expect("every adapter factor gets a gradient"),
+                ));
             }
         }
     });
@@ -162,7 +164,11 @@ fn step_on_wgpu_equals_flex(base: Base) {
     // on llvmpipe, f16: one of 8,192, its gradient below the noise above), which turns a 10⁻⁴
     // difference into 2·lr. So the values after the step are compared where the gradient
     // stands clear of that noise (all of them for f32 and NF4).
-    let noise = if matches!(base, Base::F32 | Base::Nf4) { 0.0 } else { 10.0 * diff };
+    let noise = if matches!(base, Base::F32 | Base::Nf4) {
+        0.0
+    } else {
+        10.0 * diff
+    };
     for (i, ((a, b), g)) in after_gpu.iter().zip(&after_cpu).zip(&grads_cpu).enumerate() {
         assert!(
             g.abs() <= noise || (a - b).abs() < tol,

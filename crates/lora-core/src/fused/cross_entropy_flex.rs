@@ -42,17 +42,15 @@ pub(super) fn cross_entropy_backward(
     let (lse, g) = (values(lse, n)?, values(g, n)?);
     let x = x.as_slice::<f32>()?;
     let mut out = vec![0f32; n.checked_mul(v)?];
-    out.par_chunks_mut(v.max(1))
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (row, l, gi) = (&x[i * v..(i + 1) * v], lse[i], g[i]);
-            simd(|| {
-                for (o, &x) in o.iter_mut().zip(row) {
-                    *o = gi * exp(x - l);
-                }
-            });
-            o[t[i]] -= gi;
+    out.par_chunks_mut(v.max(1)).enumerate().for_each(|(i, o)| {
+        let (row, l, gi) = (&x[i * v..(i + 1) * v], lse[i], g[i]);
+        simd(|| {
+            for (o, &x) in o.iter_mut().zip(row) {
+                *o = gi * exp(x - l);
+            }
         });
+        o[t[i]] -= gi;
+    });
     Some(tensor(out, n, v))
 }
 

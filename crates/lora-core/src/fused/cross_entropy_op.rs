@@ -25,9 +25,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{
-    Autodiff, AutodiffBackend, Backend, Shape, TensorMetadata, backend_extension,
-};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Shape, TensorMetadata, backend_extension};
 use burn::tensor::IndexingUpdateOp;
 
 /// Cross-entropy per row as backend operations (see the module documentation).

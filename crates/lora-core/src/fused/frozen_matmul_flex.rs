@@ -106,9 +106,13 @@ pub(crate) fn matmul(x: &FlexTensor, w: &FlexTensor) -> Option<FlexTensor> {
         }
     };
     if threads > 1 && per_block >= MIN_ROWS_PER_BLOCK && m > per_block {
-        (0..m.div_ceil(per_block))
-            .into_par_iter()
-            .for_each(|b| block(b * per_block, per_block.min(m - b * per_block), gemm::Parallelism::None));
+        (0..m.div_ceil(per_block)).into_par_iter().for_each(|b| {
+            block(
+                b * per_block,
+                per_block.min(m - b * per_block),
+                gemm::Parallelism::None,
+            )
+        });
     } else {
         let macs = len.saturating_mul(k);
         let parallelism = if threads > 1 && macs >= PARALLEL_MACS {

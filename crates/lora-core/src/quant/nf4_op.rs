@@ -276,7 +276,9 @@ impl<B: Nf4Backend> Backward<B, 1> for Nf4MatmulBackward {
             node,
             state,
         } = ops;
-        unary::<B, _>(parents, node, grads, |grad| B::nf4_matmul_backward(grad, state));
+        unary::<B, _>(parents, node, grads, |grad| {
+            B::nf4_matmul_backward(grad, state)
+        });
     }
 }
 
