@@ -15,8 +15,10 @@
 //! reference body.
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::DType;
 use rayon::prelude::*;
+
+use super::flex::tensor;
 
 /// Fewer rows per thread than this and the rows are not split: each block repacks `W`, which
 /// would cost more than the second core saves (a decode step's single row, LoRA-sized inputs).
@@ -32,7 +34,7 @@ const PARALLEL_MACS: usize = 192 * 192 * 192;
 
 /// `x · w`: `x` `[m, k]` (any layout; copied once if not contiguous), `w` `[k, n]` read through
 /// its strides (a transposed view costs no copy) → `[m, n]` row-major.
-pub(crate) fn matmul(x: &FlexTensor, w: &FlexTensor) -> Option<FlexTensor> {
+pub(super) fn matmul(x: &FlexTensor, w: &FlexTensor) -> Option<FlexTensor> {
     if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
         return None;
     }
@@ -125,9 +127,4 @@ pub(crate) fn matmul(x: &FlexTensor, w: &FlexTensor) -> Option<FlexTensor> {
     // SAFETY: the blocks above wrote all `m·n` elements (they cover rows `0..m`).
     unsafe { out.set_len(len) };
     Some(tensor(out, m, n))
-}
-
-/// A `[rows, cols]` f32 tensor from its values.
-fn tensor(values: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, [rows, cols]))
 }

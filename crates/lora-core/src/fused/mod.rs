@@ -34,7 +34,7 @@ pub mod cross_entropy_op;
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
-pub(crate) mod frozen_matmul_flex;
+mod frozen_matmul_flex;
 pub mod frozen_matmul_op;
 pub mod ops;
 pub mod rope_op;

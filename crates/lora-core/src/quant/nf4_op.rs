@@ -29,6 +29,8 @@ use burn::backend::{
     backend_extension,
 };
 
+#[cfg(feature = "flex")]
+use crate::fused::FrozenMatmulBackend;
 use crate::quant::nf4::NESTED_BLOCK_SIZE;
 
 /// Bit offsets of the 4 bytes of a little-endian word of bitsandbytes bytes, in element order
@@ -114,8 +116,9 @@ pub trait Nf4Backend: Backend {
 }
 
 /// flex reads the packed bytes on the host: dequantizing in parallel over blocks, and the
-/// product with a few rows (decoding) without writing `W` ([`crate::quant::nf4_flex`]); anything
-/// it does not handle takes the generic path.
+/// product with a few rows (decoding) without writing `W` ([`crate::quant::nf4_flex`]); a
+/// dequantized `W` is as frozen as a dense one, so its products (forward and backward) are
+/// [`FrozenMatmulBackend::frozen_matmul`]'s; anything else takes the generic path.
 #[cfg(feature = "flex")]
 impl Nf4Backend for burn::backend::Flex {
     fn nf4_dequantize(w: Nf4Parts<Self>) -> FloatTensor<Self> {
@@ -128,12 +131,12 @@ impl Nf4Backend for burn::backend::Flex {
     fn nf4_matmul(x: FloatTensor<Self>, w: Nf4Parts<Self>) -> FloatTensor<Self> {
         match crate::quant::nf4_flex::fused_matmul(&x, &w) {
             Some(y) => y,
-            None => frozen_matmul(x, Self::nf4_dequantize(w)),
+            None => Self::frozen_matmul(x, Self::nf4_dequantize(w)),
         }
     }
 
     fn nf4_matmul_backward(g: FloatTensor<Self>, w: Nf4Parts<Self>) -> FloatTensor<Self> {
-        frozen_matmul(g, transpose::<Self>(Self::nf4_dequantize(w)))
+        Self::frozen_matmul(g, transpose::<Self>(Self::nf4_dequantize(w)))
     }
 }
 #[cfg(feature = "ndarray")]
@@ -142,26 +145,8 @@ impl Nf4Backend for burn::backend::NdArray {}
 #[cfg(feature = "wgpu")]
 impl Nf4Backend for burn::backend::Cube {}
 
-/// `x · w` on flex: the frozen base product's row-split kernel (a dequantized `W` is as
-/// frozen as a dense one), or burn-flex's matmul for what that does not take.
-#[cfg(feature = "flex")]
-fn frozen_matmul(
-    x: FloatTensor<burn::backend::Flex>,
-    w: FloatTensor<burn::backend::Flex>,
-) -> FloatTensor<burn::backend::Flex> {
-    match crate::fused::frozen_matmul_flex::matmul(&x, &w) {
-        Some(y) => y,
-        None => matmul::<burn::backend::Flex>(x, w),
-    }
-}
-
-/// `x · w` (a generic bound brings the backend's float ops into scope for a concrete backend).
-#[cfg(feature = "flex")]
-fn matmul<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
-    B::float_matmul(x, w)
-}
-
-/// `wᵀ`, a view (the same generic-bound reason as [`matmul`]).
+/// `wᵀ`, a view (a generic bound brings the backend's float ops into scope for a concrete
+/// backend).
 #[cfg(feature = "flex")]
 fn transpose<B: Backend>(w: FloatTensor<B>) -> FloatTensor<B> {
     B::float_transpose(w)
